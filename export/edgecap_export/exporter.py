@@ -1,0 +1,327 @@
+"""Hugging Face checkpoint -> encoder.onnx + decoder.onnx + tokenizer.json + manifest.json, validated."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import os
+import shutil
+import warnings
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+from edgecap._log import logger
+from edgecap._version import __version__
+from edgecap.errors import ExportError, ParityError, UnsupportedModelError
+from edgecap.imaging import RESAMPLE_NAMES
+from edgecap.manifest import MANIFEST_FILE, SCHEMA_VERSION
+
+from .specs import io_names, resolve
+
+DEFAULT_OPSET = 17
+# Generation settings whose processors the runtime does not implement: refuse rather than say different words.
+_UNSUPPORTED_GENERATION = ("bad_words_ids", "forced_bos_token_id", "forced_eos_token_id", "suppress_tokens",
+                           "begin_suppress_tokens", "sequence_bias", "exponential_decay_length_penalty",
+                           "encoder_no_repeat_ngram_size")
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+@contextmanager
+def _quiet_torch_export() -> Iterator[None]:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
+
+
+def load_config(model: str) -> Any:
+    """Read and check a checkpoint's config (cheap), failing with one clear line before any heavy work."""
+    from transformers import AutoConfig
+
+    if os.path.sep in model or model.startswith(".") or os.path.exists(model):
+        if not os.path.isdir(model):
+            raise ExportError(f"model directory not found: {model}; expected a hub id or a save_pretrained directory")
+        if not os.path.isfile(os.path.join(model, "config.json")):
+            raise ExportError(f"{model} has no config.json; expected a directory written by save_pretrained")
+    try:
+        config = AutoConfig.from_pretrained(model)
+    except (OSError, ValueError) as exc:
+        raise ExportError(f"cannot load the config of {model!r}: {_first_line(exc)}") from None
+    resolve(config)
+    return config
+
+
+def load_checkpoint(model: str) -> Any:
+    """Load the VisionEncoderDecoderModel (eager attention: plain MatMul/Softmax graphs) in eval mode."""
+    from transformers import VisionEncoderDecoderModel
+
+    try:
+        hf_model = VisionEncoderDecoderModel.from_pretrained(model, attn_implementation="eager")
+    except (OSError, ValueError) as exc:
+        raise ExportError(f"cannot load the weights of {model!r}: {_first_line(exc)}") from None
+    return hf_model.eval()
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:200] if text else type(exc).__name__
+
+
+def image_config(model: str, enc_spec: Any, enc_cfg: Any) -> dict[str, Any]:
+    """The preprocessing recipe, read from preprocessor_config.json (falling back to the encoder's size)."""
+    from transformers.utils import cached_file
+
+    h, w = enc_spec.image_size(enc_cfg)
+    try:
+        path = cached_file(model, "preprocessor_config.json")
+        pc = json.loads(Path(path).read_text()) if path else {}
+    except (OSError, ValueError):
+        pc = {}
+    if not pc:
+        raise ExportError(f"{model} has no preprocessor_config.json; save the image processor with the model "
+                          "(processor.save_pretrained(dir)) so edgecap knows the resize and normalisation")
+    size = pc.get("size", {"height": h, "width": w})
+    if isinstance(size, int):
+        size = {"height": size, "width": size}
+    if "height" not in size or "width" not in size:
+        raise UnsupportedModelError(f"image processor size {size} is not supported: expected height and width")
+    if pc.get("do_center_crop") and pc.get("crop_size") not in (None, size):
+        raise UnsupportedModelError("image processors that centre-crop are not supported yet")
+    if (int(size["height"]), int(size["width"])) != (h, w):
+        raise ExportError(f"image processor size {size['height']}x{size['width']} differs from the encoder's "
+                          f"image_size {h}x{w}")
+    resample = int(pc.get("resample", 2))
+    return {
+        "height": h, "width": w, "do_resize": bool(pc.get("do_resize", True)), "resample": resample,
+        "resample_name": RESAMPLE_NAMES.get(resample, str(resample)),
+        "do_rescale": bool(pc.get("do_rescale", True)), "rescale_factor": float(pc.get("rescale_factor", 1 / 255)),
+        "do_normalize": bool(pc.get("do_normalize", True)),
+        "mean": [float(v) for v in pc.get("image_mean", [0.5, 0.5, 0.5])],
+        "std": [float(v) for v in pc.get("image_std", [0.5, 0.5, 0.5])],
+        "processor_type": pc.get("image_processor_type", pc.get("feature_extractor_type")),
+    }
+
+
+def generation_settings(hf_model: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(special_tokens, generation defaults) as transformers' generate would resolve them."""
+    gc = hf_model.generation_config
+    for attr in _UNSUPPORTED_GENERATION:
+        if getattr(gc, attr, None) not in (None, [], 0):
+            raise UnsupportedModelError(f"generation setting {attr}={getattr(gc, attr)!r} is not supported by the "
+                                        "edgecap runtime; remove it from generation_config.json")
+    if getattr(gc, "num_beam_groups", 1) not in (None, 1):
+        raise UnsupportedModelError("group beam search (num_beam_groups > 1) is not supported")
+    eos = gc.eos_token_id
+    eos = [] if eos is None else ([int(eos)] if isinstance(eos, int) else [int(t) for t in eos])
+    start = gc.decoder_start_token_id if gc.decoder_start_token_id is not None else gc.bos_token_id
+    if start is None:
+        raise ExportError("the model has no decoder_start_token_id (nor bos_token_id); set it in the config")
+    pad = gc.pad_token_id if gc.pad_token_id is not None else (eos[0] if eos else None)
+    special = {"decoder_start_token_id": int(start), "eos_token_id": eos,
+               "pad_token_id": None if pad is None else int(pad),
+               "bos_token_id": None if gc.bos_token_id is None else int(gc.bos_token_id)}
+    max_new = gc.max_new_tokens if gc.max_new_tokens is not None else (gc.max_length or 20) - 1
+    gen = {"max_new_tokens": int(max_new), "min_new_tokens": int(gc.min_new_tokens or 0),
+           "min_length": int(gc.min_length or 0), "num_beams": int(gc.num_beams or 1),
+           "length_penalty": float(gc.length_penalty if gc.length_penalty is not None else 1.0),
+           "early_stopping": gc.early_stopping if gc.early_stopping is not None else False,
+           "no_repeat_ngram_size": int(gc.no_repeat_ngram_size or 0),
+           "repetition_penalty": float(gc.repetition_penalty or 1.0), "do_sample_in_source": bool(gc.do_sample)}
+    return special, gen
+
+
+def save_tokenizer(model: str, out: Path) -> dict[str, Any]:
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(model)
+    except (OSError, ValueError, TypeError) as exc:
+        raise ExportError(f"{model} has no usable tokenizer ({type(exc).__name__}); save the tokenizer with the "
+                          "model (tokenizer.save_pretrained(dir))") from None
+    backend = getattr(tok, "backend_tokenizer", None) or getattr(tok, "_tokenizer", None)
+    if backend is None:
+        raise ExportError(f"the tokenizer of {model} has no fast (tokenizers) backend; edgecap needs tokenizer.json")
+    backend.save(str(out / "tokenizer.json"))
+    return {"file": "tokenizer.json", "skip_special_tokens": True,
+            "clean_up_tokenization_spaces": bool(getattr(tok, "clean_up_tokenization_spaces", False))}
+
+
+def _graph_io(path: Path) -> dict[str, list[dict[str, Any]]]:
+    import onnx
+    from onnx import TensorProto
+
+    m = onnx.load(str(path), load_external_data=False)
+
+    def describe(values) -> list[dict[str, Any]]:
+        out = []
+        for v in values:
+            t = v.type.tensor_type
+            shape = [d.dim_param if d.dim_param else int(d.dim_value) for d in t.shape.dim]
+            out.append({"name": v.name, "dtype": TensorProto.DataType.Name(t.elem_type).lower(), "shape": shape})
+        return out
+
+    return {"inputs": describe(m.graph.input), "outputs": describe(m.graph.output)}
+
+
+def export_graphs(hf_model: Any, dec_spec: Any, enc_spec: Any, out: Path, opset: int) -> dict[str, Any]:
+    """Trace and write encoder.onnx and decoder.onnx; return their manifest entries."""
+    import torch
+
+    from .wrappers import EncoderWithCrossKV
+
+    cfg = hf_model.config
+    layers, heads, head_dim = dec_spec.dims(cfg.decoder)
+    names = io_names(layers)
+    step = dec_spec.step_factory(hf_model.decoder, cfg.decoder).eval()
+    encoder = EncoderWithCrossKV(hf_model, step).eval()
+    h, w = enc_spec.image_size(cfg.encoder)
+    seq = enc_spec.seq_len(cfg.encoder)
+    enc_io, dec_io = names["encoder"], names["decoder"]
+
+    enc_out = enc_io["cross_k"] + enc_io["cross_v"] + [enc_io["pooled"]]
+    px = torch.randn(2, cfg.encoder.num_channels, h, w)
+    with torch.no_grad(), _quiet_torch_export():
+        torch.onnx.export(encoder, (px,), str(out / "encoder.onnx"), input_names=[enc_io["pixel_values"]],
+                          output_names=enc_out, opset_version=opset, dynamo=False, do_constant_folding=True,
+                          dynamic_axes={n: {0: "batch"} for n in [enc_io["pixel_values"]] + enc_out})
+
+    past_names = [n for pair in zip(dec_io["past_k"], dec_io["past_v"]) for n in pair]
+    present_names = [n for pair in zip(dec_io["present_k"], dec_io["present_v"]) for n in pair]
+    cross_names = dec_io["cross_k"] + dec_io["cross_v"]
+    ids = torch.zeros(2, 2, dtype=torch.long)
+    past = [torch.randn(2, heads, 3, head_dim) for _ in past_names]
+    cross = [torch.randn(2, heads, seq, head_dim) for _ in cross_names]
+    dyn: dict[str, dict[int, str]] = {dec_io["input_ids"]: {0: "batch", 1: "new_tokens"}, dec_io["logits"]: {0: "batch"}}
+    dyn.update({n: {0: "batch", 2: "past_len"} for n in past_names})
+    dyn.update({n: {0: "batch", 2: "total_len"} for n in present_names})
+    dyn.update({n: {0: "batch"} for n in cross_names})
+    with torch.no_grad(), _quiet_torch_export():
+        torch.onnx.export(step, (ids, *past, *cross), str(out / "decoder.onnx"),
+                          input_names=[dec_io["input_ids"]] + past_names + cross_names,
+                          output_names=[dec_io["logits"]] + present_names, opset_version=opset, dynamo=False,
+                          do_constant_folding=True, dynamic_axes=dyn)
+    graphs = {}
+    for part in ("encoder", "decoder"):
+        path = out / f"{part}.onnx"
+        graphs[part] = {"file": path.name, "sha256": sha256_file(path), **_graph_io(path)}
+    _assert_no_if(out / "decoder.onnx")
+    return {"fp32": graphs}
+
+
+def _assert_no_if(path: Path) -> None:
+    import onnx
+
+    ops = {n.op_type for n in onnx.load(str(path), load_external_data=False).graph.node}
+    if "If" in ops or "Loop" in ops:
+        raise ExportError(f"{path.name} contains control flow ({sorted(ops & {'If', 'Loop'})}); TensorRT cannot "
+                          "parse it -- this is a bug in the step module")
+
+
+def _source_info(model: str, hf_model: Any) -> dict[str, Any]:
+    info: dict[str, Any] = {"model": model, "revision": getattr(hf_model.config, "_commit_hash", None)}
+    if os.path.isdir(model):
+        weights = sorted(p for p in Path(model).iterdir() if p.suffix in (".safetensors", ".bin"))
+        if weights:
+            h = hashlib.sha256()
+            for p in weights:
+                h.update(sha256_file(p).encode())
+            info["weights_sha256"] = h.hexdigest()
+    return info
+
+
+def export_model(model: str, out: str | os.PathLike, *, opset: int = DEFAULT_OPSET, validate: bool = True,
+                 name: str | None = None, progress: bool = True) -> Path:
+    """Export a Hugging Face VisionEncoderDecoder captioner to an edgecap model directory.
+
+    Args:
+        model: a hub id or a directory written by ``save_pretrained`` (with tokenizer and image processor).
+        out: the output directory (created; existing edgecap files in it are replaced).
+        opset: ONNX opset.
+        validate: compare the graphs with transformers (outputs within tolerance, identical tokens for greedy and
+            beam search at batch 1 and 3); a failure raises ParityError after writing the report to the manifest.
+        name: a display name for the model (default: the last path component of ``model``).
+        progress: show a progress bar on stderr.
+
+    Returns:
+        The output directory.
+    """
+    from tqdm import tqdm
+
+    out = Path(out)
+    config = load_config(model)
+    enc_spec, dec_spec = resolve(config)
+    stages = ["load checkpoint", "export graphs", "tokenizer + manifest"] + (["validate"] if validate else [])
+    bar = tqdm(total=len(stages), desc="export", unit="stage", disable=not progress)
+
+    def advance(label: str) -> None:
+        bar.set_postfix_str(label)
+        bar.update(1)
+
+    try:
+        bar.set_postfix_str(stages[0])
+        hf_model = load_checkpoint(model)
+        special, gen = generation_settings(hf_model)
+        image = image_config(model, enc_spec, config.encoder)
+        advance(stages[1])
+        out.mkdir(parents=True, exist_ok=True)
+        graphs = export_graphs(hf_model, dec_spec, enc_spec, out, opset)
+        advance(stages[2])
+        tokenizer = save_tokenizer(model, out)
+        layers, heads, head_dim = dec_spec.dims(config.decoder)
+        manifest = {
+            "schema_version": SCHEMA_VERSION,
+            "edgecap_version": __version__,
+            "name": name or Path(model.rstrip("/")).name,
+            "created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "source": {**_source_info(model, hf_model), "architecture": f"{enc_spec.model_type}+{dec_spec.model_type}"},
+            "architecture": {"encoder_type": enc_spec.model_type, "decoder_type": dec_spec.model_type,
+                             "num_layers": layers, "num_heads": heads, "head_dim": head_dim,
+                             "hidden_size": heads * head_dim, "vocab_size": int(config.decoder.vocab_size),
+                             "encoder_seq_len": enc_spec.seq_len(config.encoder),
+                             "encoder_hidden_size": int(config.encoder.hidden_size), "opset": opset},
+            "image": image,
+            "tokenizer": tokenizer,
+            "special_tokens": special,
+            "generation": gen,
+            "graphs": graphs,
+            "io": io_names(layers),
+            "validation": {"status": "not run"},
+        }
+        write_manifest(out, manifest)
+        if validate:
+            advance(stages[3])
+            from .validate import validate_export
+
+            report = validate_export(hf_model, model, out, progress=progress)
+            manifest["validation"] = report
+            write_manifest(out, manifest)
+            if not report["passed"]:
+                raise ParityError(f"export does not reproduce transformers: {len(report['mismatches'])} mismatch(es); "
+                                  f"see {out / MANIFEST_FILE}", report["mismatches"])
+        bar.update(bar.total - bar.n)
+    finally:
+        bar.close()
+    logger.info("exported %s to %s", model, out)
+    return out
+
+
+def write_manifest(out: Path, manifest: dict[str, Any]) -> None:
+    tmp = out / (MANIFEST_FILE + ".tmp")
+    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+    os.replace(tmp, out / MANIFEST_FILE)
+
+
+def copy_model_dir(src: Path, dst: Path) -> None:
+    """Copy an exported directory's files (manifest, graphs, tokenizer) to dst."""
+    dst.mkdir(parents=True, exist_ok=True)
+    for p in src.iterdir():
+        if p.is_file():
+            shutil.copy2(p, dst / p.name)

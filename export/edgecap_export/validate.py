@@ -1,0 +1,152 @@
+"""Parity of an exported directory with transformers: preprocessing, encoder and decoder outputs, and tokens.
+
+Tolerances (fp32): |ort - torch| <= ATOL + RTOL * |torch| for the cross K/V, pooled embedding and logits. Tokens
+must be identical for greedy search and for beam search at batch 1 and 3 on distinct images; that is the check
+that matters: an export that says different words is a bug.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ATOL = 1e-4
+RTOL = 1e-3
+PIXEL_ATOL = 1e-6
+
+
+def test_images(count: int = 3, height: int = 240, width: int = 320) -> list[np.ndarray]:
+    """Distinct deterministic RGB images (gradients, blocks and noise) that need no external data."""
+    rng = np.random.default_rng(1234)
+    yy, xx = np.mgrid[0:height, 0:width]
+    images = []
+    for i in range(count):
+        img = np.zeros((height, width, 3), dtype=np.float64)
+        img[..., 0] = (xx / width) * 255 * ((i + 1) % 2)
+        img[..., 1] = (yy / height) * 255
+        img[..., 2] = ((xx // (16 + 8 * i) + yy // (16 + 8 * i)) % 2) * 200
+        y0, x0 = rng.integers(0, height // 2), rng.integers(0, width // 2)
+        img[y0:y0 + height // 3, x0:x0 + width // 3] = rng.integers(0, 256, 3)
+        img += rng.normal(0, 12, img.shape)
+        images.append(np.clip(img, 0, 255).astype(np.uint8))
+    return images
+
+
+def _compare(name: str, got: np.ndarray, ref: np.ndarray, results: dict, mismatches: list[str],
+             atol: float = ATOL, rtol: float = RTOL) -> None:
+    diff = float(np.max(np.abs(got.astype(np.float64) - ref))) if got.size else 0.0
+    ok = got.shape == ref.shape and bool(np.all(np.abs(got - ref) <= atol + rtol * np.abs(ref)))
+    results[name] = {"max_abs_diff": diff, "atol": atol, "rtol": rtol, "ok": ok}
+    if not ok:
+        mismatches.append(f"{name}: max abs diff {diff:.3g} > atol {atol:g} + rtol {rtol:g}*|ref| "
+                          f"(shapes {list(got.shape)} vs {list(ref.shape)})")
+
+
+def reference_pixels(model: str, images: list[np.ndarray]) -> np.ndarray | None:
+    """The checkpoint's own image processor output (Pillow backend), or None if it cannot be built here."""
+    from transformers import AutoImageProcessor
+
+    try:
+        proc = AutoImageProcessor.from_pretrained(model, backend="pil")
+    except TypeError:  # transformers < 5 has no backend argument; its slow processor uses Pillow
+        proc = AutoImageProcessor.from_pretrained(model)
+    except (OSError, ValueError, ImportError):
+        return None
+    return np.asarray(proc(images=images, return_tensors="np")["pixel_values"], dtype=np.float32)
+
+
+def validate_export(hf_model: Any, model: str, out: Path, *, progress: bool = True) -> dict[str, Any]:
+    """Run the parity grid; returns the report recorded in the manifest (``passed``, ``mismatches``, details)."""
+    import torch
+    from tqdm import tqdm
+
+    from edgecap import Captioner
+
+    cap = Captioner(out)
+    images = test_images(3)
+    results: dict[str, Any] = {}
+    mismatches: list[str] = []
+
+    px_ours = cap.preprocess(images)
+    px_ref = reference_pixels(model, images)
+    if px_ref is not None:
+        _compare("preprocess.pixel_values", px_ours, px_ref, results, mismatches, atol=PIXEL_ATOL, rtol=0.0)
+    px = px_ref if px_ref is not None else px_ours
+
+    enc = cap.encode(px)
+    with torch.no_grad():
+        enc_states = hf_model.encoder(pixel_values=torch.from_numpy(px)).last_hidden_state
+        ref_states = hf_model.enc_to_dec_proj(enc_states) if getattr(hf_model, "enc_to_dec_proj", None) else enc_states
+        heads = cap.manifest.num_heads
+        for i, block in enumerate(hf_model.decoder.transformer.h):
+            k, v = block.crossattention.c_attn(ref_states).split(ref_states.shape[-1], dim=2)
+            shape = (k.shape[0], k.shape[1], heads, -1)
+            _compare(f"encoder.cross_k.{i}", enc.cross_k[i], k.view(shape).transpose(1, 2).numpy(), results, mismatches)
+            _compare(f"encoder.cross_v.{i}", enc.cross_v[i], v.view(shape).transpose(1, 2).numpy(), results, mismatches)
+        if enc.pooled is not None:
+            _compare("encoder.pooled", enc.pooled, enc_states.mean(dim=1).numpy(), results, mismatches)
+
+        # Decoder logits along a forced sequence, cached (one token per step) and uncached (all at once).
+        start = cap.defaults.decoder_start_token_id
+        vocab = cap.manifest.data["architecture"]["vocab_size"]
+        forced = np.concatenate([np.full((3, 1), start), np.random.default_rng(0).integers(0, vocab, (3, 5))], 1)
+        ref_logits = hf_model(pixel_values=torch.from_numpy(px), decoder_input_ids=torch.from_numpy(forced)).logits
+    ref_logits = ref_logits.numpy()
+    cached, uncached = _ort_logits(cap, enc, forced)
+    for t in range(forced.shape[1]):
+        _compare(f"decoder.logits.cached.pos{t}", cached[t], ref_logits[:, t], results, mismatches)
+    _compare("decoder.logits.uncached.last", uncached, ref_logits[:, -1], results, mismatches)
+
+    defaults = cap.defaults
+    beam_n = defaults.num_beams if defaults.num_beams > 1 else 3
+    grid = [(b, mode) for b in (1, 3) for mode in ("greedy", "beam")]
+    tokens: dict[str, Any] = {}
+    for b, mode in tqdm(grid, desc="parity", unit="case", disable=not progress, leave=False):
+        kw = {"num_beams": 1 if mode == "greedy" else beam_n, "max_new_tokens": defaults.max_new_tokens}
+        with torch.no_grad():
+            ref = hf_model.generate(pixel_values=torch.from_numpy(px[:b]), **kw).numpy()
+        ref_ids = [_strip(row, defaults.eos_token_id) for row in ref]
+        ours = cap.generate(px[:b], **kw)
+        same = ours == ref_ids
+        tokens[f"{mode}.batch{b}"] = {"identical": same, "num_beams": kw["num_beams"],
+                                      "tokens": sum(len(r) for r in ours)}
+        if not same:
+            bad = next(i for i, (a, r) in enumerate(zip(ours, ref_ids)) if a != r)
+            mismatches.append(f"generate {mode} batch {b}: image {bad} edgecap {ours[bad][:12]} vs transformers "
+                              f"{ref_ids[bad][:12]}")
+    return {"passed": not mismatches, "mismatches": mismatches, "atol": ATOL, "rtol": RTOL,
+            "outputs": results, "generate": tokens, "images": len(images),
+            "reference_preprocess": px_ref is not None}
+
+
+def _strip(row: np.ndarray, eos: tuple[int, ...]) -> list[int]:
+    from edgecap.generation import strip_sequence
+
+    return strip_sequence(row, eos)
+
+
+def _ort_logits(cap: Any, enc: Any, forced: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
+    """Run the decoder graph step by step (cached) and once over the whole sequence (uncached)."""
+    sess, io = cap._decoder, cap._dec_io
+    n = cap.manifest.num_layers
+    b = forced.shape[0]
+    empty = np.zeros((b, cap.manifest.num_heads, 0, cap.manifest.head_dim), np.float32)
+    static = dict(zip(io["cross_k"] + io["cross_v"], enc.cross_k + enc.cross_v))
+    outputs = [io["logits"]] + [x for pair in zip(io["present_k"], io["present_v"]) for x in pair]
+
+    def run(ids: np.ndarray, past: list[np.ndarray]) -> list[np.ndarray]:
+        feeds = dict(static, **{io["input_ids"]: ids})
+        feeds.update({io["past_k"][i]: past[2 * i] for i in range(n)})
+        feeds.update({io["past_v"][i]: past[2 * i + 1] for i in range(n)})
+        return sess.run(outputs, feeds)
+
+    past = [empty] * (2 * n)
+    cached = []
+    for t in range(forced.shape[1]):
+        outs = run(forced[:, t:t + 1], past)
+        cached.append(outs[0])
+        past = outs[1:]
+    uncached = run(forced, [empty] * (2 * n))[0]
+    return cached, uncached

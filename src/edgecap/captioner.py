@@ -1,0 +1,278 @@
+"""The Captioner: preprocess -> encoder (cross K/V once per image) -> cached decode loop -> text."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from ._log import logger
+from .errors import InputError, ManifestError, ModelError
+from .generation import GenerationOptions, _Stepper, beam_search, greedy_search, strip_sequence
+from .imaging import ImageConfig, preprocess
+from .manifest import Manifest, load_manifest
+
+PRECISIONS = ("fp32", "int8")
+
+
+@dataclass(frozen=True)
+class Caption:
+    """One image's caption.
+
+    Attributes:
+        text: the decoded caption.
+        token_ids: generated ids without the decoder start token, cut after the first EOS.
+        timings: milliseconds per stage for the batch this caption was part of
+            (preprocess, encoder, decoder_first, decoder_rest, total).
+    """
+
+    text: str
+    token_ids: list[int]
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class EncoderOutput:
+    """Per-layer cross-attention K/V [B, heads, S, head_dim] and the pooled image embedding [B, D]."""
+
+    cross_k: list[np.ndarray]
+    cross_v: list[np.ndarray]
+    pooled: np.ndarray | None
+
+    @property
+    def batch(self) -> int:
+        return int(self.cross_k[0].shape[0])
+
+
+def _session(path: Path, providers: Sequence[str] | None, threads: int | None):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if threads:
+        opts.intra_op_num_threads = int(threads)
+    opts.inter_op_num_threads = 1
+    try:
+        return ort.InferenceSession(str(path), sess_options=opts,
+                                    providers=list(providers) if providers else ["CPUExecutionProvider"])
+    except Exception as exc:  # noqa: BLE001 - ORT raises several unrelated types for unreadable graphs
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelError(f"cannot load {path}: {first[:200]}; re-run `edgecap export`") from None
+
+
+def _check_io(sess: Any, graph: dict, path: Path) -> None:
+    """The manifest must describe the graph exactly: same input and output names."""
+    for kind, actual in (("inputs", sess.get_inputs()), ("outputs", sess.get_outputs())):
+        declared = [t["name"] for t in graph[kind]]
+        found = [t.name for t in actual]
+        if sorted(declared) != sorted(found):
+            missing = sorted(set(declared) - set(found))[:4]
+            extra = sorted(set(found) - set(declared))[:4]
+            raise ManifestError(f"manifest and {path.name} disagree on {kind}: manifest-only {missing}, "
+                                f"graph-only {extra}; re-export the model")
+
+
+class Captioner:
+    """Caption images with an exported model directory.
+
+    Args:
+        model_dir: a directory written by ``edgecap export`` (or "demo" for the bundled model).
+        precision: "fp32" or "int8" (needs the int8 graphs in the directory).
+        providers: ONNX Runtime execution providers, in priority order (default: CPU).
+        threads: intra-op threads per session (default: ONNX Runtime's choice, the physical cores).
+
+    Example:
+        >>> cap = Captioner("engines/vitgpt2")
+        >>> cap.caption("frame.jpg").text
+    """
+
+    def __init__(self, model_dir: str | os.PathLike, *, precision: str = "fp32",
+                 providers: Sequence[str] | None = None, threads: int | None = None):
+        if str(model_dir) == "demo":
+            from .demo import demo_model_dir
+
+            model_dir = demo_model_dir()
+        if precision not in PRECISIONS:
+            raise InputError(f"unknown precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
+        self.manifest: Manifest = load_manifest(model_dir)
+        self.precision = precision
+        m = self.manifest.data
+        try:
+            self.image_config = ImageConfig.from_manifest(m["image"])
+            self.defaults = self._default_options(m)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ManifestError(f"{self.manifest.directory / 'manifest.json'} is incomplete or malformed "
+                                f"({exc.__class__.__name__}: {exc}); re-run `edgecap export`") from None
+        self._tokenizer = self._load_tokenizer(m)
+        self._enc_io = self.manifest.io("encoder")
+        self._dec_io = self.manifest.io("decoder")
+        enc_path = self.manifest.graph_path(precision, "encoder")
+        dec_path = self.manifest.graph_path(precision, "decoder")
+        self._encoder = _session(enc_path, providers, threads)
+        self._decoder = _session(dec_path, providers, threads)
+        _check_io(self._encoder, m["graphs"][precision]["encoder"], enc_path)
+        _check_io(self._decoder, m["graphs"][precision]["decoder"], dec_path)
+        self._dec_outputs = [self._dec_io["logits"]] + [
+            n for pair in zip(self._dec_io["present_k"], self._dec_io["present_v"]) for n in pair]
+        logger.debug("loaded %s (%s, providers=%s)", self.manifest.directory, precision,
+                     self._decoder.get_providers())
+
+    @staticmethod
+    def _default_options(m: dict) -> GenerationOptions:
+        g, s = m["generation"], m["special_tokens"]
+        return GenerationOptions(
+            max_new_tokens=int(g["max_new_tokens"]), decoder_start_token_id=int(s["decoder_start_token_id"]),
+            eos_token_id=tuple(int(t) for t in s.get("eos_token_id") or ()),
+            pad_token_id=None if s.get("pad_token_id") is None else int(s["pad_token_id"]),
+            min_new_tokens=int(g.get("min_new_tokens") or 0), min_length=int(g.get("min_length") or 0),
+            num_beams=int(g.get("num_beams") or 1), length_penalty=float(g.get("length_penalty", 1.0)),
+            early_stopping=g.get("early_stopping", False),
+            no_repeat_ngram_size=int(g.get("no_repeat_ngram_size") or 0),
+            repetition_penalty=float(g.get("repetition_penalty") or 1.0))
+
+    def _load_tokenizer(self, m: dict):
+        from tokenizers import Tokenizer
+
+        path = self.manifest.directory / m["tokenizer"]["file"]
+        if not path.is_file():
+            raise ModelError(f"tokenizer missing: expected {path}; re-run `edgecap export`")
+        try:
+            return Tokenizer.from_file(str(path))
+        except Exception as exc:  # noqa: BLE001 - the tokenizers library raises plain Exception
+            raise ModelError(f"cannot read {path}: {str(exc)[:160]}; re-run `edgecap export`") from None
+
+    # -- stages -----------------------------------------------------------------------------------------------
+    def preprocess(self, images: Sequence[Any] | Any) -> np.ndarray:
+        """Images (HxWx3 uint8 RGB arrays, PIL images or paths) -> float32 pixel values [B, 3, H, W]."""
+        if not isinstance(images, (list, tuple)):
+            images = [images]
+        return preprocess(images, self.image_config)
+
+    def _check_pixels(self, pixel_values: Any) -> np.ndarray:
+        cfg = self.image_config
+        expected = (3, cfg.height, cfg.width)
+        if not isinstance(pixel_values, np.ndarray):
+            raise InputError(f"expected pixel values as a float32 numpy array [B, {', '.join(map(str, expected))}], "
+                             f"got {type(pixel_values).__name__}; use Captioner.preprocess(images)")
+        if pixel_values.ndim != 4 or pixel_values.shape[1:] != expected:
+            raise InputError(f"expected pixel values of shape [B, {', '.join(map(str, expected))}], "
+                             f"got {list(pixel_values.shape)}; use Captioner.preprocess(images)")
+        if pixel_values.shape[0] == 0:
+            raise InputError("expected at least one image, got an empty batch")
+        return np.ascontiguousarray(pixel_values, dtype=np.float32)
+
+    def encode(self, pixel_values: np.ndarray) -> EncoderOutput:
+        """Run the encoder once: the cross-attention K/V of every decoder layer (and the pooled embedding)."""
+        px = self._check_pixels(pixel_values)
+        io = self._enc_io
+        names = list(io["cross_k"]) + list(io["cross_v"]) + ([io["pooled"]] if io.get("pooled") else [])
+        outs = self._encoder.run(names, {io["pixel_values"]: px})
+        n = self.manifest.num_layers
+        return EncoderOutput(outs[:n], outs[n:2 * n], outs[2 * n] if io.get("pooled") else None)
+
+    def options(self, **overrides: Any) -> GenerationOptions:
+        """The model's generation defaults with ``overrides`` (None values ignored) applied."""
+        return self.defaults.updated(**overrides)
+
+    def generate(self, pixel_values: np.ndarray, *, use_cache: bool = True, _timings: dict | None = None,
+                 **options: Any) -> list[list[int]]:
+        """Generate token ids for a batch of pixel values.
+
+        Args:
+            pixel_values: float32 [B, 3, H, W] from `preprocess`.
+            use_cache: False recomputes the whole sequence every step (a reference path for tests).
+            **options: any `GenerationOptions` field (max_new_tokens, num_beams, no_repeat_ngram_size, ...).
+
+        Returns:
+            One list of ids per image, as transformers returns them minus the leading decoder start token,
+            cut after the first EOS (the padding removed).
+        """
+        opts = self.options(**options)
+        t0 = time.perf_counter()
+        enc = self.encode(pixel_values)
+        t1 = time.perf_counter()
+        seqs = self._decode(enc, opts, use_cache=use_cache, timings=_timings)
+        if _timings is not None:
+            _timings["encoder"] = (t1 - t0) * 1e3
+        return [strip_sequence(row, opts.eos_token_id) for row in seqs]
+
+    def _decode(self, enc: EncoderOutput, opts: GenerationOptions, *, use_cache: bool,
+                timings: dict | None) -> np.ndarray:
+        batch, beams = enc.batch, opts.num_beams
+        cross = [np.repeat(x, beams, axis=0) if beams > 1 else x for x in enc.cross_k + enc.cross_v]
+        n = self.manifest.num_layers
+        io = self._dec_io
+        feeds_static = {name: arr for name, arr in zip(list(io["cross_k"]) + list(io["cross_v"]), cross)}
+        rows = batch * beams
+        empty = np.zeros((rows, self.manifest.num_heads, 0, self.manifest.head_dim), dtype=np.float32)
+        step_times: list[float] = []
+
+        def run(ids: np.ndarray, past: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
+            t = time.perf_counter()
+            feeds = dict(feeds_static)
+            feeds[io["input_ids"]] = ids
+            for i in range(n):
+                feeds[io["past_k"][i]] = past[2 * i]
+                feeds[io["past_v"][i]] = past[2 * i + 1]
+            outs = self._decoder.run(self._dec_outputs, feeds)
+            step_times.append((time.perf_counter() - t) * 1e3)
+            return outs[0], outs[1:]
+
+        past0 = [empty] * (2 * n)
+        stepper = _Stepper(run, past0) if use_cache else _UncachedStepper(run, past0)
+        search = greedy_search if beams == 1 else beam_search
+        seqs = search(stepper, batch, opts)
+        if timings is not None and step_times:
+            timings["decoder_first"] = step_times[0]
+            timings["decoder_rest"] = float(sum(step_times[1:]))
+            timings["decoder_steps"] = len(step_times)
+        return seqs
+
+    def decode_text(self, token_ids: Sequence[int]) -> str:
+        """Token ids -> text, skipping special tokens as the checkpoint's tokenizer does."""
+        tok = self.manifest.data["tokenizer"]
+        text = self._tokenizer.decode(list(token_ids), skip_special_tokens=bool(tok.get("skip_special_tokens", True)))
+        if tok.get("clean_up_tokenization_spaces"):
+            for a, b in ((" .", "."), (" ?", "?"), (" !", "!"), (" ,", ","), (" ' ", "'"), (" n't", "n't"),
+                         (" 'm", "'m"), (" 's", "'s"), (" 've", "'ve"), (" 're", "'re")):
+                text = text.replace(a, b)
+        return text.strip()
+
+    def caption(self, images: Sequence[Any] | Any, **options: Any) -> Caption | list[Caption]:
+        """Caption one image (returns a Caption) or a list of images (returns a list, one batch).
+
+        Args:
+            images: an image or a list of images (HxWx3 uint8 RGB arrays, PIL images or paths).
+            **options: generation options, see `generate`.
+        """
+        single = not isinstance(images, (list, tuple))
+        batch = [images] if single else list(images)
+        timings: dict[str, float] = {}
+        t0 = time.perf_counter()
+        px = self.preprocess(batch)
+        timings["preprocess"] = (time.perf_counter() - t0) * 1e3
+        ids = self.generate(px, _timings=timings, **options)
+        timings["total"] = (time.perf_counter() - t0) * 1e3
+        out = [Caption(self.decode_text(row), row, dict(timings)) for row in ids]
+        return out[0] if single else out
+
+
+class _UncachedStepper(_Stepper):
+    """Feeds the whole history with an empty past at every step: the no-cache reference path."""
+
+    def __init__(self, fn, empty_past):
+        super().__init__(fn, empty_past)
+        self._empty = empty_past
+        self._history: np.ndarray | None = None
+
+    def __call__(self, input_ids: np.ndarray) -> np.ndarray:
+        self._history = input_ids if self._history is None else np.concatenate([self._history, input_ids], axis=1)
+        logits, _ = self.fn(self._history, self._empty)
+        return logits
+
+    def reorder(self, index: np.ndarray) -> None:
+        self._history = self._history[index]

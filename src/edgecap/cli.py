@@ -1,0 +1,135 @@
+"""The `edgecap` command line. User errors exit non-zero with one line on stderr, never a traceback."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from typing import Callable, Sequence
+
+from ._version import __version__
+from .errors import DependencyError, EdgecapError
+
+EXIT_USER_ERROR = 2
+
+
+def _require_export_extra() -> None:
+    try:
+        import torch  # noqa: F401
+        import transformers  # noqa: F401
+        import onnx  # noqa: F401
+    except ImportError as exc:
+        raise DependencyError(f"`{exc.name}` is not installed: the export step needs the export extra; install the "
+                              "CPU build of torch first (pip install torch==2.13.0, or the CPU index elsewhere), "
+                              "then pip install 'edgecap[export]'") from None
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    _require_export_extra()
+    from edgecap_export import export_model
+
+    from .errors import ParityError
+
+    try:
+        out = export_model(args.model, args.out, opset=args.opset, validate=not args.skip_validation,
+                           name=args.name, progress=not args.quiet)
+    except ParityError as exc:
+        print(f"edgecap: error: {exc}", file=sys.stderr)
+        for line in exc.report:
+            print(f"  mismatch: {line}", file=sys.stderr)
+        return 1
+    print(f"exported {args.model} -> {out}")
+    return 0
+
+
+def cmd_caption(args: argparse.Namespace) -> int:
+    from .captioner import Captioner
+
+    cap = Captioner(args.model, precision=args.precision, threads=args.threads)
+    failed = 0
+    for path in args.images:
+        try:
+            out = cap.caption(path, num_beams=args.beams, max_new_tokens=args.max_new_tokens)
+        except EdgecapError as exc:
+            if len(args.images) == 1:
+                raise
+            print(f"edgecap: error: {path}: {exc}", file=sys.stderr)
+            failed += 1
+            continue
+        if args.json:
+            print(json.dumps({"path": path, "text": out.text, "token_ids": out.token_ids,
+                              "milliseconds": round(out.timings.get("total", 0.0), 2)}, ensure_ascii=False))
+        else:
+            print(f"{path}\t{out.text}")
+    return 1 if failed else 0
+
+
+def _add_export(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("export", help="export a Hugging Face captioner to ONNX with a full KV cache",
+                       description="Export a VisionEncoderDecoder captioner (ViT/DeiT encoder + GPT-2 decoder) to "
+                                   "encoder.onnx (which also computes every decoder layer's cross-attention K/V) and "
+                                   "decoder.onnx (one cached step, no If node), copy tokenizer.json, write "
+                                   "manifest.json, and validate against transformers (tokens must be identical). "
+                                   "Needs the export extra (torch, transformers, onnx).")
+    p.add_argument("model", help="hub id (e.g. nlpconnect/vit-gpt2-image-captioning) or a save_pretrained directory")
+    p.add_argument("--out", required=True, help="output directory (e.g. engines/vitgpt2)")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset (default: 17)")
+    p.add_argument("--name", help="display name recorded in the manifest")
+    p.add_argument("--skip-validation", action="store_true",
+                   help="do not compare with transformers (not recommended: parity is the product)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_export)
+
+
+def _add_caption(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("caption", help="caption image files with an exported model",
+                       description="Caption image files with an exported model directory; one line per image "
+                                   "(path, tab, caption) or, with --json, one JSON object per line.")
+    p.add_argument("model", help="exported model directory, or 'demo' for the bundled model")
+    p.add_argument("images", nargs="+", help="image files (PNG, JPEG, ...)")
+    p.add_argument("--beams", type=int, default=None, help="beam count (default: the model's generation config)")
+    p.add_argument("--max-new-tokens", type=int, default=None, help="token budget (default: the model's)")
+    p.add_argument("--precision", choices=("fp32", "int8"), default="fp32", help="graph precision (default fp32)")
+    p.add_argument("--threads", type=int, default=None, help="intra-op threads (default: physical cores)")
+    p.add_argument("--json", action="store_true", help="print JSON lines: path, text, token_ids, milliseconds")
+    p.set_defaults(func=cmd_caption)
+
+
+REGISTRARS: list[Callable[[argparse._SubParsersAction], None]] = [_add_export, _add_caption]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="edgecap",
+        description="Optimized edge and real-time video captioning: export Hugging Face captioners to KV-cached "
+                    "ONNX, caption images and camera streams, and search the event log.",
+        epilog="Start with `edgecap demo` (bundled model, generated clip). `edgecap COMMAND --help` for details.")
+    parser.add_argument("--version", action="version", version=f"edgecap {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for register in REGISTRARS:
+        register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING - 10 * min(args.verbose, 2),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return EXIT_USER_ERROR
+    try:
+        return int(args.func(args) or 0)
+    except EdgecapError as exc:
+        print(f"edgecap: error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("edgecap: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

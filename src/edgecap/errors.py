@@ -1,0 +1,43 @@
+"""Typed exceptions. Every message is one line: what was expected, what was found, what to do."""
+
+from __future__ import annotations
+
+
+class EdgecapError(Exception):
+    """Base class of every error edgecap raises on purpose."""
+
+
+class ModelError(EdgecapError):
+    """A model directory is missing, incomplete or not loadable."""
+
+
+class ManifestError(ModelError):
+    """manifest.json is missing, corrupt, of another schema version, or disagrees with the ONNX graphs."""
+
+
+class InputError(EdgecapError, ValueError):
+    """An image, batch or option passed by the caller is not usable."""
+
+
+class DependencyError(EdgecapError, ImportError):
+    """An optional dependency (an extra) is not installed."""
+
+
+class ExportError(EdgecapError):
+    """The export step failed."""
+
+
+class UnsupportedModelError(ExportError):
+    """The checkpoint's architecture is not one edgecap can export."""
+
+
+class ParityError(ExportError):
+    """The exported graphs do not reproduce the reference model; ``report`` lists every mismatch."""
+
+    def __init__(self, message: str, report: list[str]):
+        super().__init__(message)
+        self.report = report
+
+
+class SourceError(EdgecapError):
+    """A video source cannot be opened or read."""

@@ -1,0 +1,246 @@
+"""Greedy and beam search in numpy over a KV-cached decoder step, token-identical to transformers' ``generate``.
+
+The loop mirrors transformers 4.5x/5.x: logits processors in the same order (repetition penalty, no-repeat n-gram,
+min length, min new tokens), greedy on processed logits, and the vectorised beam search (top 2*num_beams candidates
+on accumulated float32 log-probs, finished hypotheses merged by length-penalised score, the same early-stopping
+heuristic). Arithmetic stays in float32 where transformers computes in float32, so scores round the same way.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+from typing import Any, Callable, Protocol
+
+import numpy as np
+
+from .errors import InputError
+
+
+@dataclass(frozen=True)
+class GenerationOptions:
+    """Decoding settings; defaults come from the model's generation config recorded in the manifest.
+
+    Attributes:
+        max_new_tokens: tokens to generate at most (the decoder start token is not counted).
+        min_new_tokens: EOS is forbidden until this many tokens were generated.
+        min_length: EOS is forbidden while the sequence (start token included) is shorter than this.
+        num_beams: 1 for greedy search, more for beam search.
+        length_penalty: exponent of the length normalisation of finished beam scores.
+        early_stopping: True, False or "never", as in transformers.
+        no_repeat_ngram_size: forbid repeating any n-gram of this size (0 disables).
+        repetition_penalty: divide positive / multiply negative scores of seen tokens (1.0 disables).
+        eos_token_id: ids that end a sequence.
+        pad_token_id: id written after a sequence ended.
+        decoder_start_token_id: the first decoder input id.
+    """
+
+    max_new_tokens: int
+    decoder_start_token_id: int
+    eos_token_id: tuple[int, ...] = ()
+    pad_token_id: int | None = None
+    min_new_tokens: int = 0
+    min_length: int = 0
+    num_beams: int = 1
+    length_penalty: float = 1.0
+    early_stopping: bool | str = False
+    no_repeat_ngram_size: int = 0
+    repetition_penalty: float = 1.0
+
+    def updated(self, **overrides: Any) -> "GenerationOptions":
+        """Return a copy with the given non-None overrides applied and checked."""
+        names = {f.name for f in fields(self)}
+        unknown = sorted(set(overrides) - names)
+        if unknown:
+            raise InputError(f"unknown generation option(s) {unknown}; expected some of {sorted(names)}")
+        opts = replace(self, **{k: v for k, v in overrides.items() if v is not None})
+        if isinstance(opts.eos_token_id, int):
+            opts = replace(opts, eos_token_id=(opts.eos_token_id,))
+        opts.check()
+        return opts
+
+    def check(self) -> None:
+        if self.max_new_tokens < 1:
+            raise InputError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.num_beams < 1:
+            raise InputError(f"num_beams must be >= 1, got {self.num_beams}")
+        if self.min_new_tokens < 0 or self.min_length < 0 or self.no_repeat_ngram_size < 0:
+            raise InputError("min_new_tokens, min_length and no_repeat_ngram_size must be >= 0")
+        if not self.repetition_penalty > 0:
+            raise InputError(f"repetition_penalty must be > 0, got {self.repetition_penalty}")
+        if self.early_stopping not in (True, False, "never"):
+            raise InputError(f"early_stopping must be True, False or 'never', got {self.early_stopping!r}")
+
+
+class DecoderStep(Protocol):
+    """One decoder call: new input ids [N, T] and the cache state -> last-position logits [N, V]."""
+
+    def __call__(self, input_ids: np.ndarray) -> np.ndarray: ...
+
+
+@dataclass
+class _Stepper:
+    """Adapts a graph call ``fn(input_ids, past) -> (logits, present)`` into a stateful step with beam reordering."""
+
+    fn: Callable[[np.ndarray, list[np.ndarray]], tuple[np.ndarray, list[np.ndarray]]]
+    past: list[np.ndarray]
+
+    def __call__(self, input_ids: np.ndarray) -> np.ndarray:
+        logits, self.past = self.fn(input_ids, self.past)
+        return logits
+
+    def reorder(self, index: np.ndarray) -> None:
+        if not np.array_equal(index, np.arange(len(index))):
+            self.past = [p[index] for p in self.past]
+
+
+def _neg_inf_like_eos(scores: np.ndarray, eos: tuple[int, ...]) -> None:
+    scores[:, list(eos)] = -np.inf
+
+
+def process_scores(seqs: np.ndarray, scores: np.ndarray, opts: GenerationOptions) -> np.ndarray:
+    """Apply transformers' logits processors, in its order, to scores [N, V] given sequences [N, L] (in place)."""
+    cur_len = seqs.shape[1]
+    if opts.repetition_penalty != 1.0:
+        rows = np.repeat(np.arange(seqs.shape[0]), cur_len)
+        cols = seqs.reshape(-1)
+        seen = scores[rows, cols]
+        pen = np.float32(opts.repetition_penalty)
+        scores[rows, cols] = np.where(seen < 0, seen * pen, seen / pen)
+    n = opts.no_repeat_ngram_size
+    if n and cur_len >= n:
+        windows = np.lib.stride_tricks.sliding_window_view(seqs, n, axis=1)  # [N, L-n+1, n]
+        prefix = seqs[:, cur_len + 1 - n:]  # the last n-1 tokens
+        match = np.all(windows[:, :, :-1] == prefix[:, None, :], axis=2)
+        r, w = np.nonzero(match)
+        scores[r, windows[r, w, -1]] = -np.inf
+    if opts.eos_token_id:
+        if opts.min_length > 0 and cur_len < opts.min_length:
+            _neg_inf_like_eos(scores, opts.eos_token_id)
+        if opts.min_new_tokens > 0 and cur_len - 1 < opts.min_new_tokens:
+            _neg_inf_like_eos(scores, opts.eos_token_id)
+    return scores
+
+
+def _log_softmax(x: np.ndarray) -> np.ndarray:
+    shifted = x - x.max(axis=-1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+
+
+def _topk(x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Top k along the last axis, sorted descending; ties keep the lower index first."""
+    if k < x.shape[-1]:
+        part = np.argpartition(-x, k - 1, axis=-1)[..., :k]
+    else:
+        part = np.broadcast_to(np.arange(x.shape[-1]), x.shape).copy()
+    vals = np.take_along_axis(x, part, axis=-1)
+    order = np.lexsort((part, -vals), axis=-1)
+    idx = np.take_along_axis(part, order, axis=-1)
+    return np.take_along_axis(x, idx, axis=-1), idx
+
+
+def greedy_search(step: _Stepper, batch: int, opts: GenerationOptions) -> np.ndarray:
+    """Greedy decoding; returns sequences [batch, L] starting with the decoder start token."""
+    seqs = np.full((batch, 1), opts.decoder_start_token_id, dtype=np.int64)
+    eos = np.asarray(opts.eos_token_id, dtype=np.int64)
+    pad = opts.pad_token_id if opts.pad_token_id is not None else (int(eos[0]) if eos.size else 0)
+    unfinished = np.ones(batch, dtype=bool)
+    for _ in range(opts.max_new_tokens):
+        scores = step(seqs[:, -1:]).astype(np.float32, copy=True)
+        scores = process_scores(seqs, scores, opts)
+        nxt = scores.argmax(axis=-1).astype(np.int64)
+        if eos.size:
+            nxt = np.where(unfinished, nxt, pad)
+            unfinished &= ~np.isin(nxt, eos)
+        seqs = np.concatenate([seqs, nxt[:, None]], axis=1)
+        if not unfinished.any():
+            break
+    return seqs
+
+
+def beam_search(step: _Stepper, batch: int, opts: GenerationOptions) -> np.ndarray:
+    """Beam search over a cache already expanded to batch * num_beams rows; returns the best sequence per item."""
+    k = opts.num_beams
+    eos = np.asarray(opts.eos_token_id, dtype=np.int64)
+    keep = max(2, 1 + eos.size) * k
+    top_mask = np.arange(keep) < k
+    max_length = 1 + opts.max_new_tokens
+    cur_len, prompt_len = 1, 1
+    if eos.size:
+        # transformers: `pad_token_id or eos_token_id[0]` -- a pad id of 0 falls through to EOS.
+        fill = opts.pad_token_id if opts.pad_token_id else int(eos[0])
+    else:
+        fill = -1
+    f32 = np.float32
+    big = f32(-1.0e9)
+    running = np.full((batch, k, max_length), fill, dtype=np.int64)
+    running[:, :, 0] = opts.decoder_start_token_id
+    sequences = running.copy()
+    running_scores = np.zeros((batch, k), dtype=f32)
+    running_scores[:, 1:] = big
+    beam_scores = np.full((batch, k), big, dtype=f32)
+    finished = np.zeros((batch, k), dtype=bool)
+    improvable = np.ones((batch, 1), dtype=bool)
+    running_idx = np.full((batch, k, max_length - cur_len), -1, dtype=np.int32)
+    beam_idx = running_idx.copy()
+    batch_offset = (np.arange(batch) * k)[:, None]
+    while True:
+        flat = running[:, :, :cur_len].reshape(batch * k, cur_len)
+        logits = step(flat[:, -1:]).astype(f32, copy=False)
+        log_probs = process_scores(flat, _log_softmax(logits), opts)
+        vocab = log_probs.shape[-1]
+        acc = (log_probs.reshape(batch, k, vocab) + running_scores[:, :, None]).reshape(batch, k * vocab)
+        topk_lp, topk_ix = _topk(acc, keep)
+        src_beam = topk_ix // vocab
+        topk_ids = topk_ix % vocab
+        topk_seqs = np.take_along_axis(running, src_beam[:, :, None], axis=1)
+        topk_seqs[:, :, cur_len] = topk_ids
+        topk_bidx = np.take_along_axis(running_idx, src_beam[:, :, None], axis=1)
+        topk_bidx[:, :, cur_len - prompt_len] = src_beam + batch_offset
+        hits = np.isin(topk_ids, eos) | (cur_len + 1 >= max_length)
+
+        # e. the best num_beams unfinished continuations run on
+        run_lp = topk_lp + hits.astype(f32) * big
+        nxt = _topk(run_lp, k)[1]
+        running = np.take_along_axis(topk_seqs, nxt[:, :, None], axis=1)
+        running_scores = np.take_along_axis(run_lp, nxt, axis=1)
+        running_idx = np.take_along_axis(topk_bidx, nxt[:, :, None], axis=1)
+
+        # f. finished candidates among the top num_beams compete with the kept finished hypotheses
+        just_done = hits & top_mask[None, :]
+        fin_lp = topk_lp / f32((cur_len + 1 - prompt_len) ** opts.length_penalty)
+        full = np.all(finished, axis=-1, keepdims=True) & (opts.early_stopping is True)
+        fin_lp = fin_lp + full.astype(f32) * big
+        fin_lp = fin_lp + (~improvable).astype(f32) * big
+        fin_lp = fin_lp + (~just_done).astype(f32) * big
+        merged_scores = np.concatenate([beam_scores, fin_lp], axis=1)
+        best = _topk(merged_scores, k)[1]
+        sequences = np.take_along_axis(np.concatenate([sequences, topk_seqs], axis=1), best[:, :, None], axis=1)
+        beam_scores = np.take_along_axis(merged_scores, best, axis=1)
+        beam_idx = np.take_along_axis(np.concatenate([beam_idx, topk_bidx], axis=1), best[:, :, None], axis=1)
+        finished = np.take_along_axis(np.concatenate([finished, just_done], axis=1), best, axis=1)
+
+        step.reorder(running_idx[:, :, cur_len - prompt_len].reshape(-1).astype(np.intp))
+        cur_len += 1
+        if opts.early_stopping == "never" and opts.length_penalty > 0.0:
+            best_len = max_length - prompt_len
+        else:
+            best_len = cur_len - prompt_len
+        best_possible = running_scores[:, :1] / f32(best_len ** opts.length_penalty)
+        worst_done = np.where(finished, beam_scores.min(axis=1, keepdims=True), big)
+        improvable = improvable & np.any(best_possible > worst_done, axis=-1, keepdims=True)
+        go_on = improvable.any() and not (finished.all() and opts.early_stopping is True) and not hits.all()
+        if not go_on:
+            break
+    best_idx = beam_idx[:, 0, :]
+    length = prompt_len + int(((best_idx + 1) != 0).sum(axis=1).max())
+    return sequences[:, 0, :length]
+
+
+def strip_sequence(row: np.ndarray, eos: tuple[int, ...]) -> list[int]:
+    """Drop the decoder start token and everything after the first EOS (the padding transformers adds)."""
+    out: list[int] = []
+    for t in row[1:].tolist():
+        out.append(int(t))
+        if t in eos:
+            break
+    return out

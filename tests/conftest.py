@@ -1,0 +1,66 @@
+"""Shared fixtures: tiny random-weight checkpoints built from configs and exported once per session."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+# Each case: one architecture the acceptance grid names (encoder kind, sizes, depth, width, heads, vocabulary).
+ARCHS = {
+    "vit-gpt2": dict(encoder="vit"),
+    "deit-gpt2": dict(encoder="deit", image_size=48, patch_size=16, enc_layers=3, enc_hidden=48, enc_heads=4,
+                      dec_layers=3, dec_hidden=48, dec_heads=4, vocab_size=400),
+    # encoder wider than decoder: exercises enc_to_dec_proj; odd sizes everywhere
+    "vit-proj-gpt2": dict(encoder="vit", image_size=40, patch_size=10, enc_layers=1, enc_hidden=40, enc_heads=5,
+                          dec_layers=4, dec_hidden=24, dec_heads=3, vocab_size=350,
+                          generation={"num_beams": 2, "no_repeat_ngram_size": 3, "max_length": 16}),
+}
+
+
+def _quiet_transformers() -> None:
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+
+@pytest.fixture(scope="session")
+def checkpoint_factory(tmp_path_factory):
+    """Build (and cache) a save_pretrained checkpoint for an ARCHS key."""
+    pytest.importorskip("torch")
+    _quiet_transformers()
+    from tiny_models import build_model
+
+    cache: dict[str, Path] = {}
+
+    def make(name: str) -> Path:
+        if name not in cache:
+            cache[name] = build_model(tmp_path_factory.mktemp(f"ckpt-{name}"), **ARCHS[name])
+        return cache[name]
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def exported_factory(tmp_path_factory, checkpoint_factory):
+    """Export (with validation) and cache the edgecap directory of an ARCHS key."""
+    from edgecap_export import export_model
+
+    cache: dict[str, Path] = {}
+
+    def make(name: str) -> Path:
+        if name not in cache:
+            cache[name] = export_model(str(checkpoint_factory(name)), tmp_path_factory.mktemp(f"out-{name}"),
+                                       progress=False)
+        return cache[name]
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def tiny_export(exported_factory) -> Path:
+    return exported_factory("vit-gpt2")
