@@ -8,7 +8,7 @@ VENV ?= .venv
 TORCH_PIP ?= torch==2.13.0
 BIN := $(VENV)/bin
 
-.PHONY: demo test clean
+.PHONY: demo test demo-model clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,15 @@ demo: $(VENV)/.runtime
 
 test: $(VENV)/.dev
 	$(BIN)/python -m pytest -q
+
+# Retrain the bundled demo model from scratch (about 40 minutes on a 2-core CPU; CI does not run this).
+DEMO_RUN ?= runs/demo
+DEMO_RECIPE ?= --data synth:48000 --base demo --epochs 3 --batch-size 64 --lr 1e-3 --seed 0
+demo-model: $(VENV)/.dev
+	$(BIN)/edgecap finetune $(DEMO_RECIPE) --out $(DEMO_RUN)
+	mkdir -p src/edgecap/models/demo
+	cp $(DEMO_RUN)/manifest.json $(DEMO_RUN)/encoder.onnx $(DEMO_RUN)/decoder.onnx $(DEMO_RUN)/tokenizer.json src/edgecap/models/demo/
+	$(BIN)/edgecap evaluate demo --scenes 500
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info export/*.egg-info

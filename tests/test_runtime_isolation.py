@@ -16,7 +16,7 @@ def test_runtime_runs_with_torch_and_transformers_blocked(tiny_export):
                     raise ImportError("blocked: " + name)
         sys.meta_path.insert(0, Block())
         import numpy as np
-        import edgecap, edgecap.cli
+        import edgecap, edgecap.cli, edgecap.synth, edgecap.demo, edgecap.video, edgecap.evaluation
         from edgecap import Captioner
         cap = Captioner({str(tiny_export)!r})
         out = cap.caption(np.zeros((20, 20, 3), np.uint8), max_new_tokens=4, num_beams=2)

@@ -96,7 +96,106 @@ def _add_caption(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_caption)
 
 
-REGISTRARS: list[Callable[[argparse._SubParsersAction], None]] = [_add_export, _add_caption]
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import format_ts, run_demo
+
+    print(f"edgecap demo: rendering a {args.duration:.0f} s synthetic camera clip and captioning one frame every "
+          f"{args.interval:g} s with the {'bundled' if args.model == 'demo' else args.model} model ({args.precision})")
+    res = run_demo(args.out, model=args.model, duration_s=args.duration, interval_s=args.interval,
+                   precision=args.precision, progress=not args.quiet)
+    print()
+    print("timeline (caption per scene; ✓ = states every attribute of the generated scene)")
+    for seg in res.segments:
+        mark = "✓" if seg.correct else "✗"
+        line = f"  {format_ts(seg.start_s)}-{format_ts(seg.end_s)}  {mark} {seg.text}"
+        print(line if seg.correct else f"{line}\n{'':21}truth: {seg.truth}")
+    print()
+    print(f"{res.frames_correct}/{res.frames} sampled frames captioned correctly; "
+          f"{res.ms_per_caption:.1f} ms per caption on this CPU")
+    print(f"outputs: {res.clip} (clip), {res.captions_jsonl} (every caption), {res.timeline_txt} (timeline)")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .captioner import Captioner
+    from .evaluation import evaluate_synth
+
+    cap = Captioner(args.model, precision=args.precision)
+    res = evaluate_synth(cap, scenes=args.scenes, start_seed=args.start_seed, progress=not args.quiet)
+    if args.json:
+        print(json.dumps({k: v for k, v in res.items() if k != "captions"}))
+        return 0
+    print(f"held-out scenes: {res['scenes']} (seeds {res['start_seed']}..{res['start_seed'] + res['scenes'] - 1})")
+    print("| attribute | accuracy |")
+    print("|---|---|")
+    for name, acc in res["accuracy"].items():
+        print(f"| {name} | {100 * acc:.1f}% |")
+    print(f"| caption equals the canonical reference | {100 * res['exact_reference']:.1f}% |")
+    return 0
+
+
+def cmd_finetune(args: argparse.Namespace) -> int:
+    _require_export_extra()
+    from edgecap_export.finetune import TrainConfig, finetune
+
+    cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                      threads=args.threads)
+    out = finetune(args.data, args.out, base=args.base, cfg=cfg, progress=not args.quiet,
+                   max_steps=args.max_steps)
+    print(f"trained and exported -> {out}")
+    return 0
+
+
+def _add_demo(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("demo", help="caption a generated camera clip with the bundled model (works offline)",
+                       description="Render a ~60 s synthetic surveillance clip with scene changes and objects "
+                                   "entering and leaving, caption it with the bundled demo model, print the "
+                                   "timeline of captions and write the outputs to --out.")
+    p.add_argument("--out", default="edgecap-demo", help="output directory (default: ./edgecap-demo)")
+    p.add_argument("--model", default="demo", help="model directory (default: the bundled demo model)")
+    p.add_argument("--duration", type=float, default=60.0, help="clip length in seconds (default 60)")
+    p.add_argument("--interval", type=float, default=1.0, help="seconds between captioned frames (default 1)")
+    p.add_argument("--precision", choices=("fp32", "int8"), default="fp32")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_demo)
+
+
+def _add_evaluate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("evaluate", help="attribute accuracy on held-out synthetic scenes",
+                       description="Caption held-out synthetic scenes (seeds >= 10**9, never trained on) and "
+                                   "report, per attribute (kind, colour, count, position, background, time of "
+                                   "day), the share of captions that state it correctly.")
+    p.add_argument("model", nargs="?", default="demo", help="model directory (default: the bundled model)")
+    p.add_argument("--scenes", type=int, default=500, help="number of scenes (default 500)")
+    p.add_argument("--start-seed", type=int, default=10**9, help="first held-out seed (default 10**9)")
+    p.add_argument("--precision", choices=("fp32", "int8"), default="fp32")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_evaluate)
+
+
+def _add_finetune(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("finetune", help="train or fine-tune a captioner on image+caption pairs, then export it",
+                       description="Train (from a preset) or fine-tune (from a checkpoint) a VisionEncoderDecoder "
+                                   "captioner. DATA: a JSONL of {\"image\": path, \"caption\": text}, a folder "
+                                   "(captions.jsonl, or images with same-named .txt files), or synth:N for N "
+                                   "generated scenes. Resumes from OUT/train automatically; ends with `edgecap "
+                                   "export` into OUT. Needs the export extra.")
+    p.add_argument("--data", required=True, help="JSONL file, folder, or synth:N")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--base", default="tiny", help="checkpoint directory, preset (tiny, demo) or preset JSON")
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
+    p.add_argument("--max-steps", type=int, default=None, help="stop after this many steps (smoke tests)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_finetune)
+
+
+REGISTRARS: list[Callable[[argparse._SubParsersAction], None]] = [_add_demo, _add_caption, _add_export,
+                                                                   _add_finetune, _add_evaluate]
 
 
 def build_parser() -> argparse.ArgumentParser:
