@@ -31,7 +31,7 @@ test: $(VENV)/.dev
 
 # Retrain the bundled demo model from scratch (about 40 minutes on a 2-core CPU; CI does not run this).
 DEMO_RUN ?= runs/demo
-DEMO_RECIPE ?= --data synth:48000 --base demo --epochs 3 --batch-size 64 --lr 1e-3 --seed 0
+DEMO_RECIPE ?= --data synth:48000 --base demo --epochs 4 --batch-size 64 --lr 1e-3 --seed 0
 demo-model: $(VENV)/.dev
 	$(BIN)/edgecap finetune $(DEMO_RECIPE) --out $(DEMO_RUN)
 	mkdir -p src/edgecap/models/demo

@@ -34,7 +34,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     "tiny": dict(image_size=32, patch_size=8, enc_layers=1, enc_hidden=32, enc_heads=2, dec_layers=1,
                  dec_hidden=32, dec_heads=2, max_length=40),
     # the bundled demo model (see docs/DEMO_MODEL.md)
-    "demo": dict(image_size=128, patch_size=16, enc_layers=4, enc_hidden=192, enc_heads=3, dec_layers=3,
+    # 128x160 keeps most of a 4:3 camera frame's aspect, so thin shapes (bicycle frames, dog legs) survive
+    "demo": dict(image_size=(128, 160), patch_size=16, enc_layers=4, enc_hidden=192, enc_heads=3, dec_layers=3,
                  dec_hidden=192, dec_heads=3, max_length=40),
 }
 SPECIALS = ("<s>", "</s>", "<pad>", "<unk>")
@@ -57,7 +58,12 @@ class TrainConfig:
 
 
 # -- data ---------------------------------------------------------------------------------------------------------
-def _synth_pairs(n: int, size: int, seed: int, canonical_share: float, progress: bool) -> tuple[np.ndarray, list[str]]:
+def _hw(size: int | tuple | list) -> tuple[int, int]:
+    return (int(size), int(size)) if isinstance(size, int) else (int(size[0]), int(size[1]))
+
+
+def _synth_pairs(n: int, size: tuple[int, int], seed: int, canonical_share: float,
+                 progress: bool) -> tuple[np.ndarray, list[str]]:
     from tqdm import tqdm
 
     from edgecap import synth
@@ -68,11 +74,11 @@ def _synth_pairs(n: int, size: int, seed: int, canonical_share: float, progress:
     others = max(synth.N_CAPTION_VARIANTS - 1, 1)
     probs = [canonical_share] + [(1 - canonical_share) / others] * (synth.N_CAPTION_VARIANTS - 1)
     variants = rng.choice(synth.N_CAPTION_VARIANTS, size=n, p=probs)
-    images = np.empty((n, size, size, 3), dtype=np.uint8)
+    images = np.empty((n, size[0], size[1], 3), dtype=np.uint8)
     captions = []
     for i in tqdm(range(n), desc="render synth", unit="img", disable=not progress):
         img, spec = synth.render_scene(i)
-        images[i] = resize(img, size, size, BILINEAR)
+        images[i] = resize(img, size[0], size[1], BILINEAR)
         captions.append(spec.caption(int(variants[i])))
     return images, captions
 
@@ -106,8 +112,8 @@ def _file_pairs(data: Path) -> list[tuple[Path, str]]:
     return pairs
 
 
-def load_data(data: str, size: int, cfg: TrainConfig, progress: bool) -> tuple[np.ndarray, list[str]]:
-    """(uint8 images [N, size, size, 3] resized as the image processor will, captions)."""
+def load_data(data: str, size: tuple[int, int], cfg: TrainConfig, progress: bool) -> tuple[np.ndarray, list[str]]:
+    """(uint8 images [N, height, width, 3] resized as the image processor will, captions)."""
     if data.startswith("synth:"):
         try:
             n = int(data.split(":", 1)[1])
@@ -115,7 +121,7 @@ def load_data(data: str, size: int, cfg: TrainConfig, progress: bool) -> tuple[n
             raise InputError(f"expected synth:N with an integer N, got {data!r}") from None
         return _synth_pairs(n, size, cfg.seed, cfg.canonical_share, progress)
     pairs = _file_pairs(Path(data))
-    images = np.stack([resize(load_image(p), size, size, BILINEAR) for p, _ in pairs])
+    images = np.stack([resize(load_image(p), size[0], size[1], BILINEAR) for p, _ in pairs])
     return images, [c for _, c in pairs]
 
 
@@ -138,7 +144,7 @@ def build_from_preset(preset: dict[str, Any], tokenizer: Any, seed: int):
     from transformers import GPT2Config, ViTConfig, VisionEncoderDecoderConfig, VisionEncoderDecoderModel
 
     torch.manual_seed(seed)
-    enc = ViTConfig(image_size=preset["image_size"], patch_size=preset["patch_size"],
+    enc = ViTConfig(image_size=list(_hw(preset["image_size"])), patch_size=preset["patch_size"],
                     num_hidden_layers=preset["enc_layers"], hidden_size=preset["enc_hidden"],
                     num_attention_heads=preset["enc_heads"], intermediate_size=4 * preset["enc_hidden"])
     dec = GPT2Config(vocab_size=len(tokenizer), n_positions=64, n_embd=preset["dec_hidden"],
@@ -177,8 +183,8 @@ def resolve_base(base: str, captions: list[str], seed: int):
                          f"({', '.join(PRESETS)}) or a JSON file of preset sizes")
     tok = train_word_tokenizer(captions)
     model = build_from_preset(preset, tok, seed)
-    size = preset["image_size"]
-    proc = ViTImageProcessorPil(size={"height": size, "width": size}, resample=BILINEAR,
+    h, w = _hw(preset["image_size"])
+    proc = ViTImageProcessorPil(size={"height": h, "width": w}, resample=BILINEAR,
                                 image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5])
     return model, tok, proc
 
@@ -242,7 +248,7 @@ def finetune(data: str, out: str | os.PathLike, *, base: str = "tiny", cfg: Trai
 
             size_hint = AutoConfig.from_pretrained(base).encoder.image_size if os.path.isdir(base) else \
                 json.loads(Path(base).read_text()).get("image_size", PRESETS["tiny"]["image_size"])
-        images, captions = load_data(data, int(size_hint), cfg, progress)
+        images, captions = load_data(data, _hw(size_hint), cfg, progress)
         np.savez(cache, images=images, captions=np.asarray(captions))
     if resumed:
         from transformers import AutoTokenizer, VisionEncoderDecoderModel, ViTImageProcessorPil
@@ -252,9 +258,9 @@ def finetune(data: str, out: str | os.PathLike, *, base: str = "tiny", cfg: Trai
         proc = ViTImageProcessorPil.from_pretrained(train_dir / "model")
     else:
         model, tok, proc = resolve_base(base, captions, cfg.seed)
-    size = model.config.encoder.image_size
-    if images.shape[1] != size:
-        raise ExportError(f"cached data is {images.shape[1]} px but the model takes {size} px; delete {cache}")
+    size = _hw(model.config.encoder.image_size)
+    if images.shape[1:3] != size:
+        raise ExportError(f"cached data is {images.shape[1:3]} px but the model takes {size} px; delete {cache}")
 
     # Tokenise once: labels end with EOS, pad with -100 so the loss ignores padding.
     enc = [tok(c, add_special_tokens=False)["input_ids"] + [tok.eos_token_id] for c in captions]

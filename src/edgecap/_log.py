@@ -3,3 +3,4 @@
 import logging
 
 logger = logging.getLogger("edgecap")
+logger.addHandler(logging.NullHandler())  # no "last resort" stderr output unless the application configures logging

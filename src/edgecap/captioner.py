@@ -28,11 +28,13 @@ class Caption:
         token_ids: generated ids without the decoder start token, cut after the first EOS.
         timings: milliseconds per stage for the batch this caption was part of
             (preprocess, encoder, decoder_first, decoder_rest, total).
+        confidence: mean log-probability of the generated tokens (0 is certain; lower is less sure).
     """
 
     text: str
     token_ids: list[int]
     timings: dict[str, float] = field(default_factory=dict)
+    confidence: float | None = None
 
 
 @dataclass(frozen=True)
@@ -191,17 +193,21 @@ class Captioner:
             One list of ids per image, as transformers returns them minus the leading decoder start token,
             cut after the first EOS (the padding removed).
         """
+        return [ids for ids, _ in self._generate(pixel_values, use_cache=use_cache, timings=_timings, **options)]
+
+    def _generate(self, pixel_values: np.ndarray, *, use_cache: bool = True, timings: dict | None = None,
+                  **options: Any) -> list[tuple[list[int], float]]:
         opts = self.options(**options)
         t0 = time.perf_counter()
         enc = self.encode(pixel_values)
         t1 = time.perf_counter()
-        seqs = self._decode(enc, opts, use_cache=use_cache, timings=_timings)
-        if _timings is not None:
-            _timings["encoder"] = (t1 - t0) * 1e3
-        return [strip_sequence(row, opts.eos_token_id) for row in seqs]
+        seqs, confidence = self._decode(enc, opts, use_cache=use_cache, timings=timings)
+        if timings is not None:
+            timings["encoder"] = (t1 - t0) * 1e3
+        return [(strip_sequence(row, opts.eos_token_id), float(c)) for row, c in zip(seqs, confidence)]
 
     def _decode(self, enc: EncoderOutput, opts: GenerationOptions, *, use_cache: bool,
-                timings: dict | None) -> np.ndarray:
+                timings: dict | None) -> tuple[np.ndarray, np.ndarray]:
         batch, beams = enc.batch, opts.num_beams
         cross = [np.repeat(x, beams, axis=0) if beams > 1 else x for x in enc.cross_k + enc.cross_v]
         n = self.manifest.num_layers
@@ -225,12 +231,12 @@ class Captioner:
         past0 = [empty] * (2 * n)
         stepper = _Stepper(run, past0) if use_cache else _UncachedStepper(run, past0)
         search = greedy_search if beams == 1 else beam_search
-        seqs = search(stepper, batch, opts)
+        seqs, confidence = search(stepper, batch, opts)
         if timings is not None and step_times:
             timings["decoder_first"] = step_times[0]
             timings["decoder_rest"] = float(sum(step_times[1:]))
             timings["decoder_steps"] = len(step_times)
-        return seqs
+        return seqs, confidence
 
     def decode_text(self, token_ids: Sequence[int]) -> str:
         """Token ids -> text, skipping special tokens as the checkpoint's tokenizer does."""
@@ -255,9 +261,9 @@ class Captioner:
         t0 = time.perf_counter()
         px = self.preprocess(batch)
         timings["preprocess"] = (time.perf_counter() - t0) * 1e3
-        ids = self.generate(px, _timings=timings, **options)
+        results = self._generate(px, timings=timings, **options)
         timings["total"] = (time.perf_counter() - t0) * 1e3
-        out = [Caption(self.decode_text(row), row, dict(timings)) for row in ids]
+        out = [Caption(self.decode_text(ids), ids, dict(timings), conf) for ids, conf in results]
         return out[0] if single else out
 
 

@@ -9,7 +9,7 @@ import sys
 from typing import Callable, Sequence
 
 from ._version import __version__
-from .errors import DependencyError, EdgecapError
+from .errors import DependencyError, EdgecapError, InputError
 
 EXIT_USER_ERROR = 2
 
@@ -99,20 +99,26 @@ def _add_caption(sub: argparse._SubParsersAction) -> None:
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import format_ts, run_demo
 
-    print(f"edgecap demo: rendering a {args.duration:.0f} s synthetic camera clip and captioning one frame every "
-          f"{args.interval:g} s with the {'bundled' if args.model == 'demo' else args.model} model ({args.precision})")
+    print(f"edgecap demo: rendering a {args.duration:.0f} s synthetic camera clip, sampling a frame every "
+          f"{args.interval:g} s, captioning changed scenes with the "
+          f"{'bundled' if args.model == 'demo' else args.model} model ({args.precision}) ...", flush=True)
     res = run_demo(args.out, model=args.model, duration_s=args.duration, interval_s=args.interval,
-                   precision=args.precision, progress=not args.quiet)
-    print()
-    print("timeline (caption per scene; ✓ = states every attribute of the generated scene)")
+                   precision=args.precision)
+    c = res.counters
+    print(f"\nscene events (✓ = states every attribute of the generated scene; {res.truth_scenes} scenes in the "
+          "clip)")
     for seg in res.segments:
         mark = "✓" if seg.correct else "✗"
         line = f"  {format_ts(seg.start_s)}-{format_ts(seg.end_s)}  {mark} {seg.text}"
         print(line if seg.correct else f"{line}\n{'':21}truth: {seg.truth}")
-    print()
-    print(f"{res.frames_correct}/{res.frames} sampled frames captioned correctly; "
-          f"{res.ms_per_caption:.1f} ms per caption on this CPU")
-    print(f"outputs: {res.clip} (clip), {res.captions_jsonl} (every caption), {res.timeline_txt} (timeline)")
+    correct = sum(s.correct for s in res.segments)
+    print(f"\n{correct}/{len(res.segments)} scene events correct; {c.get('sampled', 0)} frames sampled, "
+          f"{c.get('gated_out', 0)} skipped as unchanged, {c.get('captioned', 0)} captioned at "
+          f"{res.ms_per_caption:.1f} ms each on this CPU")
+    first = res.segments[0].text.split(" on ")[0].split(" in ")[0] if res.segments else "car"
+    print(f"outputs: {res.clip} (clip), {res.db} (event database, thumbnails/ beside it), {res.jsonl}, "
+          f"{res.timeline_txt}")
+    print(f'search it: edgecap events search "{first}" --db {res.db}')
     return 0
 
 
@@ -156,7 +162,6 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--duration", type=float, default=60.0, help="clip length in seconds (default 60)")
     p.add_argument("--interval", type=float, default=1.0, help="seconds between captioned frames (default 1)")
     p.add_argument("--precision", choices=("fp32", "int8"), default="fp32")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_demo)
 
 
@@ -194,8 +199,83 @@ def _add_finetune(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_finetune)
 
 
-REGISTRARS: list[Callable[[argparse._SubParsersAction], None]] = [_add_demo, _add_caption, _add_export,
-                                                                   _add_finetune, _add_evaluate]
+def cmd_run(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+
+    from .captioner import Captioner
+    from .config import camera_from_values, load_cameras
+    from .demo import format_ts
+    from .events import EventStore
+    from .pipeline import RunOptions, Runtime, default_camera_name
+    from .sources import classify_source, mask_url
+
+    cameras = load_cameras(args.config) if args.config else []
+    taken = {c.name for c in cameras}
+    values = {"interval": args.interval, "realtime": args.realtime}
+    if args.max_interval is not None:
+        values["max_interval"] = args.max_interval
+    for src in args.sources:
+        cameras.append(camera_from_values(default_camera_name(src, taken), src, values, mask_url(src)))
+    if not cameras:
+        raise InputError("no sources: pass video files, URLs, webcams or image folders, or --config cameras.toml")
+    for cam in cameras:
+        classify_source(cam.url)  # unsupported schemes and refused protocols fail before the model loads
+    cap = Captioner(args.model, precision=args.precision, threads=args.threads)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+
+    def show(ev) -> None:
+        if ev.source_start_s is not None and ev.source_end_s is not None:
+            span = f"{format_ts(ev.source_start_s)}-{format_ts(ev.source_end_s)}"
+        else:
+            span = f"{ev.start:%H:%M:%S}-{ev.end:%H:%M:%S}Z" if ev.end else f"{ev.start:%H:%M:%S}Z"
+        print(f"[{ev.camera}] {span}  {ev.caption}  ({ev.observations} obs)", flush=True)
+
+    with EventStore(args.db, jsonl=args.jsonl) as store:
+        rt = Runtime(cap, cameras, store, options=RunOptions(max_batch=args.max_batch), on_scene=show)
+        code = rt.run(stop)
+    for name, c in rt.stats.per_camera.items():
+        print(f"[{name}] sampled {c['sampled']}, gated out {c['gated_out']}, captioned {c['captioned']}, "
+              f"dropped {c['dropped']}, decode errors {c['decode_errors']}, reconnects {c['reconnects']}")
+    print(f"{rt.stats.scenes} scene events, {rt.stats.batches} batches (largest {rt.stats.max_batch_seen}); "
+          f"events in {args.db}" + (f" and {args.jsonl}" if args.jsonl else ""))
+    return code
+
+
+def _add_run(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("run", help="caption camera streams and files into a searchable event log",
+                       description="Read every SOURCE (video file, rtsp://, http(s):// MJPEG/HLS, a webcam "
+                                   "/dev/videoN or index, or an image folder), sample a frame every --interval "
+                                   "seconds, skip frames where nothing changed, caption the rest in batches "
+                                   "across cameras, and write scene events (and source up/down events) to an "
+                                   "SQLite database with full-text search. Stops by itself when every source is a "
+                                   "file and all are done; Ctrl-C or SIGTERM closes open scenes and exits 0. "
+                                   "Review with `edgecap events search`.")
+    p.add_argument("sources", nargs="*", metavar="SOURCE", help="video files, stream URLs, webcams, image folders")
+    p.add_argument("--model", default="demo", help="exported model directory (default: the bundled demo model)")
+    p.add_argument("--config", help="cameras.toml with named cameras (credentials from environment variables)")
+    p.add_argument("--db", default="events.sqlite", help="event database (default: ./events.sqlite)")
+    p.add_argument("--jsonl", help="also append every event to this JSONL file")
+    p.add_argument("--interval", type=float, default=1.0, help="seconds between sampled frames (default 1)")
+    p.add_argument("--max-interval", type=float, default=None,
+                   help="re-caption an unchanged scene at least this often (default 30 s)")
+    p.add_argument("--realtime", action="store_true", help="pace files like live cameras (drop late frames)")
+    p.add_argument("--precision", choices=("fp32", "int8"), default="fp32")
+    p.add_argument("--max-batch", type=int, default=8, help="most frames per captioner batch (default 8)")
+    p.add_argument("--threads", type=int, default=None, help="intra-op threads (default: physical cores)")
+    p.set_defaults(func=cmd_run)
+
+
+def _add_events(sub: argparse._SubParsersAction) -> None:
+    from .events_cli import register
+
+    register(sub)
+
+
+REGISTRARS: list[Callable[[argparse._SubParsersAction], None]] = [
+    _add_demo, _add_run, _add_events, _add_caption, _add_export, _add_finetune, _add_evaluate]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -25,11 +25,12 @@ def demo_model_dir() -> Path:
 
 @dataclass(frozen=True)
 class DemoSegment:
-    """Consecutive sampled frames with the same caption, and whether it states the ground truth correctly."""
+    """One scene event of the demo and whether it states the generated scene correctly."""
 
     start_s: float
     end_s: float
     text: str
+    observations: int
     truth: str
     correct: bool
 
@@ -37,12 +38,13 @@ class DemoSegment:
 @dataclass(frozen=True)
 class DemoResult:
     clip: Path
-    captions_jsonl: Path
+    db: Path
+    jsonl: Path
     timeline_txt: Path
     segments: list[DemoSegment]
-    frames: int
-    frames_correct: int
+    truth_scenes: int
     ms_per_caption: float
+    counters: dict
 
 
 def _truth_at(timeline: list, t: float):
@@ -53,59 +55,49 @@ def _truth_at(timeline: list, t: float):
 
 
 def run_demo(out_dir: str | os.PathLike = "edgecap-demo", *, model: str | os.PathLike = "demo",
-             duration_s: float = 60.0, interval_s: float = 1.0, seed: int = 7, precision: str = "fp32",
-             progress: bool = True) -> DemoResult:
-    """Render a synthetic camera clip with scene changes, caption a frame every ``interval_s`` and group the
-    captions into a timeline, graded against the clip's ground truth.
+             duration_s: float = 60.0, interval_s: float = 1.0, seed: int = 7,
+             precision: str = "fp32") -> DemoResult:
+    """Render a synthetic camera clip with scene changes, run the streaming runtime on it (change gate, scene
+    tracking, event database) and grade every scene event against the clip's ground truth.
 
     Args:
-        out_dir: where clip.mp4, captions.jsonl and timeline.txt are written.
+        out_dir: where clip.mp4, events.sqlite (+ thumbnails/), events.jsonl and timeline.txt are written.
         model: model directory ("demo": the bundled model).
         duration_s: clip length.
         interval_s: sampling interval.
-        seed: clip seed (in the held-out range offset, so the scenes were never trained on).
+        seed: clip seed, offset into the held-out range (scenes the bundled model never trained on).
         precision: "fp32" or "int8".
-        progress: progress bar on stderr.
     """
-    from tqdm import tqdm
-
     from . import synth
     from .captioner import Captioner
-    from .video import sample_frames
+    from .config import CameraSpec
+    from .events import EventStore, search
+    from .gate import GateConfig
+    from .pipeline import Runtime
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    clip = out / "clip.mp4"
+    clip, db, jsonl = out / "clip.mp4", out / "events.sqlite", out / "events.jsonl"
+    for stale in (db, Path(f"{db}-wal"), Path(f"{db}-shm"), jsonl):
+        stale.unlink(missing_ok=True)
     timeline = synth.render_clip(clip, seed=synth.HELD_OUT_SEED_START + seed, duration_s=duration_s)
     cap = Captioner(model, precision=precision)
-    rows = []
-    total_ms = 0.0
-    with tqdm(total=int(duration_s / interval_s), desc="caption", unit="frame", disable=not progress) as bar:
-        for frame in sample_frames(clip, interval_s):
-            c = cap.caption(frame.image)
-            spec = _truth_at(timeline, frame.pts_s)
-            correct = all(synth.attribute_scores(spec, c.text).values())
-            rows.append({"t": round(frame.pts_s, 3), "text": c.text, "truth": spec.caption(), "correct": correct,
-                         "ms": round(c.timings["total"], 2)})
-            total_ms += c.timings["total"]
-            bar.update(1)
-    captions_jsonl = out / "captions.jsonl"
-    with captions_jsonl.open("w", encoding="utf-8") as f:
-        for r in rows:
-            f.write(json.dumps(r, ensure_ascii=False) + "\n")
-    segments: list[DemoSegment] = []
-    for i, r in enumerate(rows):
-        end = rows[i + 1]["t"] if i + 1 < len(rows) else duration_s
-        if segments and segments[-1].text == r["text"] and segments[-1].truth == r["truth"]:
-            last = segments[-1]
-            segments[-1] = DemoSegment(last.start_s, end, last.text, last.truth, last.correct and r["correct"])
-        else:
-            segments.append(DemoSegment(r["t"], end, r["text"], r["truth"], r["correct"]))
+    with EventStore(db, jsonl=jsonl) as store:
+        rt = Runtime(cap, [CameraSpec("demo-cam", str(clip), interval_s, GateConfig())], store)
+        rt.run()
+    events = sorted(search(db, kinds=["scene"], limit=10_000), key=lambda e: e.source_start_s or 0.0)
+    segments = []
+    for ev in events:
+        start, end = ev.source_start_s or 0.0, ev.source_end_s or 0.0
+        spec = _truth_at(timeline, (start + end) / 2)
+        segments.append(DemoSegment(start, end, ev.caption or "", ev.observations, spec.caption(),
+                                    all(synth.attribute_scores(spec, ev.caption or "").values())))
     timeline_txt = out / "timeline.txt"
     timeline_txt.write_text("".join(f"{format_ts(s.start_s)}-{format_ts(s.end_s)}  {s.text}\n" for s in segments),
                             encoding="utf-8")
-    return DemoResult(clip, captions_jsonl, timeline_txt, segments, len(rows), sum(r["correct"] for r in rows),
-                      total_ms / max(1, len(rows)))
+    ms = [e.details.get("ms", {}).get("total", 0.0) / max(1, e.details.get("batch", 1)) for e in events]
+    return DemoResult(clip, db, jsonl, timeline_txt, segments, len(timeline), sum(ms) / max(1, len(ms)),
+                      dict(rt.stats.camera("demo-cam")))
 
 
 def format_ts(seconds: float) -> str:

@@ -138,27 +138,43 @@ def _topk(x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     return np.take_along_axis(x, idx, axis=-1), idx
 
 
-def greedy_search(step: _Stepper, batch: int, opts: GenerationOptions) -> np.ndarray:
-    """Greedy decoding; returns sequences [batch, L] starting with the decoder start token."""
+def greedy_search(step: _Stepper, batch: int, opts: GenerationOptions) -> tuple[np.ndarray, np.ndarray]:
+    """Greedy decoding.
+
+    Returns:
+        (sequences [batch, L] starting with the decoder start token, mean log-probability per sequence of the
+        tokens it generated, under the model's unprocessed distribution: a confidence in (-inf, 0]).
+    """
     seqs = np.full((batch, 1), opts.decoder_start_token_id, dtype=np.int64)
     eos = np.asarray(opts.eos_token_id, dtype=np.int64)
     pad = opts.pad_token_id if opts.pad_token_id is not None else (int(eos[0]) if eos.size else 0)
     unfinished = np.ones(batch, dtype=bool)
+    logp_sum = np.zeros(batch, dtype=np.float64)
+    counted = np.zeros(batch, dtype=np.int64)
+    rows = np.arange(batch)
     for _ in range(opts.max_new_tokens):
-        scores = step(seqs[:, -1:]).astype(np.float32, copy=True)
-        scores = process_scores(seqs, scores, opts)
+        logits = step(seqs[:, -1:]).astype(np.float32, copy=True)
+        raw_logp = _log_softmax(logits)
+        scores = process_scores(seqs, logits, opts)
         nxt = scores.argmax(axis=-1).astype(np.int64)
+        logp_sum += np.where(unfinished, raw_logp[rows, nxt], 0.0)
+        counted += unfinished
         if eos.size:
             nxt = np.where(unfinished, nxt, pad)
             unfinished &= ~np.isin(nxt, eos)
         seqs = np.concatenate([seqs, nxt[:, None]], axis=1)
         if not unfinished.any():
             break
-    return seqs
+    return seqs, logp_sum / np.maximum(counted, 1)
 
 
-def beam_search(step: _Stepper, batch: int, opts: GenerationOptions) -> np.ndarray:
-    """Beam search over a cache already expanded to batch * num_beams rows; returns the best sequence per item."""
+def beam_search(step: _Stepper, batch: int, opts: GenerationOptions) -> tuple[np.ndarray, np.ndarray]:
+    """Beam search over a cache already expanded to batch * num_beams rows.
+
+    Returns:
+        (the best sequence per item [batch, L], its mean token log-probability, recovered from the
+        length-penalised beam score).
+    """
     k = opts.num_beams
     eos = np.asarray(opts.eos_token_id, dtype=np.int64)
     keep = max(2, 1 + eos.size) * k
@@ -232,8 +248,10 @@ def beam_search(step: _Stepper, batch: int, opts: GenerationOptions) -> np.ndarr
         if not go_on:
             break
     best_idx = beam_idx[:, 0, :]
-    length = prompt_len + int(((best_idx + 1) != 0).sum(axis=1).max())
-    return sequences[:, 0, :length]
+    generated = ((best_idx + 1) != 0).sum(axis=1)
+    length = prompt_len + int(generated.max())
+    mean_logp = beam_scores[:, 0].astype(np.float64) * generated ** opts.length_penalty / np.maximum(generated, 1)
+    return sequences[:, 0, :length], mean_logp
 
 
 def strip_sequence(row: np.ndarray, eos: tuple[int, ...]) -> list[int]:

@@ -1,0 +1,219 @@
+"""INT8: static QDQ quantization calibrated on real frames, with a quality gate against FP32.
+
+Format: QDQ (QuantizeLinear/DequantizeLinear pairs around the quantized ops), S8S8, per-channel symmetric weights,
+symmetric activations -- the placement TensorRT's explicit quantization consumes, so the same graphs can feed
+TensorRT later. Only MatMul/Gemm with a constant weight are quantized (MatMulConstBOnly): the attention
+products Q.K^T and P.V, LayerNorm, Softmax and the patch-embedding Conv stay in float, where INT8 costs accuracy
+and buys little. The decoder can instead be quantized dynamically (weights INT8, activations quantized per call),
+which needs no calibration; ``decoder_mode`` chooses.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from edgecap._log import logger
+from edgecap.errors import ExportError, InputError
+from edgecap.manifest import load_manifest
+
+from .exporter import _graph_io, sha256_file, write_manifest
+
+# Seeds for default calibration frames: below the held-out range, above what the demo recipe trains on.
+CALIB_SEED_START = 900_000_000
+GATE_EXACT_MATCH = 0.95
+GATE_ATTRIBUTE_DROP = 0.01
+
+
+def calibration_frames(source: str | None, count: int, *, progress: bool = True) -> list[np.ndarray]:
+    """Frames spread across SOURCE: a video file, an image folder, a stream URL, or None for synthetic scenes."""
+    from tqdm import tqdm
+
+    if source is None:
+        from edgecap import synth
+
+        return [synth.render_scene(CALIB_SEED_START + i)[0]
+                for i in tqdm(range(count), desc="calibration frames", unit="frame", disable=not progress)]
+    from edgecap.imaging import load_image
+    from edgecap.video import sample_frames
+
+    path = Path(source)
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".bmp", ".webp"))
+        if not files:
+            raise InputError(f"calibration folder {path} holds no images")
+        pick = np.linspace(0, len(files) - 1, min(count, len(files))).round().astype(int)
+        return [load_image(files[i]) for i in pick]
+    if path.is_file():
+        import av
+
+        with av.open(str(path)) as c:
+            duration = float(c.duration / 1e6) if c.duration else None
+        interval = max(duration / count, 0.04) if duration else 1.0
+        frames = [f.image for f in sample_frames(path, interval)][:count]
+        if not frames:
+            raise InputError(f"no frames decoded from {path}")
+        return frames
+    if "://" in source:
+        from edgecap.sources import Source, SourceConfig
+
+        frames = []
+        with Source(SourceConfig(name="calibration", url=source, interval_s=0.5)).start() as src:
+            while len(frames) < count and not src.finished:
+                s = src.read(timeout=10.0)
+                if s is None:
+                    break
+                frames.append(s.image)
+        if not frames:
+            raise InputError("no frames read from the calibration stream")
+        return frames
+    raise InputError(f"calibration source not found: {source}; expected a video file, an image folder or a URL")
+
+
+class _Reader:
+    """onnxruntime CalibrationDataReader over a list of feed dicts."""
+
+    def __init__(self, feeds: list[dict[str, np.ndarray]]):
+        self._it: Iterator[dict[str, np.ndarray]] = iter(feeds)
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return next(self._it, None)
+
+
+def _decoder_feeds(cap: Any, pixel_values: np.ndarray, max_feeds: int) -> list[dict[str, np.ndarray]]:
+    """Record the decoder's real inputs while the FP32 model captions the calibration frames."""
+    feeds: list[dict[str, np.ndarray]] = []
+    sess = cap._decoder
+    original = sess.run
+
+    def recording_run(outputs, feed, *a, **k):
+        if len(feeds) < max_feeds:
+            feeds.append({n: np.array(v) for n, v in feed.items()})
+        return original(outputs, feed, *a, **k)
+
+    sess.run = recording_run
+    try:
+        for i in range(0, len(pixel_values), 4):
+            cap.generate(pixel_values[i:i + 4])
+    finally:
+        sess.run = original
+    return feeds
+
+
+def _quantize_static(src: Path, dst: Path, feeds: list[dict[str, np.ndarray]]) -> None:
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    with tempfile.TemporaryDirectory() as tmp:
+        pre = Path(tmp) / "pre.onnx"
+        try:
+            quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
+        except Exception as exc:  # noqa: BLE001 - pre-processing is an optimisation; fall back to the raw graph
+            logger.warning("quantization pre-processing skipped for %s: %s", src.name, type(exc).__name__)
+            pre = src
+        quantize_static(str(pre), str(dst), _Reader(feeds), quant_format=QuantFormat.QDQ,
+                        activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, per_channel=True,
+                        op_types_to_quantize=["MatMul", "Gemm"], calibrate_method=CalibrationMethod.MinMax,
+                        extra_options={"ActivationSymmetric": True, "WeightSymmetric": True,
+                                       "MatMulConstBOnly": True})
+
+
+def _quantize_dynamic(src: Path, dst: Path) -> None:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=True,
+                     op_types_to_quantize=["MatMul", "Gemm"], extra_options={"MatMulConstBOnly": True})
+
+
+def quality_gate(model_dir: Path, frames: list[np.ndarray], *, synth_eval: int = 0,
+                 progress: bool = True) -> dict[str, Any]:
+    """INT8 vs FP32 on held-out frames: token agreement and exact caption match (and attribute accuracy on
+    held-out synthetic scenes when ``synth_eval`` > 0)."""
+    from edgecap import Captioner
+
+    fp32, int8 = Captioner(model_dir), Captioner(model_dir, precision="int8")
+    same_tokens = total_tokens = exact = 0
+    for i in range(0, len(frames), 8):
+        a, b = fp32.caption(frames[i:i + 8]), int8.caption(frames[i:i + 8])
+        for x, y in zip(a, b):
+            exact += x.token_ids == y.token_ids
+            total_tokens += max(len(x.token_ids), len(y.token_ids))
+            same_tokens += sum(p == q for p, q in zip(x.token_ids, y.token_ids))
+    report: dict[str, Any] = {"frames": len(frames), "exact_match": exact / max(1, len(frames)),
+                              "token_agreement": same_tokens / max(1, total_tokens)}
+    if synth_eval:
+        from edgecap.evaluation import evaluate_synth
+
+        acc32 = evaluate_synth(fp32, scenes=synth_eval, progress=progress)["accuracy"]
+        acc8 = evaluate_synth(int8, scenes=synth_eval, progress=progress)["accuracy"]
+        report["attribute_accuracy"] = {"fp32": acc32, "int8": acc8,
+                                        "max_drop": max(acc32[k] - acc8[k] for k in acc32)}
+    return report
+
+
+def quantize_dir(model_dir: str | os.PathLike, *, calib: str | None = None, calib_frames: int = 64,
+                 eval_frames: int = 64, decoder_mode: str = "static", accept_quality_drop: bool = False,
+                 synth_eval: int | None = None, progress: bool = True) -> dict[str, Any]:
+    """Write encoder.int8.onnx and decoder.int8.onnx next to the FP32 graphs and gate their quality.
+
+    Args:
+        model_dir: an exported directory.
+        calib: calibration source (video file, image folder, stream URL) or None for synthetic scenes.
+        calib_frames: frames used to calibrate.
+        eval_frames: held-out frames for the INT8 vs FP32 comparison (other frames of the same source).
+        decoder_mode: "static" (calibrated QDQ) or "dynamic" (weights only, activations per call).
+        accept_quality_drop: record and accept a failing gate (random-weight benchmark models).
+        synth_eval: held-out synthetic scenes for the attribute-accuracy gate (default: 500 for the bundled
+            demo model, 0 otherwise).
+        progress: progress bars.
+
+    Returns:
+        The quality report (also written to the manifest).
+
+    Raises:
+        ExportError: the quality gate failed and accept_quality_drop is False.
+    """
+    from edgecap import Captioner
+
+    if decoder_mode not in ("static", "dynamic"):
+        raise InputError(f"decoder_mode must be 'static' or 'dynamic', got {decoder_mode!r}")
+    d = Path(model_dir)
+    manifest = load_manifest(d)
+    frames = calibration_frames(calib, calib_frames + eval_frames, progress=progress)
+    calib_set, eval_set = frames[:calib_frames], frames[calib_frames:] or frames
+    cap = Captioner(d)
+    px = cap.preprocess(calib_set)
+    enc_feeds = [{manifest.io("encoder")["pixel_values"]: px[i:i + 1]} for i in range(len(px))]
+    _quantize_static(d / "encoder.onnx", d / "encoder.int8.onnx", enc_feeds)
+    if decoder_mode == "static":
+        _quantize_static(d / "decoder.onnx", d / "decoder.int8.onnx", _decoder_feeds(cap, px, 256))
+    else:
+        _quantize_dynamic(d / "decoder.onnx", d / "decoder.int8.onnx")
+    data = manifest.data
+    data["graphs"]["int8"] = {part: {"file": f"{part}.int8.onnx", "sha256": sha256_file(d / f"{part}.int8.onnx"),
+                                     **_graph_io(d / f"{part}.int8.onnx")} for part in ("encoder", "decoder")}
+    data["graphs"]["int8"]["recipe"] = {"format": "QDQ", "activations": "int8 symmetric", "weights":
+                                        "int8 per-channel symmetric", "ops": ["MatMul", "Gemm"],
+                                        "decoder_mode": decoder_mode, "calibration": calib or "synthetic",
+                                        "calibration_frames": len(calib_set)}
+    write_manifest(d, data)
+    if synth_eval is None:
+        synth_eval = 500 if data.get("name") == "demo" else 0
+    report = quality_gate(d, eval_set, synth_eval=synth_eval, progress=progress)
+    failures = []
+    if report["exact_match"] < GATE_EXACT_MATCH:
+        failures.append(f"caption exact match {report['exact_match']:.1%} < {GATE_EXACT_MATCH:.0%}")
+    if synth_eval and report["attribute_accuracy"]["max_drop"] > GATE_ATTRIBUTE_DROP:
+        failures.append(f"attribute accuracy drops {report['attribute_accuracy']['max_drop']:.1%} > 1 point")
+    report.update(passed=not failures, failures=failures, accepted_quality_drop=bool(failures and accept_quality_drop))
+    data["graphs"]["int8"]["quality"] = report
+    write_manifest(d, data)
+    if failures and not accept_quality_drop:
+        raise ExportError("INT8 quality gate failed: " + "; ".join(failures) +
+                          f" (report in {d / 'manifest.json'}); pass --accept-quality-drop to keep it anyway")
+    return report

@@ -1,0 +1,160 @@
+"""`edgecap events`: search, export, follow and migrate the event log that `edgecap run` writes."""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import os
+import sys
+from pathlib import Path
+from typing import Callable, Iterable
+
+from .errors import InputError
+from .events import EXPORT_FORMATS, KINDS, Event, export, json_line, migrate, search, tail
+
+DEFAULT_DB = "events.sqlite"  # what `edgecap run` writes by default
+
+
+def _pipe_safe(command: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """`edgecap events export | head` must end quietly, not with a BrokenPipeError traceback."""
+
+    @functools.wraps(command)
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return command(args)
+        except BrokenPipeError:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit-time flush cannot fail
+            return 0
+
+    return run
+
+
+def _row(ev: Event) -> str:
+    """One table line: UTC time range, camera, kind, observations, confidence, caption (or a system message)."""
+    span = ev.start.strftime("%Y-%m-%d %H:%M:%S")
+    if ev.end is not None and ev.end != ev.start:
+        span += ev.end.strftime("-%H:%M:%S" if ev.end.date() == ev.start.date() else "-%m-%dT%H:%M")
+    text = " ".join((ev.caption if ev.caption is not None else str(ev.details.get("message") or "")).split())
+    conf = "-" if ev.confidence is None else f"{ev.confidence:.2f}"
+    state = "" if ev.closed else " (open)"
+    return f"{span + 'Z':<29}  {ev.camera:<14} {ev.kind:<12} {ev.observations:>4} {conf:>6}  {text}{state}"
+
+
+_HEADER = f"{'TIME (UTC)':<29}  {'CAMERA':<14} {'KIND':<12} {'OBS':>4} {'CONF':>6}  CAPTION / MESSAGE"
+
+
+def _print_events(events: Iterable[Event], as_json: bool, header: bool) -> int:
+    count = 0
+    for ev in events:
+        if header and not as_json and count == 0:
+            print(_HEADER)
+        print(json_line(ev.to_json()) if as_json else _row(ev), end="" if as_json else "\n", flush=True)
+        count += 1
+    return count
+
+
+@_pipe_safe
+def cmd_search(args: argparse.Namespace) -> int:
+    events = search(args.db, args.text, camera=args.camera, since=args.since, until=args.until, kinds=args.kind,
+                    limit=args.limit)
+    if not _print_events(events, args.json, header=True) and not args.json:
+        print("no matching events", file=sys.stderr)
+    return 0
+
+
+@_pipe_safe
+def cmd_export(args: argparse.Namespace) -> int:
+    if args.out is None:
+        export(args.db, args.format, sys.stdout)
+        return 0
+    out = Path(args.out)
+    tmp = out.with_name(f".{out.name}.tmp")
+    try:
+        with open(tmp, "w", encoding="utf-8", newline="") as f:
+            count = export(args.db, args.format, f)
+        os.replace(tmp, out)
+    except BaseException as exc:
+        tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise InputError(f"cannot write {out}: {exc.strerror or exc}; choose another --out") from None
+        raise
+    print(f"exported {count} events to {out}", file=sys.stderr)
+    return 0
+
+
+@_pipe_safe
+def cmd_tail(args: argparse.Namespace) -> int:
+    events = tail(args.db, follow=not args.no_follow, poll_s=args.poll, last=args.last)
+    try:
+        _print_events(events, args.json, header=False)
+    except KeyboardInterrupt:
+        return 0
+    return 0
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    print(f"{args.db}: schema v{migrate(args.db)}")
+    return 0
+
+
+def _no_action(args: argparse.Namespace) -> int:
+    raise InputError("choose an action: search, export, tail or migrate (see `edgecap events --help`)")
+
+
+def _add_db(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--db", default=DEFAULT_DB, help=f"event database (default: ./{DEFAULT_DB}, as `edgecap run`)")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add `edgecap events` and its actions to the CLI's subparsers."""
+    p = sub.add_parser("events", help="search, export or follow the event log",
+                       description="Review the event log that `edgecap run` writes: full-text search of captions, "
+                                   "export to JSONL or CSV, or follow new and updated events as they are committed. "
+                                   "Reading never blocks the runtime. Times are UTC.")
+    p.set_defaults(func=_no_action)
+    actions = p.add_subparsers(dest="events_action", metavar="ACTION")
+
+    s = actions.add_parser("search", help="find events by caption words, camera, time and kind, newest first",
+                           description="Find events, newest first. TEXT: words that must all occur in the caption, "
+                                       "matched by stem (\"cars\" finds \"car\"); quotes, * and other search syntax "
+                                       "are read as plain words. --since/--until take ISO 8601 (no zone = UTC) or "
+                                       "an age such as 30s, 15m, 2h, 3d, and select events overlapping the range.",
+                           epilog="example: edgecap events search \"red car\" --camera gate --since 2h")
+    s.add_argument("text", nargs="?", metavar="TEXT", help="caption words (all must match)")
+    _add_db(s)
+    s.add_argument("--camera", help="only this camera")
+    s.add_argument("--since", metavar="T", help="events ending at or after T (ISO 8601 or age: 30s, 15m, 2h, 3d)")
+    s.add_argument("--until", metavar="T", help="events starting at or before T")
+    s.add_argument("--kind", action="append", metavar="K",
+                   help=f"only this kind; repeat for several ({', '.join(KINDS)})")
+    s.add_argument("--limit", type=int, default=50, help="most events shown (default 50)")
+    s.add_argument("--json", action="store_true",
+                   help="one JSON object per line (id, uid, kind, camera, start, end, source_start_s, "
+                        "source_end_s, caption, confidence, observations, thumbnail, details, closed)")
+    s.set_defaults(func=cmd_search)
+
+    e = actions.add_parser("export", help="write every event, oldest first, as JSONL or CSV",
+                           description="Write every event, oldest first, as JSON lines or CSV (header row; details "
+                                       "as a JSON string) to --out or stdout. The file appears only when complete.")
+    _add_db(e)
+    e.add_argument("--format", required=True, choices=EXPORT_FORMATS, help="jsonl or csv")
+    e.add_argument("--out", metavar="FILE", help="output file (default: stdout)")
+    e.set_defaults(func=cmd_export)
+
+    t = actions.add_parser("tail", help="print events as they are committed (Ctrl-C stops)",
+                           description="Print the last --last events, then every new or updated event as the "
+                                       "runtime commits it (a scene that is extended appears again with its new "
+                                       "end and count), until Ctrl-C.")
+    _add_db(t)
+    t.add_argument("--json", action="store_true", help="one JSON object per line")
+    t.add_argument("--no-follow", action="store_true", help="print the backlog and exit")
+    t.add_argument("--last", type=int, default=10, help="events shown before following (default 10)")
+    t.add_argument("--poll", type=float, default=0.5, help="seconds between checks (default 0.5)")
+    t.set_defaults(func=cmd_tail)
+
+    m = actions.add_parser("migrate", help="upgrade an event database to this edgecap's schema",
+                           description="Bring an event database written by an older edgecap to the current schema "
+                                       "in one transaction (the runtime does this by itself when it opens one).")
+    _add_db(m)
+    m.set_defaults(func=cmd_migrate)
+

@@ -1,0 +1,211 @@
+"""The streaming runtime: sources -> change gate -> cross-camera batches -> captioner -> scene events -> store.
+
+One reader thread per source (see sources.py) fills a bounded queue; this loop, on the calling thread, takes
+every frame that is ready, gates it, and captions the admitted frames of all cameras as one batch (bounded by
+``max_batch`` and ``max_wait_s``). Captions feed one SceneTracker per camera; scene events are written when they
+open, as they are extended and when they close, and source status changes become system events.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+from ._log import logger
+from .captioner import Captioner
+from .config import CameraSpec
+from .events import Event, EventStore, save_jpeg, thumbnail_dir
+from .gate import ChangeGate
+from .scenes import OpenScene, SceneTracker
+from .sources import FrameSample, Source, SourceConfig, SourceState, SourceStatus
+
+
+@dataclass
+class RunStats:
+    """Counters of a run, per camera and overall."""
+
+    per_camera: dict[str, Counter] = field(default_factory=dict)
+    batches: int = 0
+    batched_frames: int = 0
+    max_batch_seen: int = 0
+    scenes: int = 0
+
+    def camera(self, name: str) -> Counter:
+        return self.per_camera.setdefault(name, Counter())
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    max_batch: int = 8
+    max_wait_s: float = 0.05
+    scene_update_s: float = 5.0  # how often an extended scene's end is rewritten while nothing changes
+    thumbnails: bool = True
+    generation: dict[str, Any] = field(default_factory=dict)
+
+
+class _Camera:
+    def __init__(self, spec: CameraSpec, source: Source):
+        self.spec = spec
+        self.source = source
+        self.gate = ChangeGate(spec.gate)
+        self.tracker = SceneTracker(spec.name)
+        self.last_write = 0.0
+
+
+class Runtime:
+    """Run cameras until every file source is done, or until ``stop`` is set.
+
+    Args:
+        captioner: the model.
+        cameras: camera specs (from the CLI or cameras.toml).
+        store: the event store (scene and system events go there).
+        options: batching and scene-writing options.
+        on_scene: called with every scene event that closes (for printing a timeline).
+    """
+
+    def __init__(self, captioner: Captioner, cameras: list[CameraSpec], store: EventStore, *,
+                 options: RunOptions | None = None, on_scene: Callable[[Event], None] | None = None):
+        self.cap = captioner
+        self.store = store
+        self.opts = options or RunOptions()
+        self.on_scene = on_scene
+        self.stats = RunStats()
+        self._thumbs = thumbnail_dir(store.path) if self.opts.thumbnails else None
+        m = captioner.manifest
+        self._provenance = {"model": m.data.get("name"), "precision": captioner.precision,
+                            "model_sha256": m.data["graphs"][captioner.precision]["encoder"].get("sha256", "")[:16]}
+        self.cameras = [_Camera(spec, Source(SourceConfig(
+            name=spec.name, url=spec.url, interval_s=spec.interval_s, realtime=spec.realtime,
+            open_timeout_s=spec.open_timeout_s, read_timeout_s=spec.read_timeout_s), on_status=self._on_status))
+            for spec in cameras]
+
+    # -- events -----------------------------------------------------------------------------------------------
+    def _on_status(self, st: SourceStatus) -> None:
+        """Source status changes (reader threads) become system events."""
+        self.stats.camera(st.camera)[f"status_{st.kind}"] += 1
+        if st.kind in ("source_up", "source_down", "reconnecting", "source_error", "drops", "finished"):
+            self.store.put(Event(uid=f"{st.camera}-{st.kind}-{time.monotonic_ns()}", kind=st.kind,
+                                 camera=st.camera, start=st.wall_utc, end=st.wall_utc, source_start_s=None,
+                                 source_end_s=None, caption=None, confidence=None,
+                                 details={"message": st.message, "state": st.state.name}))
+
+    def _scene_event(self, cam: _Camera, scene: OpenScene, closed: bool) -> Event:
+        return Event(uid=scene.uid, kind="scene", camera=cam.spec.name, start=scene.start, end=scene.end,
+                     source_start_s=scene.source_start_s, source_end_s=scene.source_end_s, caption=scene.caption,
+                     confidence=round(scene.confidence, 4), observations=scene.observations,
+                     thumbnail=scene.thumbnail, details=scene.details, closed=closed)
+
+    def _write_scene(self, cam: _Camera, scene: OpenScene, closed: bool) -> None:
+        ev = self._scene_event(cam, scene, closed)
+        self.store.put(ev)
+        cam.last_write = time.monotonic()
+        if closed:
+            self.stats.scenes += 1
+            if self.on_scene:
+                self.on_scene(ev)
+
+    # -- main loop --------------------------------------------------------------------------------------------
+    def _collect(self, pending: list[tuple[_Camera, FrameSample]]) -> bool:
+        """Take every ready frame (gated) into ``pending``; True if any frame was read."""
+        got = False
+        for cam in self.cameras:
+            while len(pending) < self.opts.max_batch:
+                sample = cam.source.read(timeout=0)
+                if sample is None:
+                    break
+                got = True
+                c = self.stats.camera(cam.spec.name)
+                c["sampled"] += 1
+                decision = cam.gate.check(sample.image, sample.mono)
+                if not decision.changed:
+                    c["gated_out"] += 1
+                    scene = cam.tracker.touch(sample.wall_utc, sample.pts_s)
+                    if scene is not None and time.monotonic() - cam.last_write >= self.opts.scene_update_s:
+                        self._write_scene(cam, scene, closed=False)
+                    continue
+                cam.gate.accept(sample.image, sample.mono)
+                pending.append((cam, sample))
+        return got
+
+    def _caption(self, pending: list[tuple[_Camera, FrameSample]]) -> None:
+        caps = self.cap.caption([s.image for _, s in pending], **self.opts.generation)
+        self.stats.batches += 1
+        self.stats.batched_frames += len(pending)
+        self.stats.max_batch_seen = max(self.stats.max_batch_seen, len(pending))
+        for (cam, sample), c in zip(pending, caps):
+            self.stats.camera(cam.spec.name)["captioned"] += 1
+            details = {**self._provenance, "batch": len(pending),
+                       "ms": {k: round(v, 1) for k, v in c.timings.items() if k != "decoder_steps"}}
+            closed, scene, is_new = cam.tracker.observe(c.text, sample.wall_utc, sample.pts_s,
+                                                        c.confidence or 0.0, details)
+            if closed is not None:
+                self._write_scene(cam, closed, closed=True)
+            if is_new and self._thumbs is not None:
+                try:
+                    scene.thumbnail = str(save_jpeg(self._thumbs / f"{scene.uid}.jpg", sample.image))
+                except Exception as exc:  # noqa: BLE001 - a thumbnail must never stop captioning
+                    logger.warning("thumbnail for %s not written: %s", cam.spec.name, type(exc).__name__)
+            self._write_scene(cam, scene, closed=False)
+
+    def run(self, stop: threading.Event | None = None) -> int:
+        """Run until all file sources finish (returns 0, or 1 if a source failed) or ``stop`` is set (0)."""
+        stop = stop or threading.Event()
+        for cam in self.cameras:
+            cam.source.start()
+        pending: list[tuple[_Camera, FrameSample]] = []
+        first_pending = 0.0
+        try:
+            while not stop.is_set():
+                got = self._collect(pending)
+                if pending and not first_pending:
+                    first_pending = time.monotonic()
+                active = sum(1 for cam in self.cameras if not cam.source.finished)
+                full = len(pending) >= min(self.opts.max_batch, max(1, active))
+                if pending and (full or time.monotonic() - first_pending >= self.opts.max_wait_s or not got):
+                    self._caption(pending)
+                    pending, first_pending = [], 0.0
+                    continue
+                if not got:
+                    if active == 0:
+                        break
+                    stop.wait(0.005)
+        finally:
+            self._shutdown(pending)
+        failed = [cam.spec.name for cam in self.cameras if cam.source.state is SourceState.FAILED]
+        return 1 if failed else 0
+
+    def _shutdown(self, pending: list) -> None:
+        for cam in self.cameras:
+            cam.source.stop(timeout=2.0)
+            c = self.stats.camera(cam.spec.name)
+            for key in ("frames_read", "dropped", "decode_errors", "reconnects"):
+                c[key] = int(cam.source.counters.get(key, 0))
+            scene = cam.tracker.close()
+            if scene is not None:
+                self._write_scene(cam, scene, closed=True)
+        self.store.flush(timeout=3.0)
+
+
+def utc_now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def default_camera_name(url: str, taken: set[str]) -> str:
+    """A readable unique name for a positional SOURCE (file stem or host/path), never containing credentials."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    if parts.scheme and parts.hostname:
+        base = parts.hostname + (parts.path.rstrip("/").replace("/", "_") if parts.path else "")
+    else:
+        base = Path(url.rstrip("/")).stem or "camera"
+    name, n = base, 2
+    while name in taken:
+        name, n = f"{base}-{n}", n + 1
+    taken.add(name)
+    return name
