@@ -116,11 +116,53 @@ def _quantize_static(src: Path, dst: Path, feeds: list[dict[str, np.ndarray]]) -
         except Exception as exc:  # noqa: BLE001 - pre-processing is an optimisation; fall back to the raw graph
             logger.warning("quantization pre-processing skipped for %s: %s", src.name, type(exc).__name__)
             pre = src
+        pre = _unshare_initializers(pre, Path(tmp) / "unshared.onnx")
         quantize_static(str(pre), str(dst), _Reader(feeds), quant_format=QuantFormat.QDQ,
                         activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, per_channel=True,
                         op_types_to_quantize=["MatMul", "Gemm"], calibrate_method=CalibrationMethod.MinMax,
+                        nodes_to_exclude=activation_matmuls(pre),
                         extra_options={"ActivationSymmetric": True, "WeightSymmetric": True,
                                        "MatMulConstBOnly": True})
+
+
+def _unshare_initializers(src: Path, dst: Path) -> Path:
+    """Give every consumer of a shared initializer its own copy.
+
+    The exporter folds identical constants into one initializer (e.g. all-zero biases of a freshly initialised
+    model); quantizing it for a Gemm would then also hand the quantized copy to a LayerNorm that shares it.
+    """
+    import onnx
+
+    model = onnx.load(str(src))
+    g = model.graph
+    inits = {i.name: i for i in g.initializer}
+    seen: set[str] = set()
+    for node in g.node:
+        for k, name in enumerate(node.input):
+            if name not in inits:
+                continue
+            if name in seen:
+                copy = onnx.TensorProto()
+                copy.CopyFrom(inits[name])
+                copy.name = f"{name}__{node.name or len(g.initializer)}_{k}"
+                g.initializer.append(copy)
+                node.input[k] = copy.name
+            else:
+                seen.add(name)
+    onnx.save(model, str(dst))
+    return dst
+
+
+def activation_matmuls(path: Path) -> list[str]:
+    """MatMul/Gemm nodes whose second input is not a weight (attention's Q.K^T and P.V): kept in float.
+
+    MatMulConstBOnly alone does not stop static QDQ quantization from wrapping them, so they are excluded by name.
+    """
+    import onnx
+
+    g = onnx.load(str(path), load_external_data=False).graph
+    consts = {i.name for i in g.initializer} | {o for n in g.node if n.op_type == "Constant" for o in n.output}
+    return [n.name for n in g.node if n.op_type in ("MatMul", "Gemm") and n.input[1] not in consts]
 
 
 def _quantize_dynamic(src: Path, dst: Path) -> None:

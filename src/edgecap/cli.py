@@ -40,7 +40,51 @@ def cmd_export(args: argparse.Namespace) -> int:
             print(f"  mismatch: {line}", file=sys.stderr)
         return 1
     print(f"exported {args.model} -> {out}")
+    if args.int8:
+        return _quantize(args, out)
     return 0
+
+
+def _quantize(args: argparse.Namespace, model_dir) -> int:
+    from edgecap_export.quantize import quantize_dir
+
+    report = quantize_dir(model_dir, calib=args.calib, calib_frames=args.calib_frames,
+                          decoder_mode=args.decoder_mode, accept_quality_drop=args.accept_quality_drop,
+                          progress=not args.quiet)
+    line = (f"int8 written to {model_dir}: caption exact match vs fp32 {report['exact_match']:.1%}, "
+            f"token agreement {report['token_agreement']:.1%}")
+    if "attribute_accuracy" in report:
+        line += f", largest attribute-accuracy drop {report['attribute_accuracy']['max_drop']:.1%}"
+    print(line + (" (quality drop accepted)" if report.get("accepted_quality_drop") else ""))
+    return 0
+
+
+def cmd_quantize(args: argparse.Namespace) -> int:
+    _require_export_extra()
+    return _quantize(args, args.model_dir)
+
+
+def _add_int8_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--calib", default=None, help="calibration frames: a video file, an image folder or a stream URL "
+                                                 "(default: generated surveillance scenes)")
+    p.add_argument("--calib-frames", type=int, default=64, help="frames used to calibrate (default 64)")
+    p.add_argument("--decoder-mode", choices=("static", "dynamic"), default="static",
+                   help="decoder quantization: calibrated static QDQ or dynamic (default static)")
+    p.add_argument("--accept-quality-drop", action="store_true",
+                   help="keep INT8 graphs that fail the quality gate (recorded in the manifest; for random-weight "
+                        "benchmark models)")
+
+
+def _add_quantize(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("quantize", help="add INT8 graphs to an exported model, with a quality gate",
+                       description="Quantize an exported directory to INT8 (static QDQ, S8S8, per-channel weights, "
+                                   "symmetric activations: TensorRT-compatible placement) calibrated on real frames, "
+                                   "then compare INT8 with FP32 on held-out frames; fails when captions change "
+                                   "(exact match < 95%) unless --accept-quality-drop. Needs the export extra.")
+    p.add_argument("model_dir", help="an exported model directory")
+    _add_int8_options(p)
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_quantize)
 
 
 def cmd_caption(args: argparse.Namespace) -> int:
@@ -78,6 +122,8 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--name", help="display name recorded in the manifest")
     p.add_argument("--skip-validation", action="store_true",
                    help="do not compare with transformers (not recommended: parity is the product)")
+    p.add_argument("--int8", action="store_true", help="also write INT8 graphs (see `edgecap quantize --help`)")
+    _add_int8_options(p)
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_export)
 
@@ -275,7 +321,7 @@ def _add_events(sub: argparse._SubParsersAction) -> None:
 
 
 REGISTRARS: list[Callable[[argparse._SubParsersAction], None]] = [
-    _add_demo, _add_run, _add_events, _add_caption, _add_export, _add_finetune, _add_evaluate]
+    _add_demo, _add_run, _add_events, _add_caption, _add_export, _add_quantize, _add_finetune, _add_evaluate]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,79 @@
+"""INT8 export: where quantization lands in the graphs, the INT8 runtime path, and the quality gate."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+onnx = pytest.importorskip("onnx")
+
+from edgecap import Captioner  # noqa: E402
+from edgecap.errors import ExportError  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def int8_dir(tiny_export, tmp_path_factory):
+    from edgecap_export.quantize import quantize_dir
+
+    d = tmp_path_factory.mktemp("int8") / "model"
+    shutil.copytree(tiny_export, d)
+    quantize_dir(d, calib_frames=6, eval_frames=6, accept_quality_drop=True, progress=False)
+    return d
+
+
+@pytest.mark.parametrize("part", ["encoder", "decoder"])
+def test_int8_quantizes_weight_matmuls_only(part, int8_dir):
+    g = onnx.load(str(int8_dir / f"{part}.int8.onnx")).graph
+    inits = {i.name for i in g.initializer}
+    producers = {o: n for n in g.node for o in n.output}
+    ops = [n.op_type for n in g.node]
+    assert "QuantizeLinear" in ops and "DequantizeLinear" in ops
+    weight_mm = act_mm = quantized = 0
+    for n in g.node:
+        if n.op_type not in ("MatMul", "Gemm"):
+            continue
+        b = producers.get(n.input[1])
+        b_is_weight = n.input[1] in inits or (b is not None and b.op_type == "DequantizeLinear"
+                                              and b.input[0] in inits)
+        a = producers.get(n.input[0])
+        if b_is_weight:
+            weight_mm += 1
+            quantized += a is not None and a.op_type == "DequantizeLinear"
+        else:
+            act_mm += 1
+            # attention products stay in float: no DequantizeLinear feeds them
+            assert a is None or a.op_type != "DequantizeLinear"
+    assert weight_mm and quantized == weight_mm
+    if part == "decoder":
+        assert act_mm >= 2  # Q.K^T and P.V of self- and cross-attention
+    # LayerNorm / Softmax are never fed by quantized tensors
+    for n in g.node:
+        if n.op_type in ("LayerNormalization", "Softmax"):
+            assert all(producers.get(i) is None or producers[i].op_type != "DequantizeLinear" for i in n.input)
+
+
+def test_int8_manifest_and_runtime(int8_dir):
+    m = json.loads((int8_dir / "manifest.json").read_text())
+    assert {"encoder", "decoder", "recipe", "quality"} <= set(m["graphs"]["int8"])
+    assert m["graphs"]["int8"]["recipe"]["format"] == "QDQ"
+    cap = Captioner(int8_dir, precision="int8")
+    img = np.random.default_rng(0).integers(0, 256, (40, 40, 3), dtype=np.uint8)
+    assert isinstance(cap.caption(img, max_new_tokens=4).token_ids, list)
+
+
+def test_quality_gate_failure_stops_unless_accepted(tiny_export, tmp_path, monkeypatch):
+    from edgecap_export import quantize
+
+    d = tmp_path / "model"
+    shutil.copytree(tiny_export, d)
+    monkeypatch.setattr(quantize, "quality_gate", lambda *a, **k: {"frames": 4, "exact_match": 0.5,
+                                                                     "token_agreement": 0.8})
+    with pytest.raises(ExportError, match="exact match 50.0% < 95%"):
+        quantize.quantize_dir(d, calib_frames=4, eval_frames=4, progress=False)
+    assert not json.loads((d / "manifest.json").read_text())["graphs"]["int8"]["quality"]["passed"]
+    report = quantize.quantize_dir(d, calib_frames=4, eval_frames=4, progress=False, accept_quality_drop=True)
+    assert report["accepted_quality_drop"]
+    assert json.loads((d / "manifest.json").read_text())["graphs"]["int8"]["quality"]["accepted_quality_drop"]
