@@ -49,6 +49,12 @@ class EncoderOutput:
     def batch(self) -> int:
         return int(self.cross_k[0].shape[0])
 
+    def select(self, rows: Sequence[int]) -> "EncoderOutput":
+        """The encoder output of a subset of the batch."""
+        idx = np.asarray(rows, dtype=np.intp)
+        return EncoderOutput([k[idx] for k in self.cross_k], [v[idx] for v in self.cross_v],
+                             None if self.pooled is None else self.pooled[idx])
+
 
 def _session(path: Path, providers: Sequence[str] | None, threads: int | None):
     import onnxruntime as ort
@@ -200,11 +206,21 @@ class Captioner:
         opts = self.options(**options)
         t0 = time.perf_counter()
         enc = self.encode(pixel_values)
-        t1 = time.perf_counter()
-        seqs, confidence = self._decode(enc, opts, use_cache=use_cache, timings=timings)
         if timings is not None:
-            timings["encoder"] = (t1 - t0) * 1e3
+            timings["encoder"] = (time.perf_counter() - t0) * 1e3
+        return self._generate_encoded(enc, opts, use_cache=use_cache, timings=timings)
+
+    def _generate_encoded(self, enc: EncoderOutput, opts: GenerationOptions, *, use_cache: bool = True,
+                          timings: dict | None = None) -> list[tuple[list[int], float]]:
+        seqs, confidence = self._decode(enc, opts, use_cache=use_cache, timings=timings)
         return [(strip_sequence(row, opts.eos_token_id), float(c)) for row, c in zip(seqs, confidence)]
+
+    def caption_encoded(self, enc: EncoderOutput, *, timings: dict[str, float] | None = None,
+                        **options: Any) -> list[Caption]:
+        """Decode captions for an `encode` result (lets a caller look at the pooled embeddings first)."""
+        timings = {} if timings is None else timings
+        results = self._generate_encoded(enc, self.options(**options), timings=timings)
+        return [Caption(self.decode_text(ids), ids, dict(timings), conf) for ids, conf in results]
 
     def _decode(self, enc: EncoderOutput, opts: GenerationOptions, *, use_cache: bool,
                 timings: dict | None) -> tuple[np.ndarray, np.ndarray]:

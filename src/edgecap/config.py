@@ -4,6 +4,7 @@
     interval = 1.0        # seconds between sampled frames
     max_interval = 30     # re-caption a static scene at least this often
     changed_share = 0.005 # gate: share of grid cells that must change
+    embedding_distance = 0.02  # optional gate stage 2: skip decoding unless the pooled embedding moved this much
 
     [[camera]]
     name = "front-door"
@@ -29,7 +30,7 @@ from .errors import InputError
 from .gate import GateConfig
 
 _CAMERA_KEYS = {"name", "url", "username_env", "password_env", "interval", "max_interval", "changed_share",
-                "cell_delta", "realtime", "read_timeout", "open_timeout"}
+                "cell_delta", "embedding_distance", "realtime", "read_timeout", "open_timeout"}
 _DEFAULT_KEYS = _CAMERA_KEYS - {"name", "url", "username_env", "password_env"}
 
 
@@ -67,7 +68,9 @@ def camera_from_values(name: str, url: str, values: dict[str, Any], where: str) 
         interval = float(values.get("interval", 1.0))
         gate = GateConfig(cell_delta=float(values.get("cell_delta", GateConfig.cell_delta)),
                           changed_share=float(values.get("changed_share", GateConfig.changed_share)),
-                          max_interval_s=float(values.get("max_interval", GateConfig.max_interval_s)))
+                          max_interval_s=float(values.get("max_interval", GateConfig.max_interval_s)),
+                          embedding_distance=None if values.get("embedding_distance") is None
+                          else float(values["embedding_distance"]))
         open_t = float(values.get("open_timeout", 5.0))
         read_t = float(values.get("read_timeout", 5.0))
     except (TypeError, ValueError):

@@ -133,10 +133,13 @@ class Runtime:
         return got
 
     def _caption(self, pending: list[tuple[_Camera, FrameSample]]) -> None:
-        caps = self.cap.caption([s.image for _, s in pending], **self.opts.generation)
         self.stats.batches += 1
         self.stats.batched_frames += len(pending)
         self.stats.max_batch_seen = max(self.stats.max_batch_seen, len(pending))
+        if any(cam.spec.gate.embedding_distance is not None for cam, _ in pending):
+            pending, caps = self._caption_with_embedding_gate(pending)
+        else:
+            caps = self.cap.caption([s.image for _, s in pending], **self.opts.generation)
         for (cam, sample), c in zip(pending, caps):
             self.stats.camera(cam.spec.name)["captioned"] += 1
             details = {**self._provenance, "batch": len(pending),
@@ -151,6 +154,28 @@ class Runtime:
                 except Exception as exc:  # noqa: BLE001 - a thumbnail must never stop captioning
                     logger.warning("thumbnail for %s not written: %s", cam.spec.name, type(exc).__name__)
             self._write_scene(cam, scene, closed=False)
+
+    def _caption_with_embedding_gate(self, pending):
+        """Stage 2 of the gate: encode the batch, decode only frames whose pooled embedding moved."""
+        t0 = time.perf_counter()
+        px = self.cap.preprocess([s.image for _, s in pending])
+        timings = {"preprocess": (time.perf_counter() - t0) * 1e3}
+        t1 = time.perf_counter()
+        enc = self.cap.encode(px)
+        timings["encoder"] = (time.perf_counter() - t1) * 1e3
+        keep = []
+        for i, (cam, sample) in enumerate(pending):
+            pooled = None if enc.pooled is None else enc.pooled[i]
+            if cam.gate.embedding_changed(pooled):
+                cam.gate.accept(sample.image, sample.mono, pooled)
+                keep.append(i)
+            else:
+                self.stats.camera(cam.spec.name)["gated_out_embedding"] += 1
+                cam.tracker.touch(sample.wall_utc, sample.pts_s)
+        if not keep:
+            return [], []
+        caps = self.cap.caption_encoded(enc.select(keep), timings=timings, **self.opts.generation)
+        return [pending[i] for i in keep], caps
 
     def run(self, stop: threading.Event | None = None) -> int:
         """Run until all file sources finish (returns 0, or 1 if a source failed) or ``stop`` is set (0)."""
