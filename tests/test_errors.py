@@ -160,6 +160,12 @@ def test_cli_caption_json(tiny_export, tmp_path):
     (("caption", "{broken}", "x.png"), "not valid JSON"),
     (("export", "/nonexistent/ckpt", "--out", "{tmp}/o"), "model directory not found"),
     (("export", "{bert}", "--out", "{tmp}/o"), "unsupported model type 'bert'"),
+    (("run", "/nonexistent/clip.mp4", "--model", "{model}", "--db", "{tmp}/e.db"), "not found"),
+    (("run", "concat:a.mp4|b.mp4", "--model", "{model}", "--db", "{tmp}/e.db"), "refused"),
+    (("run", "ftp://host/x.mp4", "--model", "{model}", "--db", "{tmp}/e.db"), "scheme"),
+    (("run", "--model", "{model}", "--db", "{tmp}/e.db"), "no sources"),
+    (("run", "--config", "{tmp}/nope.toml", "--model", "{model}"), "camera config not found"),
+    (("events", "search", "car", "--db", "{tmp}/missing.sqlite"), "not found"),
 ])
 def test_cli_user_errors_are_one_line(args, fragment, tiny_export, tmp_path):
     garbage = tmp_path / "garbage.png"
@@ -182,7 +188,8 @@ def test_cli_user_errors_are_one_line(args, fragment, tiny_export, tmp_path):
     assert_one_line_error(run_cli(*argv), fragment)
 
 
-@pytest.mark.parametrize("sub", ["", "export", "caption"])
+@pytest.mark.parametrize("sub", ["", "export", "caption", "run", "demo", "quantize", "finetune", "evaluate",
+                                 "events"])
 def test_help_is_useful(sub):
     proc = run_cli(*([sub] if sub else []), "--help")
     assert proc.returncode == 0

@@ -180,11 +180,11 @@ class Runtime:
     def run(self, stop: threading.Event | None = None) -> int:
         """Run until all file sources finish (returns 0, or 1 if a source failed) or ``stop`` is set (0)."""
         stop = stop or threading.Event()
-        for cam in self.cameras:
-            cam.source.start()
         pending: list[tuple[_Camera, FrameSample]] = []
         first_pending = 0.0
         try:
+            for cam in self.cameras:
+                cam.source.start()
             while not stop.is_set():
                 got = self._collect(pending)
                 if pending and not first_pending:
