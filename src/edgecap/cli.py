@@ -225,6 +225,24 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_evaluate)
 
 
+def _add_bench(sub: argparse._SubParsersAction) -> None:
+    from edgecap_export.bench import add_arguments
+
+    p = sub.add_parser("bench", help="latency benchmark: transformers eager vs edgecap FP32 vs INT8, alternated",
+                       description="Time transformers eager generate, edgecap FP32 and edgecap INT8 side by side "
+                                   "(alternating in one run) at batch 1 and 8 with exactly 20 new tokens; per-stage "
+                                   "percentiles, captions/s, tokens/s, RSS; JSON + PNG. Needs the export extra.")
+    add_arguments(p)
+    p.set_defaults(func=cmd_bench)
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    _require_export_extra()
+    from edgecap_export.bench import run
+
+    return run(args)
+
+
 def _add_finetune(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("finetune", help="train or fine-tune a captioner on image+caption pairs, then export it",
                        description="Train (from a preset) or fine-tune (from a checkpoint) a VisionEncoderDecoder "
@@ -321,7 +339,8 @@ def _add_events(sub: argparse._SubParsersAction) -> None:
 
 
 REGISTRARS: list[Callable[[argparse._SubParsersAction], None]] = [
-    _add_demo, _add_run, _add_events, _add_caption, _add_export, _add_quantize, _add_finetune, _add_evaluate]
+    _add_demo, _add_run, _add_events, _add_caption, _add_export, _add_quantize, _add_finetune, _add_evaluate,
+    _add_bench]
 
 
 def build_parser() -> argparse.ArgumentParser:

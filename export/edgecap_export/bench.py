@@ -1,0 +1,249 @@
+"""Latency benchmark, systems alternated in one run: transformers eager generate, edgecap FP32, edgecap INT8.
+
+    edgecap bench --vitgpt2-random                # ViT-B/16 224 + GPT-2 124M, random weights
+    edgecap bench --model runs/demo --runs 20     # any exported directory (eager if DIR/hf exists)
+    python benchmarks/bench.py ...                # the same, from a checkout
+
+Exactly --tokens new tokens (min = max), greedy, batch sizes --batch (default 1 and 8). For each system and batch:
+per-stage p50/p90/p99 (preprocess, encoder, first decode step, per-token decode), per-caption latency, captions/s,
+tokens/s and RSS; a JSON with CPU model, thread count and library versions, and a PNG of the latency
+distributions when matplotlib is installed. Machines are shared and noisy: quote medians and ratios from one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+ROOT = Path.cwd()
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def rss_mb() -> float:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("nan")
+
+
+def percentiles(xs: list[float]) -> dict[str, float]:
+    a = np.asarray(xs, dtype=np.float64)
+    return {"p50": float(np.percentile(a, 50)), "p90": float(np.percentile(a, 90)),
+            "p99": float(np.percentile(a, 99)), "n": len(xs)}
+
+
+def build_vitgpt2_random(out: Path, seed: int = 0) -> Path:
+    """save_pretrained a random-weight model with nlpconnect/vit-gpt2-image-captioning's architecture."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import (GPT2Config, PreTrainedTokenizerFast, ViTConfig, ViTImageProcessorPil,
+                              VisionEncoderDecoderConfig, VisionEncoderDecoderModel)
+
+    if (out / "config.json").is_file():
+        return out
+    torch.manual_seed(seed)
+    enc = ViTConfig(image_size=224, patch_size=16, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
+                    intermediate_size=3072)
+    dec = GPT2Config(vocab_size=50257, n_positions=1024, n_embd=768, n_layer=12, n_head=12,
+                     add_cross_attention=True, is_decoder=True, bos_token_id=50256, eos_token_id=50256,
+                     pad_token_id=50256)
+    cfg = VisionEncoderDecoderConfig.from_encoder_decoder_configs(enc, dec)
+    cfg.decoder_start_token_id, cfg.pad_token_id, cfg.eos_token_id = 50256, 50256, 50256
+    model = VisionEncoderDecoderModel(config=cfg).eval()
+    model.generation_config.max_length = 21
+    model.save_pretrained(out)
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(["a photo of a street"] * 10, trainers.BpeTrainer(
+        vocab_size=300, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False))
+    PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>").save_pretrained(out)
+    ViTImageProcessorPil(size={"height": 224, "width": 224}).save_pretrained(out)
+    return out
+
+
+def _edgecap_runner(cap: Any, images: list[np.ndarray], kw: dict) -> Callable[[], dict[str, float]]:
+    def run() -> dict[str, float]:
+        timings: dict[str, float] = {}
+        t = time.perf_counter()
+        px = cap.preprocess(images)
+        timings["preprocess"] = (time.perf_counter() - t) * 1e3
+        cap.generate(px, _timings=timings, **kw)
+        timings["total"] = (time.perf_counter() - t) * 1e3
+        steps = max(1, int(timings.pop("decoder_steps", 1)) - 1)
+        timings["decode_per_token"] = timings.pop("decoder_rest", 0.0) / steps
+        return timings
+    return run
+
+
+def _eager_runner(model: Any, processor: Any, images: list[np.ndarray], kw: dict) -> Callable[[], dict[str, float]]:
+    import torch
+
+    def run() -> dict[str, float]:
+        t = time.perf_counter()
+        px = torch.from_numpy(np.asarray(processor(images=images, return_tensors="np")["pixel_values"]))
+        pre = (time.perf_counter() - t) * 1e3
+        with torch.no_grad():
+            t1 = time.perf_counter()
+            model.generate(pixel_values=px, **kw)
+        return {"preprocess": pre, "total": pre + (time.perf_counter() - t1) * 1e3}
+    return run
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--model", help="an exported directory (transformers eager is included if DIR/hf exists)")
+    src.add_argument("--vitgpt2-random", action="store_true",
+                     help="build, export and quantize a random model with vit-gpt2-image-captioning's dimensions")
+    p.add_argument("--workdir", default=str(ROOT / "engines" / "vitgpt2-random"),
+                   help="where the random ViT-GPT2 model is built and exported (default engines/vitgpt2-random)")
+    p.add_argument("--runs", type=int, default=10, help="timed runs per system and batch (after one warm-up)")
+    p.add_argument("--tokens", type=int, default=20, help="exactly this many new tokens")
+    p.add_argument("--batch", type=int, nargs="+", default=[1, 8], help="batch sizes (default 1 8)")
+    p.add_argument("--threads", type=int, default=None, help="threads for every system (default: all cores)")
+    p.add_argument("--systems", nargs="+", default=["eager", "fp32", "int8"], help="subset of eager fp32 int8")
+    p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "bench.json"),
+                   help="JSON report (a PNG plot is written next to it)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="edgecap bench", description=__doc__.split("\n\n")[0])
+    add_arguments(p)
+    return run(p.parse_args(argv))
+
+
+def run(args: argparse.Namespace) -> int:
+    import onnxruntime
+    from tqdm import tqdm
+
+    from edgecap import Captioner
+
+    if args.vitgpt2_random:
+        from .exporter import export_model
+        from .quantize import quantize_dir
+
+        work = Path(args.workdir)
+        hf = build_vitgpt2_random(work / "hf")
+        if not (work / "manifest.json").is_file():
+            export_model(str(hf), work, name="vitgpt2-random")
+        model_dir = work
+        if "int8" in args.systems and not (work / "encoder.int8.onnx").is_file():
+            quantize_dir(work, accept_quality_drop=True, calib_frames=32, eval_frames=8)
+    else:
+        model_dir = Path(args.model)
+    hf_dir = model_dir / "hf"
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, (480, 640, 3), dtype=np.uint8) for _ in range(max(args.batch))]
+    kw = dict(min_new_tokens=args.tokens, max_new_tokens=args.tokens, num_beams=1)
+
+    runners: dict[str, Callable[[list[np.ndarray]], Callable[[], dict[str, float]]]] = {}
+    rss: dict[str, float] = {"start": rss_mb()}
+    versions = {"onnxruntime": onnxruntime.__version__, "numpy": np.__version__}
+    for system in args.systems:
+        if system in ("fp32", "int8"):
+            if system not in Captioner(model_dir).manifest.precisions:
+                continue
+            cap = Captioner(model_dir, precision=system, threads=args.threads)
+            runners[f"edgecap_{system}"] = lambda imgs, cap=cap: _edgecap_runner(cap, imgs, kw)
+        elif system == "eager" and hf_dir.is_dir():
+            import torch
+            import transformers
+            from transformers import AutoImageProcessor, VisionEncoderDecoderModel
+
+            transformers.logging.set_verbosity_error()
+            if args.threads:
+                torch.set_num_threads(args.threads)
+            model = VisionEncoderDecoderModel.from_pretrained(hf_dir).eval()
+            try:
+                proc = AutoImageProcessor.from_pretrained(hf_dir, backend="pil")
+            except TypeError:
+                proc = AutoImageProcessor.from_pretrained(hf_dir)
+            runners["transformers_eager"] = lambda imgs, m=model, pr=proc: _eager_runner(m, pr, imgs, kw)
+            versions.update(torch=torch.__version__, transformers=transformers.__version__)
+        rss[f"after_loading_{system}"] = rss_mb()
+
+    results: dict[str, Any] = {}
+    for b in args.batch:
+        calls = {name: make(images[:b]) for name, make in runners.items()}
+        for call in calls.values():
+            call()  # warm-up
+        samples: dict[str, list[dict[str, float]]] = {name: [] for name in calls}
+        for _ in tqdm(range(args.runs), desc=f"batch {b}", unit="round"):
+            for name, call in calls.items():  # alternate systems within each round
+                samples[name].append(call())
+        for name, rows in samples.items():
+            totals = [r["total"] for r in rows]
+            stages = {k: percentiles([r[k] for r in rows]) for k in rows[0] if k != "total"}
+            med = statistics.median(totals)
+            results[f"{name}/batch{b}"] = {
+                "per_batch_ms": percentiles(totals), "per_caption_ms_p50": med / b, "stages_ms": stages,
+                "captions_per_s": 1000 * b / med, "tokens_per_s": 1000 * b * args.tokens / med, "runs_ms": totals}
+    ratios = {}
+    for b in args.batch:
+        base = results.get(f"transformers_eager/batch{b}")
+        for name in ("edgecap_fp32", "edgecap_int8"):
+            r = results.get(f"{name}/batch{b}")
+            if base and r:
+                ratios[f"{name}_vs_eager/batch{b}"] = base["per_batch_ms"]["p50"] / r["per_batch_ms"]["p50"]
+    report = {
+        "model": str(model_dir), "tokens": args.tokens, "runs": args.runs, "results": results, "speedups": ratios,
+        "rss_mb": {**rss, "peak": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024},
+        "machine": {"cpu": cpu_model(), "threads": args.threads or "default", "python": platform.python_version()},
+        "versions": versions,
+    }
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    plot(results, out.with_suffix(".png"))
+    for name, r in results.items():
+        print(f"{name:28s} per caption p50 {r['per_caption_ms_p50']:9.1f} ms  {r['captions_per_s']:7.2f} captions/s")
+    for name, v in ratios.items():
+        print(f"{name:28s} {v:.2f}x")
+    print(f"wrote {out}")
+    return 0
+
+
+def plot(results: dict[str, Any], path: Path) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    names = sorted(results)
+    fig, ax = plt.subplots(figsize=(8, 0.6 * len(names) + 1.5))
+    ax.boxplot([[t / int(n.split("batch")[1]) for t in results[n]["runs_ms"]] for n in names], vert=False)
+    ax.set_yticks(range(1, len(names) + 1), names)
+    ax.set_xscale("log")
+    ax.set_xlabel("ms per caption (log scale)")
+    ax.set_title("edgecap benchmark: latency per caption, one run, systems alternated")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
