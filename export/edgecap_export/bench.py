@@ -235,7 +235,8 @@ def plot(results: dict[str, Any], path: Path) -> None:
         return
     names = sorted(results)
     fig, ax = plt.subplots(figsize=(8, 0.6 * len(names) + 1.5))
-    ax.boxplot([[t / int(n.split("batch")[1]) for t in results[n]["runs_ms"]] for n in names], orientation="horizontal")
+    per_caption = [[t / int(n.split("batch")[1]) for t in results[n]["runs_ms"]] for n in names]
+    ax.boxplot(per_caption, orientation="horizontal")
     ax.set_yticks(range(1, len(names) + 1), names)
     ax.set_xscale("log")
     ax.set_xlabel("ms per caption (log scale)")

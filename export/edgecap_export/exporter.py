@@ -6,7 +6,6 @@ import datetime as _dt
 import hashlib
 import json
 import os
-import shutil
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
@@ -317,11 +316,3 @@ def write_manifest(out: Path, manifest: dict[str, Any]) -> None:
     tmp = out / (MANIFEST_FILE + ".tmp")
     tmp.write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n", encoding="utf-8")
     os.replace(tmp, out / MANIFEST_FILE)
-
-
-def copy_model_dir(src: Path, dst: Path) -> None:
-    """Copy an exported directory's files (manifest, graphs, tokenizer) to dst."""
-    dst.mkdir(parents=True, exist_ok=True)
-    for p in src.iterdir():
-        if p.is_file():
-            shutil.copy2(p, dst / p.name)

@@ -36,12 +36,15 @@ def test_images(count: int = 3, height: int = 240, width: int = 320) -> list[np.
 
 def _compare(name: str, got: np.ndarray, ref: np.ndarray, results: dict, mismatches: list[str],
              atol: float = ATOL, rtol: float = RTOL) -> None:
+    if got.shape != ref.shape:
+        results[name] = {"ok": False, "shape": list(got.shape), "expected_shape": list(ref.shape)}
+        mismatches.append(f"{name}: shape {list(got.shape)}, expected {list(ref.shape)}")
+        return
     diff = float(np.max(np.abs(got.astype(np.float64) - ref))) if got.size else 0.0
-    ok = got.shape == ref.shape and bool(np.all(np.abs(got - ref) <= atol + rtol * np.abs(ref)))
+    ok = bool(np.all(np.abs(got - ref) <= atol + rtol * np.abs(ref)))
     results[name] = {"max_abs_diff": diff, "atol": atol, "rtol": rtol, "ok": ok}
     if not ok:
-        mismatches.append(f"{name}: max abs diff {diff:.3g} > atol {atol:g} + rtol {rtol:g}*|ref| "
-                          f"(shapes {list(got.shape)} vs {list(ref.shape)})")
+        mismatches.append(f"{name}: max abs diff {diff:.3g} > atol {atol:g} + rtol {rtol:g}*|ref|")
 
 
 def reference_pixels(model: str, images: list[np.ndarray]) -> np.ndarray | None:
@@ -60,10 +63,12 @@ def reference_pixels(model: str, images: list[np.ndarray]) -> np.ndarray | None:
 def validate_export(hf_model: Any, model: str, out: Path, *, progress: bool = True) -> dict[str, Any]:
     """Run the parity grid; returns the report recorded in the manifest (``passed``, ``mismatches``, details)."""
     import torch
+    import transformers
     from tqdm import tqdm
 
     from edgecap import Captioner
 
+    transformers.logging.set_verbosity_error()  # generate() warns about max_length vs max_new_tokens on every call
     cap = Captioner(out)
     images = test_images(3)
     results: dict[str, Any] = {}

@@ -6,6 +6,11 @@ margin, compared with the last frame that was captioned (not the previous frame,
 object entering a corner moves a few cells; sensor noise, averaged over each block, moves none. Stage 2
 (optional) compares the encoder's pooled embedding by cosine distance, for scenes where pixels change but the
 content does not (rain, leaves). A static scene is re-checked every ``max_interval_s``.
+
+A changed frame that is still moving (it also differs from the previous sampled frame) is deferred for up to
+``settle_samples`` samples: an object sliding into view is captioned once it is in place, not half-way, which
+would otherwise open a one-frame scene ("a dog on the right" for the front of a car entering). Continuous motion
+is captioned anyway once the deferral runs out.
 """
 
 from __future__ import annotations
@@ -27,19 +32,21 @@ class GateConfig:
         max_interval_s: caption anyway when the last caption is older than this (None: never).
         embedding_distance: optional stage 2: cosine distance of pooled embeddings above which the content
             changed (None disables the stage).
+        settle_samples: defer a changed frame that is still moving for at most this many samples (0: never).
     """
 
     cell_delta: float = 10.0
     changed_share: float = 0.005
     max_interval_s: float | None = 30.0
     embedding_distance: float | None = None
+    settle_samples: int = 2
 
 
 @dataclass(frozen=True)
 class GateDecision:
     changed: bool
     score: float
-    reason: str  # "first", "pixels", "max_interval" or "static"
+    reason: str  # "first", "pixels", "settled_timeout", "max_interval", "moving" or "static"
 
 
 def grey_grid(image: np.ndarray) -> np.ndarray:
@@ -60,17 +67,27 @@ class ChangeGate:
         self._ref: np.ndarray | None = None
         self._ref_time: float | None = None
         self._ref_embedding: np.ndarray | None = None
+        self._prev: np.ndarray | None = None
+        self._deferred = 0
+
+    def _score(self, grid: np.ndarray, other: np.ndarray) -> float:
+        diff = grid - other
+        diff -= np.median(diff)  # global brightness drift is not a scene change
+        return float(np.mean(np.abs(diff) > self.cfg.cell_delta))
 
     def check(self, image: np.ndarray, mono: float) -> GateDecision:
         """Decide whether ``image`` (seen at monotonic time ``mono``) should be captioned."""
         grid = grey_grid(image)
+        prev, self._prev = self._prev, grid
         if self._ref is None or self._ref.shape != grid.shape:
             return GateDecision(True, 1.0, "first")
-        diff = grid - self._ref
-        diff -= np.median(diff)  # global brightness drift is not a scene change
-        score = float(np.mean(np.abs(diff) > self.cfg.cell_delta))
+        score = self._score(grid, self._ref)
         if score > self.cfg.changed_share:
-            return GateDecision(True, score, "pixels")
+            moving = prev is not None and prev.shape == grid.shape and self._score(grid, prev) > self.cfg.changed_share
+            if moving and self._deferred < self.cfg.settle_samples:
+                self._deferred += 1
+                return GateDecision(False, score, "moving")
+            return GateDecision(True, score, "settled_timeout" if moving else "pixels")
         due = self._ref_time is not None and mono - self._ref_time >= (self.cfg.max_interval_s or 0.0)
         if self.cfg.max_interval_s is not None and due:
             return GateDecision(True, score, "max_interval")
@@ -88,5 +105,6 @@ class ChangeGate:
         """Make ``image`` the reference: call after captioning it."""
         self._ref = grey_grid(image)
         self._ref_time = mono
+        self._deferred = 0
         if pooled is not None:
             self._ref_embedding = pooled

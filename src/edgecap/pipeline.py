@@ -55,6 +55,7 @@ class _Camera:
         self.gate = ChangeGate(spec.gate)
         self.tracker = SceneTracker(spec.name)
         self.last_write = 0.0
+        self.change_start: FrameSample | None = None  # first frame of a change the gate is letting settle
 
 
 class Runtime:
@@ -110,7 +111,7 @@ class Runtime:
                 self.on_scene(ev)
 
     # -- main loop --------------------------------------------------------------------------------------------
-    def _collect(self, pending: list[tuple[_Camera, FrameSample]]) -> bool:
+    def _collect(self, pending: list[tuple[_Camera, FrameSample, FrameSample]]) -> bool:
         """Take every ready frame (gated) into ``pending``; True if any frame was read."""
         got = False
         for cam in self.cameras:
@@ -124,28 +125,36 @@ class Runtime:
                 decision = cam.gate.check(sample.image, sample.mono)
                 if not decision.changed:
                     c["gated_out"] += 1
+                    if decision.reason == "moving":
+                        c["deferred_moving"] += 1
+                        cam.change_start = cam.change_start or sample
+                    else:
+                        cam.change_start = None
                     scene = cam.tracker.touch(sample.wall_utc, sample.pts_s)
                     if scene is not None and time.monotonic() - cam.last_write >= self.opts.scene_update_s:
                         self._write_scene(cam, scene, closed=False)
                     continue
                 cam.gate.accept(sample.image, sample.mono)
-                pending.append((cam, sample))
+                pending.append((cam, sample, cam.change_start or sample))
+                cam.change_start = None
         return got
 
-    def _caption(self, pending: list[tuple[_Camera, FrameSample]]) -> None:
+    def _caption(self, pending: list[tuple[_Camera, FrameSample, FrameSample]]) -> None:
+        """Caption admitted frames (camera, frame, first frame of the change) as one batch."""
         self.stats.batches += 1
         self.stats.batched_frames += len(pending)
         self.stats.max_batch_seen = max(self.stats.max_batch_seen, len(pending))
-        if any(cam.spec.gate.embedding_distance is not None for cam, _ in pending):
+        if any(cam.spec.gate.embedding_distance is not None for cam, _, _ in pending):
             pending, caps = self._caption_with_embedding_gate(pending)
         else:
-            caps = self.cap.caption([s.image for _, s in pending], **self.opts.generation)
-        for (cam, sample), c in zip(pending, caps):
+            caps = self.cap.caption([s.image for _, s, _ in pending], **self.opts.generation)
+        for (cam, sample, since), c in zip(pending, caps):
             self.stats.camera(cam.spec.name)["captioned"] += 1
             details = {**self._provenance, "batch": len(pending),
                        "ms": {k: round(v, 1) for k, v in c.timings.items() if k != "decoder_steps"}}
             closed, scene, is_new = cam.tracker.observe(c.text, sample.wall_utc, sample.pts_s,
-                                                        c.confidence or 0.0, details)
+                                                        c.confidence or 0.0, details,
+                                                        changed_at=(since.wall_utc, since.pts_s))
             if closed is not None:
                 self._write_scene(cam, closed, closed=True)
             if is_new and self._thumbs is not None:
@@ -158,13 +167,13 @@ class Runtime:
     def _caption_with_embedding_gate(self, pending):
         """Stage 2 of the gate: encode the batch, decode only frames whose pooled embedding moved."""
         t0 = time.perf_counter()
-        px = self.cap.preprocess([s.image for _, s in pending])
+        px = self.cap.preprocess([s.image for _, s, _ in pending])
         timings = {"preprocess": (time.perf_counter() - t0) * 1e3}
         t1 = time.perf_counter()
         enc = self.cap.encode(px)
         timings["encoder"] = (time.perf_counter() - t1) * 1e3
         keep = []
-        for i, (cam, sample) in enumerate(pending):
+        for i, (cam, sample, _) in enumerate(pending):
             pooled = None if enc.pooled is None else enc.pooled[i]
             if cam.gate.embedding_changed(pooled):
                 cam.gate.accept(sample.image, sample.mono, pooled)
@@ -180,7 +189,7 @@ class Runtime:
     def run(self, stop: threading.Event | None = None) -> int:
         """Run until all file sources finish (returns 0, or 1 if a source failed) or ``stop`` is set (0)."""
         stop = stop or threading.Event()
-        pending: list[tuple[_Camera, FrameSample]] = []
+        pending: list[tuple[_Camera, FrameSample, FrameSample]] = []
         first_pending = 0.0
         try:
             for cam in self.cameras:

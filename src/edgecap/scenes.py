@@ -59,8 +59,13 @@ class SceneTracker:
         self.current: OpenScene | None = None
 
     def observe(self, caption: str, when: datetime, pts_s: float | None, confidence: float,
-                details: dict[str, Any]) -> tuple[OpenScene | None, OpenScene, bool]:
-        """Record a new caption.
+                details: dict[str, Any], *, changed_at: tuple[datetime, float | None] | None = None
+                ) -> tuple[OpenScene | None, OpenScene, bool]:
+        """Record a new caption of a frame seen at ``when`` / ``pts_s``.
+
+        Args:
+            changed_at: (wall time, pts) of the first frame of the change, when the gate waited for the scene to
+                settle before captioning; a new scene starts there. Defaults to the captioned frame.
 
         Returns:
             (the scene this caption closed or None, the scene it belongs to, whether that scene is new).
@@ -71,12 +76,13 @@ class SceneTracker:
             cur.observations += 1
             cur.confidence_sum += confidence
             return None, cur, False
+        start, start_pts = changed_at if changed_at is not None else (when, pts_s)
         closed = None
         if cur is not None:
-            # the previous scene lasted until this frame showed something else
-            cur.end, cur.source_end_s = when, pts_s if pts_s is not None else cur.source_end_s
+            # the previous scene lasted until the change began
+            cur.end, cur.source_end_s = start, start_pts if start_pts is not None else cur.source_end_s
             closed = cur
-        self.current = OpenScene(uuid.uuid4().hex, caption, when, when, pts_s, pts_s, 1, confidence,
+        self.current = OpenScene(uuid.uuid4().hex, caption, start, when, start_pts, pts_s, 1, confidence,
                                  details=dict(details))
         return closed, self.current, True
 

@@ -1,0 +1,222 @@
+"""The streaming runtime: scene events from a multi-scene clip, cross-camera batching, drops with a slow
+consumer, search over the resulting log, and a clean shutdown on SIGTERM."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from edgecap import synth
+from edgecap.captioner import Caption
+from edgecap.config import CameraSpec
+from edgecap.events import EventStore, search
+from edgecap.gate import ChangeGate, GateConfig
+from edgecap.pipeline import RunOptions, Runtime
+from edgecap.scenes import same_scene
+
+
+class FakeCaptioner:
+    """Captions from the mean colour of the frame; optional delay to play a slow model."""
+
+    precision = "fp32"
+    manifest = SimpleNamespace(data={"name": "fake", "graphs": {"fp32": {"encoder": {"sha256": "0" * 64}}}})
+
+    def __init__(self, delay_s: float = 0.0):
+        self.delay_s = delay_s
+        self.batch_sizes: list[int] = []
+
+    def caption(self, images, **_):
+        time.sleep(self.delay_s)
+        self.batch_sizes.append(len(images))
+        return [Caption(f"scene {int(np.asarray(img).mean()) // 16}", [1], {"total": 1.0}, -0.1) for img in images]
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory):
+    d = tmp_path_factory.mktemp("clips")
+    timelines = {}
+    for name, seed, dur in (("cam-a", 11, 30.0), ("cam-b", 12, 12.0), ("cam-c", 13, 12.0)):
+        timelines[name] = synth.render_clip(d / f"{name}.mp4", seed=synth.HELD_OUT_SEED_START + seed, duration_s=dur)
+    return d, timelines
+
+
+def _spec(name: str, path: Path, interval: float = 1.0) -> CameraSpec:
+    return CameraSpec(name, str(path), interval, GateConfig())
+
+
+def test_multi_scene_clip_gives_one_scene_event_per_scene(clips, tmp_path):
+    from edgecap import Captioner
+
+    d, timelines = clips
+    interval = 1.0
+    with EventStore(tmp_path / "ev.sqlite") as store:
+        rt = Runtime(Captioner("demo"), [_spec("cam-a", d / "cam-a.mp4", interval)], store)
+        assert rt.run() == 0
+    scenes = sorted((e for e in search(tmp_path / "ev.sqlite", kinds=["scene"], limit=100)),
+                    key=lambda e: e.source_start_s)
+    truth = timelines["cam-a"]
+    assert len(scenes) == len(truth), [e.caption for e in scenes]
+    for ev, seg in zip(scenes, truth):
+        assert all(synth.attribute_scores(seg.spec, ev.caption).values()), (ev.caption, seg.spec.caption())
+        assert abs(ev.source_start_s - seg.start_s) <= interval + 1e-6
+        assert ev.closed and ev.thumbnail and Path(ev.thumbnail).is_file()
+    c = rt.stats.camera("cam-a")
+    assert c["sampled"] == c["gated_out"] + c["captioned"] and c["gated_out"] > c["captioned"]
+
+
+def test_several_file_sources_are_batched_across_cameras(clips, tmp_path):
+    d, _ = clips
+    fake = FakeCaptioner()
+    # max_interval 0: every sampled frame is captioned, so batching is the only variable
+    cams = [CameraSpec(n, str(d / f"{n}.mp4"), 0.5, GateConfig(max_interval_s=0.0, settle_samples=0))
+            for n in ("cam-a", "cam-b", "cam-c")]
+    with EventStore(tmp_path / "ev.sqlite") as store:
+        rt = Runtime(fake, cams, store, options=RunOptions(max_batch=8, max_wait_s=0.2, thumbnails=False))
+        assert rt.run() == 0
+    assert rt.stats.max_batch_seen >= 2 and rt.stats.batches < rt.stats.batched_frames
+    assert sum(fake.batch_sizes) == sum(rt.stats.camera(n)["captioned"] for n in ("cam-a", "cam-b", "cam-c"))
+    assert rt.stats.camera("cam-a")["dropped"] == 0  # files: every sampled frame, no drops
+
+
+def test_live_source_with_slow_consumer_drops_and_stays_bounded(clips, tmp_path):
+    d, _ = clips
+    fake = FakeCaptioner(delay_s=0.3)  # slower than the 0.1 s sampling interval
+    cam = CameraSpec("live", str(d / "cam-b.mp4"), 0.1, GateConfig(max_interval_s=0.0, settle_samples=0),
+                     realtime=True)
+    depths = []
+    with EventStore(tmp_path / "ev.sqlite") as store:
+        rt = Runtime(fake, [cam], store, options=RunOptions(thumbnails=False))
+        stop = threading.Event()
+
+        def watch():
+            while not stop.is_set():
+                depths.append(rt.cameras[0].source.queue_depth)
+                time.sleep(0.05)
+
+        w = threading.Thread(target=watch)
+        w.start()
+        try:
+            rt.run()
+        finally:
+            stop.set()
+            w.join()
+    c = rt.stats.camera("live")
+    assert c["dropped"] > 0 and max(depths) <= 2
+    assert c["captioned"] < c["frames_read"]
+
+
+def test_search_cli_finds_events_by_text_camera_and_time(clips, tmp_path):
+    d, timelines = clips
+    db = tmp_path / "ev.sqlite"
+    proc = subprocess.run([sys.executable, "-m", "edgecap.cli", "run", str(d / "cam-b.mp4"), str(d / "cam-c.mp4"),
+                           "--db", str(db), "--interval", "1"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    kind, colour = next((o.kind, o.colour) for s in timelines["cam-b"] for o in s.spec.objects)
+    word = "persons" if kind == "person" else kind
+
+    def run_search(*args):
+        out = subprocess.run([sys.executable, "-m", "edgecap.cli", "events", "search", *args, "--db", str(db),
+                              "--json"], capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        return [json.loads(line) for line in out.stdout.splitlines()]
+
+    hits = run_search(f"{colour} {word}", "--camera", "cam-b")
+    assert hits and all(h["camera"] == "cam-b" and colour in h["caption"] for h in hits)
+    assert {"id", "kind", "camera", "start", "end", "source_start_s", "source_end_s", "caption", "confidence",
+            "thumbnail"} <= set(hits[0])
+    assert run_search("--camera", "cam-c", "--since", "1h") and not run_search("--until", "2000-01-01T00:00:00")
+    assert not run_search("zebra giraffe")
+
+
+def test_sigterm_closes_open_scenes_flushes_and_exits_zero(clips, tmp_path):
+    d, _ = clips
+    db = tmp_path / "ev.sqlite"
+    proc = subprocess.Popen([sys.executable, "-m", "edgecap.cli", "run", str(d / "cam-a.mp4"), "--realtime",
+                             "--db", str(db), "--interval", "0.5"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not (db.exists() and search(db, kinds=["scene"])):
+        time.sleep(0.2)
+    time.sleep(1.0)  # mid-scene: the open scene must be closed by the shutdown
+    t = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=10)
+    assert proc.returncode == 0, err
+    assert time.monotonic() - t < 5.0
+    scenes = search(db, kinds=["scene"], limit=100)
+    assert scenes and all(e.closed for e in scenes)
+
+
+# -- units ------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("a,b,same", [
+    ("a red car on the left in a parking lot at night", "a parking lot at night with a red car on the left", True),
+    ("a red car on the left in a parking lot at night", "a blue car on the left in a parking lot at night", False),
+    ("a red car on the left on a street during the day", "a red car on the right on a street during the day", False),
+    ("an empty hallway at night", "at night, an empty hallway", True),
+    ("a red car on the left", "a red car on the left and a person in red on the right", False),
+])
+def test_scene_similarity(a, b, same):
+    assert same_scene(a, b) is same
+
+
+def test_gate_ignores_noise_and_brightness_but_sees_an_object_enter():
+    base, spec = synth.render_scene(synth.HELD_OUT_SEED_START + 1, count=0)
+    gate = ChangeGate(GateConfig(max_interval_s=None))
+    assert gate.check(base, 0.0).reason == "first"
+    gate.accept(base, 0.0)
+    noisy = np.clip(base.astype(int) + np.random.default_rng(0).integers(-6, 7, base.shape), 0, 255).astype(np.uint8)
+    assert not gate.check(noisy, 1.0).changed
+    brighter = np.clip(base.astype(int) + 20, 0, 255).astype(np.uint8)
+    assert not gate.check(brighter, 2.0).changed
+    dog = synth.render_spec(synth.SceneSpec((synth.SceneObject("dog", "black", "right"),), spec.background,
+                                            spec.time_of_day), seed=synth.HELD_OUT_SEED_START + 1)
+    # the dog just appeared: still moving compared with the previous sample, so the gate lets it settle ...
+    assert gate.check(dog, 3.0).reason == "moving"
+    # ... and captions it once it stays in place
+    assert gate.check(dog, 4.0).reason == "pixels"
+
+
+def test_gate_captions_continuous_motion_after_settle_samples():
+    gate = ChangeGate(GateConfig(max_interval_s=None, settle_samples=2))
+    frames = [synth.render_scene(synth.HELD_OUT_SEED_START + i)[0] for i in range(5)]  # every sample differs
+    gate.accept(frames[0], 0.0)
+    gate.check(frames[0], 0.0)
+    reasons = [gate.check(f, float(t)).reason for t, f in enumerate(frames[1:], 1)]
+    assert reasons[:3] == ["moving", "moving", "settled_timeout"]
+
+
+def test_gate_rechecks_a_static_scene_after_max_interval():
+    img, _ = synth.render_scene(5)
+    gate = ChangeGate(GateConfig(max_interval_s=10.0))
+    gate.accept(img, 0.0)
+    assert not gate.check(img, 9.0).changed
+    assert gate.check(img, 10.5).reason == "max_interval"
+
+
+@pytest.mark.parametrize("distance,expect_skips", [(None, False), (2.5, True)])
+def test_embedding_gate_stage_skips_decoding_when_content_is_unchanged(distance, expect_skips, clips, tmp_path,
+                                                                        tiny_export):
+    # cosine distance is at most 2: with a threshold of 2.5 only the first frame is decoded
+    from edgecap import Captioner
+
+    d, _ = clips
+    cam = CameraSpec("cam-b", str(d / "cam-b.mp4"), 1.0,
+                     GateConfig(max_interval_s=0.0, embedding_distance=distance, settle_samples=0))
+    with EventStore(tmp_path / "ev.sqlite") as store:
+        rt = Runtime(Captioner(tiny_export), [cam], store, options=RunOptions(thumbnails=False))
+        rt.run()
+    c = rt.stats.camera("cam-b")
+    if expect_skips:
+        assert c["captioned"] == 1 and c["gated_out_embedding"] == c["sampled"] - 1
+    else:
+        assert c["captioned"] == c["sampled"] and c["gated_out_embedding"] == 0
