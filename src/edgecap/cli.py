@@ -161,10 +161,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"\n{correct}/{len(res.segments)} scene events correct; {c.get('sampled', 0)} frames sampled, "
           f"{c.get('gated_out', 0)} skipped as unchanged, {c.get('captioned', 0)} captioned at "
           f"{res.ms_per_caption:.1f} ms each on this CPU")
-    first = res.segments[0].text.split(" on ")[0].split(" in ")[0] if res.segments else "car"
+    from .synth import parse_caption
+
+    objects = [o for seg in res.segments for o in parse_caption(seg.text).objects if o.kind and o.colour]
+    query = f"{objects[0].colour} {objects[0].kind}" if objects else "car"
     print(f"outputs: {res.clip} (clip), {res.db} (event database, thumbnails/ beside it), {res.jsonl}, "
           f"{res.timeline_txt}")
-    print(f'search it: edgecap events search "{first}" --db {res.db}')
+    print(f'search it: edgecap events search "{query}" --db {res.db}')
     return 0
 
 
