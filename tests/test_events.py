@@ -611,8 +611,11 @@ def test_cli_export_to_file_and_tail(timeline, tmp_path, capsys):
         "three cars in a parking lot", None]
 
 
+# A shell that starts a job in the background hands it SIGINT ignored (and Python then never raises
+# KeyboardInterrupt); restore the interactive default so the test means Ctrl-C wherever the suite runs.
 TAIL_CLI = textwrap.dedent("""
-    import argparse, sys
+    import argparse, signal, sys
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     from edgecap.events_cli import register
     parser = argparse.ArgumentParser()
     register(parser.add_subparsers())
