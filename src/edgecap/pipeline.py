@@ -34,6 +34,7 @@ class RunStats:
     batched_frames: int = 0
     max_batch_seen: int = 0
     scenes: int = 0
+    frame_age_ms: list[float] = field(default_factory=list)  # read -> caption done, per captioned frame
 
     def camera(self, name: str) -> Counter:
         return self.per_camera.setdefault(name, Counter())
@@ -56,6 +57,7 @@ class _Camera:
         self.tracker = SceneTracker(spec.name)
         self.last_write = 0.0
         self.change_start: FrameSample | None = None  # first frame of a change the gate is letting settle
+        self.last_deferred: FrameSample | None = None  # newest frame of that change, captioned if the source ends
 
 
 class Runtime:
@@ -118,6 +120,9 @@ class Runtime:
             while len(pending) < self.opts.max_batch:
                 sample = cam.source.read(timeout=0)
                 if sample is None:
+                    if cam.source.finished and cam.last_deferred is not None:
+                        # the source ended while a change was settling: caption its last frame
+                        self._admit(cam, cam.last_deferred, pending)
                     break
                 got = True
                 c = self.stats.camera(cam.spec.name)
@@ -128,16 +133,21 @@ class Runtime:
                     if decision.reason == "moving":
                         c["deferred_moving"] += 1
                         cam.change_start = cam.change_start or sample
+                        cam.last_deferred = sample
                     else:
-                        cam.change_start = None
+                        cam.change_start = cam.last_deferred = None
                     scene = cam.tracker.touch(sample.wall_utc, sample.pts_s)
                     if scene is not None and time.monotonic() - cam.last_write >= self.opts.scene_update_s:
                         self._write_scene(cam, scene, closed=False)
                     continue
-                cam.gate.accept(sample.image, sample.mono)
-                pending.append((cam, sample, cam.change_start or sample))
-                cam.change_start = None
+                self._admit(cam, sample, pending)
         return got
+
+    @staticmethod
+    def _admit(cam: _Camera, sample: FrameSample, pending: list) -> None:
+        cam.gate.accept(sample.image, sample.mono)
+        pending.append((cam, sample, cam.change_start or sample))
+        cam.change_start = cam.last_deferred = None
 
     def _caption(self, pending: list[tuple[_Camera, FrameSample, FrameSample]]) -> None:
         """Caption admitted frames (camera, frame, first frame of the change) as one batch."""
@@ -148,8 +158,10 @@ class Runtime:
             pending, caps = self._caption_with_embedding_gate(pending)
         else:
             caps = self.cap.caption([s.image for _, s, _ in pending], **self.opts.generation)
+        done = time.monotonic()
         for (cam, sample, since), c in zip(pending, caps):
             self.stats.camera(cam.spec.name)["captioned"] += 1
+            self.stats.frame_age_ms.append((done - sample.mono) * 1e3)
             details = {**self._provenance, "batch": len(pending),
                        "ms": {k: round(v, 1) for k, v in c.timings.items() if k != "decoder_steps"}}
             closed, scene, is_new = cam.tracker.observe(c.text, sample.wall_utc, sample.pts_s,
