@@ -149,7 +149,7 @@ def run(args: argparse.Namespace) -> int:
         if not (work / "manifest.json").is_file():
             export_model(str(hf), work, name="vitgpt2-random")
         model_dir = work
-        if "int8" in args.systems and not (work / "encoder.int8.onnx").is_file():
+        if "int8" in args.systems and "int8" not in Captioner(work).manifest.precisions:
             quantize_dir(work, accept_quality_drop=True, calib_frames=32, eval_frames=8)
     else:
         model_dir = Path(args.model)

@@ -93,7 +93,9 @@ def _decoder_feeds(cap: Any, pixel_values: np.ndarray, max_feeds: int) -> list[d
 
     def recording_run(outputs, feed, *a, **k):
         if len(feeds) < max_feeds:
-            feeds.append({n: np.array(v) for n, v in feed.items()})
+            # no copies: the cross K/V arrays are shared by every step of a batch (100+ MB each at ViT-B size)
+            # and the past arrays are fresh outputs of the previous step
+            feeds.append(dict(feed))
         return original(outputs, feed, *a, **k)
 
     sess.run = recording_run
@@ -122,7 +124,15 @@ def _quantize_static(src: Path, dst: Path, feeds: list[dict[str, np.ndarray]]) -
                         op_types_to_quantize=["MatMul", "Gemm"], calibrate_method=CalibrationMethod.MinMax,
                         nodes_to_exclude=activation_matmuls(pre),
                         extra_options={"ActivationSymmetric": True, "WeightSymmetric": True,
-                                       "MatMulConstBOnly": True})
+                                       "MatMulConstBOnly": True,
+                                       "CalibMaxIntermediateOutputs": _chunk(len(feeds))})
+
+
+def _chunk(feeds: int) -> int:
+    """Fold calibration ranges every few feeds: a 12-layer decoder's intermediate outputs for a hundred feeds
+    would otherwise fill memory. onnxruntime raises "No data is collected" when the feed count is a multiple of
+    the chunk (the last chunk is folded and nothing is left), so pick a chunk that does not divide it."""
+    return next((c for c in range(8, 64) if feeds % c), feeds + 1)
 
 
 def _unshare_initializers(src: Path, dst: Path) -> Path:
@@ -233,7 +243,7 @@ def quantize_dir(model_dir: str | os.PathLike, *, calib: str | None = None, cali
     enc_feeds = [{manifest.io("encoder")["pixel_values"]: px[i:i + 1]} for i in range(len(px))]
     _quantize_static(d / "encoder.onnx", d / "encoder.int8.onnx", enc_feeds)
     if decoder_mode == "static":
-        _quantize_static(d / "decoder.onnx", d / "decoder.int8.onnx", _decoder_feeds(cap, px, 256))
+        _quantize_static(d / "decoder.onnx", d / "decoder.int8.onnx", _decoder_feeds(cap, px, 128))
     else:
         _quantize_dynamic(d / "decoder.onnx", d / "decoder.int8.onnx")
     data = manifest.data
