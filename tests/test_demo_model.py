@@ -65,3 +65,15 @@ def test_demo_command_end_to_end(tmp_path):
              or " ✗ " in line]
     assert len(marks) == len(scenes)
     assert sum(" ✓ " in m for m in marks) / len(marks) >= 0.8
+
+
+def test_bundled_int8_passes_its_quality_gate_and_agrees_with_fp32(demo_cap):
+    m = json.loads((demo_model_dir() / "manifest.json").read_text())
+    q = m["graphs"]["int8"]["quality"]
+    assert q["passed"] and not q["accepted_quality_drop"]
+    assert q["exact_match"] >= 0.95 and q["attribute_accuracy"]["max_drop"] <= 0.01
+    int8 = Captioner("demo", precision="int8")
+    seeds = range(synth.HELD_OUT_SEED_START + 70_000, synth.HELD_OUT_SEED_START + 70_040)
+    images = [synth.render_scene(s)[0] for s in seeds]
+    same = sum(a.text == b.text for a, b in zip(demo_cap.caption(images), int8.caption(images)))
+    assert same / len(images) >= 0.95

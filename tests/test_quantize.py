@@ -20,7 +20,8 @@ def int8_dir(tiny_export, tmp_path_factory):
 
     d = tmp_path_factory.mktemp("int8") / "model"
     shutil.copytree(tiny_export, d)
-    quantize_dir(d, calib_frames=6, eval_frames=6, accept_quality_drop=True, progress=False)
+    # static QDQ for both graphs: the TensorRT-compatible placement this test pins down
+    quantize_dir(d, calib_frames=6, eval_frames=6, encoder_mode="static", accept_quality_drop=True, progress=False)
     return d
 
 
@@ -77,3 +78,17 @@ def test_quality_gate_failure_stops_unless_accepted(tiny_export, tmp_path, monke
     report = quantize.quantize_dir(d, calib_frames=4, eval_frames=4, progress=False, accept_quality_drop=True)
     assert report["accepted_quality_drop"]
     assert json.loads((d / "manifest.json").read_text())["graphs"]["int8"]["quality"]["accepted_quality_drop"]
+
+
+def test_default_int8_has_dynamic_encoder_and_static_decoder(tiny_export, tmp_path):
+    from edgecap_export.quantize import quantize_dir
+
+    d = tmp_path / "model"
+    shutil.copytree(tiny_export, d)
+    quantize_dir(d, calib_frames=4, eval_frames=4, accept_quality_drop=True, progress=False)
+    enc_ops = {n.op_type for n in onnx.load(str(d / "encoder.int8.onnx")).graph.node}
+    dec_ops = {n.op_type for n in onnx.load(str(d / "decoder.int8.onnx")).graph.node}
+    assert "DynamicQuantizeLinear" in enc_ops or "MatMulInteger" in enc_ops or "DynamicQuantizeMatMul" in enc_ops
+    assert "QuantizeLinear" in dec_ops and "DequantizeLinear" in dec_ops
+    recipe = json.loads((d / "manifest.json").read_text())["graphs"]["int8"]["recipe"]
+    assert (recipe["encoder_mode"], recipe["decoder_mode"]) == ("dynamic", "static")

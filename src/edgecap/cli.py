@@ -49,8 +49,8 @@ def _quantize(args: argparse.Namespace, model_dir) -> int:
     from edgecap_export.quantize import quantize_dir
 
     report = quantize_dir(model_dir, calib=args.calib, calib_frames=args.calib_frames,
-                          decoder_mode=args.decoder_mode, accept_quality_drop=args.accept_quality_drop,
-                          progress=not args.quiet)
+                          encoder_mode=args.encoder_mode, decoder_mode=args.decoder_mode,
+                          accept_quality_drop=args.accept_quality_drop, progress=not args.quiet)
     line = (f"int8 written to {model_dir}: caption exact match vs fp32 {report['exact_match']:.1%}, "
             f"token agreement {report['token_agreement']:.1%}")
     if "attribute_accuracy" in report:
@@ -68,8 +68,10 @@ def _add_int8_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--calib", default=None, help="calibration frames: a video file, an image folder or a stream URL "
                                                  "(default: generated surveillance scenes)")
     p.add_argument("--calib-frames", type=int, default=64, help="frames used to calibrate (default 64)")
+    p.add_argument("--encoder-mode", choices=("static", "dynamic"), default="dynamic",
+                   help="encoder quantization: dynamic (fastest on CPU, default) or calibrated static QDQ (TensorRT)")
     p.add_argument("--decoder-mode", choices=("static", "dynamic"), default="static",
-                   help="decoder quantization: calibrated static QDQ or dynamic (default static)")
+                   help="decoder quantization: calibrated static QDQ (default) or dynamic")
     p.add_argument("--accept-quality-drop", action="store_true",
                    help="keep INT8 graphs that fail the quality gate (recorded in the manifest; for random-weight "
                         "benchmark models)")
