@@ -85,7 +85,7 @@ def _add_quantize(sub: argparse._SubParsersAction) -> None:
                                    "(exact match < 95%) unless --accept-quality-drop. Needs the export extra.")
     p.add_argument("model_dir", help="an exported model directory")
     _add_int8_options(p)
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    _add_quiet(p)
     p.set_defaults(func=cmd_quantize)
 
 
@@ -111,6 +111,15 @@ def cmd_caption(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _add_precision(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--precision", choices=("fp32", "int8"), default="fp32",
+                   help="graph precision (default fp32; int8 needs `edgecap quantize`)")
+
+
+def _add_quiet(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+
+
 def _add_export(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export", help="export a Hugging Face captioner to ONNX with a full KV cache",
                        description="Export a VisionEncoderDecoder captioner (ViT/DeiT encoder + GPT-2 decoder) to "
@@ -126,7 +135,7 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
                    help="do not compare with transformers (not recommended: parity is the product)")
     p.add_argument("--int8", action="store_true", help="also write INT8 graphs (see `edgecap quantize --help`)")
     _add_int8_options(p)
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    _add_quiet(p)
     p.set_defaults(func=cmd_export)
 
 
@@ -138,7 +147,7 @@ def _add_caption(sub: argparse._SubParsersAction) -> None:
     p.add_argument("images", nargs="+", help="image files (PNG, JPEG, ...)")
     p.add_argument("--beams", type=int, default=None, help="beam count (default: the model's generation config)")
     p.add_argument("--max-new-tokens", type=int, default=None, help="token budget (default: the model's)")
-    p.add_argument("--precision", choices=("fp32", "int8"), default="fp32", help="graph precision (default fp32)")
+    _add_precision(p)
     p.add_argument("--threads", type=int, default=None, help="intra-op threads (default: physical cores)")
     p.add_argument("--json", action="store_true", help="print JSON lines: path, text, token_ids, milliseconds")
     p.set_defaults(func=cmd_caption)
@@ -212,7 +221,7 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", default="demo", help="model directory (default: the bundled demo model)")
     p.add_argument("--duration", type=float, default=60.0, help="clip length in seconds (default 60)")
     p.add_argument("--interval", type=float, default=1.0, help="seconds between captioned frames (default 1)")
-    p.add_argument("--precision", choices=("fp32", "int8"), default="fp32")
+    _add_precision(p)
     p.set_defaults(func=cmd_demo)
 
 
@@ -224,9 +233,9 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("model", nargs="?", default="demo", help="model directory (default: the bundled model)")
     p.add_argument("--scenes", type=int, default=500, help="number of scenes (default 500)")
     p.add_argument("--start-seed", type=int, default=10**9, help="first held-out seed (default 10**9)")
-    p.add_argument("--precision", choices=("fp32", "int8"), default="fp32")
+    _add_precision(p)
     p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    _add_quiet(p)
     p.set_defaults(func=cmd_evaluate)
 
 
@@ -264,7 +273,7 @@ def _add_finetune(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
     p.add_argument("--max-steps", type=int, default=None, help="stop after this many steps (smoke tests)")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    _add_quiet(p)
     p.set_defaults(func=cmd_finetune)
 
 
@@ -331,7 +340,7 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-interval", type=float, default=None,
                    help="re-caption an unchanged scene at least this often (default 30 s)")
     p.add_argument("--realtime", action="store_true", help="pace files like live cameras (drop late frames)")
-    p.add_argument("--precision", choices=("fp32", "int8"), default="fp32")
+    _add_precision(p)
     p.add_argument("--max-batch", type=int, default=8, help="most frames per captioner batch (default 8)")
     p.add_argument("--threads", type=int, default=None, help="intra-op threads (default: physical cores)")
     p.set_defaults(func=cmd_run)
