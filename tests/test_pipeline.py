@@ -70,6 +70,8 @@ def test_multi_scene_clip_gives_one_scene_event_per_scene(clips, tmp_path):
         assert all(synth.attribute_scores(seg.spec, ev.caption).values()), (ev.caption, seg.spec.caption())
         assert abs(ev.source_start_s - seg.start_s) <= interval + 1e-6
         assert ev.closed and ev.thumbnail and Path(ev.thumbnail).is_file()
+    # unchanged frames after the last caption extend the last scene to the end of the file
+    assert scenes[-1].source_end_s >= truth[-1].end_s - interval - 1e-6
     c = rt.stats.camera("cam-a")
     assert c["sampled"] == c["gated_out"] + c["captioned"] and c["gated_out"] > c["captioned"]
 
@@ -161,8 +163,12 @@ def test_sigterm_closes_open_scenes_flushes_and_exits_zero(clips, tmp_path):
         assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
 
 
-def test_hard_cut_near_the_end_of_a_file_is_still_captioned(tmp_path):
-    # the gate lets a change settle for a sample; if the file ends first, the last frame is captioned anyway
+# (frames of scene b after 4.0 s of scene a at 10 fps, where the b scene must end)
+@pytest.mark.parametrize("b_frames,b_end", [
+    (10, 4.0),  # the file ends while the cut is still settling: its last frame is captioned anyway
+    (30, 6.0),  # frames after the caption extend the new scene, not the one it replaced
+])
+def test_hard_cut_scene_boundaries(b_frames, b_end, tmp_path):
     import av
 
     from edgecap import Captioner
@@ -173,7 +179,7 @@ def test_hard_cut_near_the_end_of_a_file_is_still_captioned(tmp_path):
     with av.open(str(path), "w") as out:
         stream = out.add_stream("mpeg4", rate=10)
         stream.width, stream.height, stream.pix_fmt = a.shape[1], a.shape[0], "yuv420p"
-        for i in range(50):  # 4.0 s of scene a, then 1.0 s of scene b
+        for i in range(40 + b_frames):
             frame = av.VideoFrame.from_ndarray(a if i < 40 else b, format="rgb24")
             for packet in stream.encode(frame):
                 out.mux(packet)
@@ -186,6 +192,8 @@ def test_hard_cut_near_the_end_of_a_file_is_still_captioned(tmp_path):
     assert len(scenes) == 2
     assert all(synth.attribute_scores(spec_b, scenes[1].caption).values())
     assert abs(scenes[1].source_start_s - 4.0) <= 1.0
+    assert scenes[0].source_end_s == scenes[1].source_start_s
+    assert scenes[1].source_end_s == pytest.approx(b_end)
 
 
 # -- units ------------------------------------------------------------------------------------------------------
@@ -251,3 +259,46 @@ def test_embedding_gate_stage_skips_decoding_when_content_is_unchanged(distance,
         assert c["captioned"] == 1 and c["gated_out_embedding"] == c["sampled"] - 1
     else:
         assert c["captioned"] == c["sampled"] and c["gated_out_embedding"] == 0
+
+
+class ScriptedSource:
+    """Delivers a fixed list of frames instantly (as a fast file reader would), then finishes."""
+
+    def __init__(self, name, frames):
+        from datetime import datetime, timedelta, timezone
+
+        from edgecap.sources import FrameSample, SourceState
+
+        t0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+        self._frames = [FrameSample(name, i, float(i), t0 + timedelta(seconds=i), float(i), img)
+                        for i, img in enumerate(frames)]
+        self.state, self.counters, self.queue_depth = SourceState.STREAMING, {}, 0
+
+    @property
+    def finished(self):
+        return not self._frames
+
+    def start(self):
+        return self
+
+    def read(self, timeout=None):
+        return self._frames.pop(0) if self._frames else None
+
+    def stop(self, timeout=5.0):
+        pass
+
+
+def test_frames_read_while_a_caption_is_pending_extend_the_new_scene(tmp_path):
+    # Frames of one camera must be applied in order even when several are ready at once: the unchanged frames
+    # after a cut belong to the scene the cut opens, not the one it closes.
+    a = np.full((48, 64, 3), 40, np.uint8)
+    b = a.copy()
+    b[:, 32:] = 250  # something appears in the right half (a uniform change would read as a lighting change)
+    frames = [a] * 4 + [b] * 4  # cut at t=4; the gate lets t=4 settle and captions t=5
+    with EventStore(tmp_path / "ev.sqlite") as store:
+        rt = Runtime(FakeCaptioner(), [_spec("cam", tmp_path / "unused.mp4")], store,
+                     options=RunOptions(thumbnails=False))
+        rt.cameras[0].source = ScriptedSource("cam", frames)
+        rt.run()
+    scenes = sorted(search(tmp_path / "ev.sqlite", kinds=["scene"]), key=lambda e: e.source_start_s)
+    assert [(e.source_start_s, e.source_end_s) for e in scenes] == [(0.0, 4.0), (4.0, 7.0)]

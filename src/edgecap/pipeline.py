@@ -114,9 +114,13 @@ class Runtime:
 
     # -- main loop --------------------------------------------------------------------------------------------
     def _collect(self, pending: list[tuple[_Camera, FrameSample, FrameSample]]) -> bool:
-        """Take every ready frame (gated) into ``pending``; True if any frame was read."""
+        """Take ready frames (gated) into ``pending``, at most one per camera per batch: a camera's later frames
+        wait until its caption is applied, so they extend the right scene. True if any frame was read."""
         got = False
+        waiting = {id(cam) for cam, _, _ in pending}
         for cam in self.cameras:
+            if id(cam) in waiting:
+                continue
             while len(pending) < self.opts.max_batch:
                 sample = cam.source.read(timeout=0)
                 if sample is None:
@@ -141,6 +145,7 @@ class Runtime:
                         self._write_scene(cam, scene, closed=False)
                     continue
                 self._admit(cam, sample, pending)
+                break
         return got
 
     @staticmethod
