@@ -1,8 +1,8 @@
 """The streaming runtime: sources -> change gate -> cross-camera batches -> captioner -> scene events -> store.
 
-One reader thread per source (see sources.py) fills a bounded queue; this loop, on the calling thread, takes
-every frame that is ready, gates it, and captions the admitted frames of all cameras as one batch (bounded by
-``max_batch`` and ``max_wait_s``). Captions feed one SceneTracker per camera; scene events are written when they
+One reader thread per source (see sources.py) fills a bounded queue; this loop, on the calling thread, takes the
+ready frames, gates them, and captions the admitted frames of all cameras as one batch (at most one frame per
+camera, bounded by ``max_batch`` and ``max_wait_s``). Captions feed one SceneTracker per camera; scene events are written when they
 open, as they are extended and when they close, and source status changes become system events.
 """
 
@@ -12,7 +12,6 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
@@ -240,10 +239,6 @@ class Runtime:
             if scene is not None:
                 self._write_scene(cam, scene, closed=True)
         self.store.flush(timeout=3.0)
-
-
-def utc_now() -> datetime:
-    return datetime.now(timezone.utc)
 
 
 def default_camera_name(url: str, taken: set[str]) -> str:
