@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -22,13 +21,9 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "export"))
 
-
-def rss_mb() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+from edgecap_export.bench import cpu_model, rss_mb  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -76,9 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(row)
         print(json.dumps(row), flush=True)
     report = {"model": str(cap.manifest.directory.name), "clip_s": args.duration, "interval_s": args.interval,
-              "cpu": platform.processor() or next((line.split(":", 1)[1].strip() for line in
-                                                    Path("/proc/cpuinfo").read_text().splitlines()
-                                                    if line.startswith("model name")), "unknown"),
+              "cpu": cpu_model(),
               "cores": os.cpu_count(), "rows": rows}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2) + "\n")

@@ -28,6 +28,7 @@ import numpy as np
 from edgecap._log import logger
 from edgecap.errors import ExportError, InputError
 from edgecap.imaging import BILINEAR, load_image, resize
+from edgecap.sources import IMAGE_EXTENSIONS
 
 PRESETS: dict[str, dict[str, Any]] = {
     # a few seconds per epoch on a handful of images: for tests
@@ -89,7 +90,7 @@ def _file_pairs(data: Path) -> list[tuple[Path, str]]:
         if jsonl.is_file():
             return _file_pairs(jsonl)
         pairs = []
-        for img in sorted(p for p in data.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".bmp", ".webp")):
+        for img in sorted(p for p in data.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS):
             txt = img.with_suffix(".txt")
             if txt.is_file():
                 pairs.append((img, txt.read_text(encoding="utf-8").strip()))

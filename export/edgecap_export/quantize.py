@@ -16,7 +16,6 @@ dynamic, and the placement TensorRT needs); ``encoder_mode="static"`` gives an a
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 from pathlib import Path
@@ -27,6 +26,7 @@ import numpy as np
 from edgecap._log import logger
 from edgecap.errors import ExportError, InputError
 from edgecap.manifest import load_manifest
+from edgecap.sources import IMAGE_EXTENSIONS
 
 from .exporter import _graph_io, sha256_file, write_manifest
 
@@ -50,7 +50,7 @@ def calibration_frames(source: str | None, count: int, *, progress: bool = True)
 
     path = Path(source)
     if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".bmp", ".webp"))
+        files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
         if not files:
             raise InputError(f"calibration folder {path} holds no images")
         pick = np.linspace(0, len(files) - 1, min(count, len(files))).round().astype(int)

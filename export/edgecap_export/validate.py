@@ -134,24 +134,10 @@ def _strip(row: np.ndarray, eos: tuple[int, ...]) -> list[int]:
 
 def _ort_logits(cap: Any, enc: Any, forced: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
     """Run the decoder graph step by step (cached) and once over the whole sequence (uncached)."""
-    sess, io = cap._decoder, cap._dec_io
-    n = cap.manifest.num_layers
-    b = forced.shape[0]
-    empty = np.zeros((b, cap.manifest.num_heads, 0, cap.manifest.head_dim), np.float32)
-    static = dict(zip(io["cross_k"] + io["cross_v"], enc.cross_k + enc.cross_v))
-    outputs = [io["logits"]] + [x for pair in zip(io["present_k"], io["present_v"]) for x in pair]
-
-    def run(ids: np.ndarray, past: list[np.ndarray]) -> list[np.ndarray]:
-        feeds = dict(static, **{io["input_ids"]: ids})
-        feeds.update({io["past_k"][i]: past[2 * i] for i in range(n)})
-        feeds.update({io["past_v"][i]: past[2 * i + 1] for i in range(n)})
-        return sess.run(outputs, feeds)
-
-    past = [empty] * (2 * n)
-    cached = []
+    cross_feeds, empty = cap._decoder_inputs(enc, beams=1)
+    past, cached = empty, []
     for t in range(forced.shape[1]):
-        outs = run(forced[:, t:t + 1], past)
-        cached.append(outs[0])
-        past = outs[1:]
-    uncached = run(forced, [empty] * (2 * n))[0]
+        logits, past = cap._decoder_step(cross_feeds, forced[:, t:t + 1], past)
+        cached.append(logits)
+    uncached, _ = cap._decoder_step(cross_feeds, forced, empty)
     return cached, uncached

@@ -199,55 +199,75 @@ class Captioner:
             One list of ids per image, as transformers returns them minus the leading decoder start token,
             cut after the first EOS (the padding removed).
         """
-        return [ids for ids, _ in self._generate(pixel_values, use_cache=use_cache, timings=_timings, **options)]
-
-    def _generate(self, pixel_values: np.ndarray, *, use_cache: bool = True, timings: dict | None = None,
-                  **options: Any) -> list[tuple[list[int], float]]:
         opts = self.options(**options)
         t0 = time.perf_counter()
         enc = self.encode(pixel_values)
-        if timings is not None:
-            timings["encoder"] = (time.perf_counter() - t0) * 1e3
-        return self._generate_encoded(enc, opts, use_cache=use_cache, timings=timings)
+        if _timings is not None:
+            _timings["encoder"] = (time.perf_counter() - t0) * 1e3
+        return [ids for ids, _ in self._generate_encoded(enc, opts, use_cache=use_cache, timings=_timings)]
 
     def _generate_encoded(self, enc: EncoderOutput, opts: GenerationOptions, *, use_cache: bool = True,
                           timings: dict | None = None) -> list[tuple[list[int], float]]:
         seqs, confidence = self._decode(enc, opts, use_cache=use_cache, timings=timings)
         return [(strip_sequence(row, opts.eos_token_id), float(c)) for row, c in zip(seqs, confidence)]
 
+    def encode_images(self, images: Sequence[Any], *, timings: dict[str, float] | None = None) -> EncoderOutput:
+        """Preprocess and encode images (recording preprocess/encoder ms in ``timings``); see `caption_encoded`."""
+        t0 = time.perf_counter()
+        px = self.preprocess(list(images))
+        t1 = time.perf_counter()
+        enc = self.encode(px)
+        if timings is not None:
+            timings["preprocess"] = (t1 - t0) * 1e3
+            timings["encoder"] = (time.perf_counter() - t1) * 1e3
+        return enc
+
     def caption_encoded(self, enc: EncoderOutput, *, timings: dict[str, float] | None = None,
                         **options: Any) -> list[Caption]:
-        """Decode captions for an `encode` result (lets a caller look at the pooled embeddings first)."""
-        timings = {} if timings is None else timings
-        results = self._generate_encoded(enc, self.options(**options), timings=timings)
+        """Decode captions for an `encode_images` result (lets a caller look at the pooled embeddings first)."""
+        return self._captions(enc, self.options(**options), {} if timings is None else timings)
+
+    def _captions(self, enc: EncoderOutput, opts: GenerationOptions, timings: dict[str, float]) -> list[Caption]:
+        t0 = time.perf_counter()
+        results = self._generate_encoded(enc, opts, timings=timings)
+        timings["total"] = timings.get("preprocess", 0.0) + timings.get("encoder", 0.0) + \
+            (time.perf_counter() - t0) * 1e3
         return [Caption(self.decode_text(ids), ids, dict(timings), conf) for ids, conf in results]
+
+    def _decoder_inputs(self, enc: EncoderOutput, beams: int) -> tuple[dict[str, np.ndarray], list[np.ndarray]]:
+        """(the cross K/V feeds, repeated per beam, and an empty self-attention past) for one decode."""
+        io = self._dec_io
+        cross = [np.repeat(x, beams, axis=0) if beams > 1 else x for x in enc.cross_k + enc.cross_v]
+        rows = enc.batch * beams
+        empty = np.zeros((rows, self.manifest.num_heads, 0, self.manifest.head_dim), dtype=np.float32)
+        return dict(zip(list(io["cross_k"]) + list(io["cross_v"]), cross)), [empty] * (2 * self.manifest.num_layers)
+
+    def _decoder_step(self, cross_feeds: dict[str, np.ndarray], ids: np.ndarray,
+                      past: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
+        """One decoder graph call: new ids [N, T] and the interleaved past K/V -> (last logits, present K/V)."""
+        io = self._dec_io
+        feeds = dict(cross_feeds)
+        feeds[io["input_ids"]] = ids
+        for i in range(self.manifest.num_layers):
+            feeds[io["past_k"][i]] = past[2 * i]
+            feeds[io["past_v"][i]] = past[2 * i + 1]
+        outs = self._decoder.run(self._dec_outputs, feeds)
+        return outs[0], outs[1:]
 
     def _decode(self, enc: EncoderOutput, opts: GenerationOptions, *, use_cache: bool,
                 timings: dict | None) -> tuple[np.ndarray, np.ndarray]:
-        batch, beams = enc.batch, opts.num_beams
-        cross = [np.repeat(x, beams, axis=0) if beams > 1 else x for x in enc.cross_k + enc.cross_v]
-        n = self.manifest.num_layers
-        io = self._dec_io
-        feeds_static = {name: arr for name, arr in zip(list(io["cross_k"]) + list(io["cross_v"]), cross)}
-        rows = batch * beams
-        empty = np.zeros((rows, self.manifest.num_heads, 0, self.manifest.head_dim), dtype=np.float32)
+        cross_feeds, past0 = self._decoder_inputs(enc, opts.num_beams)
         step_times: list[float] = []
 
         def run(ids: np.ndarray, past: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
             t = time.perf_counter()
-            feeds = dict(feeds_static)
-            feeds[io["input_ids"]] = ids
-            for i in range(n):
-                feeds[io["past_k"][i]] = past[2 * i]
-                feeds[io["past_v"][i]] = past[2 * i + 1]
-            outs = self._decoder.run(self._dec_outputs, feeds)
+            out = self._decoder_step(cross_feeds, ids, past)
             step_times.append((time.perf_counter() - t) * 1e3)
-            return outs[0], outs[1:]
+            return out
 
-        past0 = [empty] * (2 * n)
         stepper = _Stepper(run, past0) if use_cache else _UncachedStepper(run, past0)
-        search = greedy_search if beams == 1 else beam_search
-        seqs, confidence = search(stepper, batch, opts)
+        search = greedy_search if opts.num_beams == 1 else beam_search
+        seqs, confidence = search(stepper, enc.batch, opts)
         if timings is not None and step_times:
             timings["decoder_first"] = step_times[0]
             timings["decoder_rest"] = float(sum(step_times[1:]))
@@ -272,14 +292,9 @@ class Captioner:
             **options: generation options, see `generate`.
         """
         single = not isinstance(images, (list, tuple))
-        batch = [images] if single else list(images)
+        opts = self.options(**options)  # bad options fail before any work
         timings: dict[str, float] = {}
-        t0 = time.perf_counter()
-        px = self.preprocess(batch)
-        timings["preprocess"] = (time.perf_counter() - t0) * 1e3
-        results = self._generate(px, timings=timings, **options)
-        timings["total"] = (time.perf_counter() - t0) * 1e3
-        out = [Caption(self.decode_text(ids), ids, dict(timings), conf) for ids, conf in results]
+        out = self._captions(self.encode_images([images] if single else images, timings=timings), opts, timings)
         return out[0] if single else out
 
 

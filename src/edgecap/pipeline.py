@@ -182,12 +182,8 @@ class Runtime:
 
     def _caption_with_embedding_gate(self, pending):
         """Stage 2 of the gate: encode the batch, decode only frames whose pooled embedding moved."""
-        t0 = time.perf_counter()
-        px = self.cap.preprocess([s.image for _, s, _ in pending])
-        timings = {"preprocess": (time.perf_counter() - t0) * 1e3}
-        t1 = time.perf_counter()
-        enc = self.cap.encode(px)
-        timings["encoder"] = (time.perf_counter() - t1) * 1e3
+        timings: dict[str, float] = {}
+        enc = self.cap.encode_images([s.image for _, s, _ in pending], timings=timings)
         keep = []
         for i, (cam, sample, _) in enumerate(pending):
             pooled = None if enc.pooled is None else enc.pooled[i]
