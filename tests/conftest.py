@@ -47,16 +47,17 @@ def checkpoint_factory(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def exported_factory(tmp_path_factory, checkpoint_factory):
-    """Export (with validation) and cache the edgecap directory of an ARCHS key."""
+    """Export (with validation) and cache the edgecap directory of an ARCHS key, with either attention lowering."""
     from edgecap_export import export_model
 
-    cache: dict[str, Path] = {}
+    cache: dict[tuple[str, str], Path] = {}
 
-    def make(name: str) -> Path:
-        if name not in cache:
-            cache[name] = export_model(str(checkpoint_factory(name)), tmp_path_factory.mktemp(f"out-{name}"),
-                                       progress=False)
-        return cache[name]
+    def make(name: str, attention: str = "contrib") -> Path:
+        if (name, attention) not in cache:
+            cache[name, attention] = export_model(str(checkpoint_factory(name)),
+                                                  tmp_path_factory.mktemp(f"out-{name}-{attention}"),
+                                                  progress=False, attention=attention)
+        return cache[name, attention]
 
     return make
 

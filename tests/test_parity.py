@@ -35,16 +35,20 @@ def _pixels(cap, seed: int, n: int) -> np.ndarray:
     return cap.preprocess([rng.integers(0, 256, (60 + 7 * i, 50 + 5 * i, 3), dtype=np.uint8) for i in range(n)])
 
 
+ATTENTION = ["contrib", "standard"]  # fused MultiHeadAttention (ONNX Runtime) and standard ops (TensorRT)
+
+
+@pytest.mark.parametrize("attention", ATTENTION)
 @pytest.mark.parametrize("arch", sorted(ARCHS))
 @pytest.mark.parametrize("case,kw", DECODING, ids=[c for c, _ in DECODING])
 @pytest.mark.parametrize("batch", [1, 3])
-def test_generate_matches_transformers(arch, case, kw, batch, checkpoint_factory, exported_factory):
+def test_generate_matches_transformers(arch, case, kw, batch, attention, checkpoint_factory, exported_factory):
     from transformers import VisionEncoderDecoderModel
 
     from edgecap import Captioner
 
     model = VisionEncoderDecoderModel.from_pretrained(checkpoint_factory(arch)).eval()
-    cap = Captioner(exported_factory(arch))
+    cap = Captioner(exported_factory(arch, attention))
     px = _pixels(cap, seed=batch, n=batch)
     eos = cap.defaults.eos_token_id
     kw = dict(kw, max_new_tokens=14)
@@ -61,9 +65,11 @@ def test_parity_grid_exercises_early_eos(checkpoint_factory, exported_factory):
     assert len(lengths) >= 2 and min(lengths) < 20
 
 
+@pytest.mark.parametrize("attention", ATTENTION)
 @pytest.mark.parametrize("arch", sorted(ARCHS))
-def test_export_records_passing_validation(arch, exported_factory):
-    m = json.loads((exported_factory(arch) / "manifest.json").read_text())
+def test_export_records_passing_validation(arch, attention, exported_factory):
+    m = json.loads((exported_factory(arch, attention) / "manifest.json").read_text())
+    assert m["architecture"]["attention"] == attention
     v = m["validation"]
     assert v["passed"] and not v["mismatches"]
     assert set(v["generate"]) == {"greedy.batch1", "greedy.batch3", "beam.batch1", "beam.batch3"}
@@ -99,6 +105,30 @@ def test_decoder_graph_contract(tiny_export):
         names = {v.name for v in list(graph.graph.input) + list(graph.graph.output)}
         declared = {t["name"] for t in m["graphs"]["fp32"][part]["inputs"] + m["graphs"]["fp32"][part]["outputs"]}
         assert declared == names
+
+
+@pytest.mark.parametrize("arch", sorted(ARCHS))
+def test_attention_lowering(arch, exported_factory):
+    """contrib: one MultiHeadAttention per attention (2 per decoder layer, 1 per ViT layer) and no attention
+    arithmetic left around it; standard: no Microsoft ops at all (TensorRT parses only standard ONNX)."""
+    onnx = pytest.importorskip("onnx")
+    layers = json.loads((exported_factory(arch) / "manifest.json").read_text())["architecture"]["num_layers"]
+    enc_layers = ARCHS[arch].get("enc_layers", 2)
+
+    def ops(attention: str, part: str) -> list[str]:
+        g = onnx.load(str(exported_factory(arch, attention) / f"{part}.onnx"), load_external_data=False).graph
+        return [n.op_type for n in g.node]
+
+    dec, enc = ops("contrib", "decoder"), ops("contrib", "encoder")
+    assert dec.count("MultiHeadAttention") == 2 * layers and "Softmax" not in dec
+    assert enc.count("MultiHeadAttention") == enc_layers and "Softmax" not in enc
+    # no per-projection shape arithmetic: the step is a few hundred nodes, not thousands
+    assert dec.count("Shape") <= 2 and dec.count("Reshape") == 0
+    for part in ("encoder", "decoder"):
+        std = ops("standard", part)
+        assert "MultiHeadAttention" not in std and "Softmax" in std
+        g = onnx.load(str(exported_factory(arch, "standard") / f"{part}.onnx"), load_external_data=False)
+        assert {o.domain for o in g.opset_import} <= {"", "ai.onnx"}
 
 
 def test_decoder_accepts_empty_past_and_dynamic_batch(tiny_export):

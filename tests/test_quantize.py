@@ -15,13 +15,14 @@ from edgecap.errors import ExportError  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def int8_dir(tiny_export, tmp_path_factory):
+def int8_dir(exported_factory, tmp_path_factory):
     from edgecap_export.quantize import quantize_dir
 
     d = tmp_path_factory.mktemp("int8") / "model"
-    shutil.copytree(tiny_export, d)
-    # static QDQ for both graphs: the TensorRT-compatible placement this test pins down
-    quantize_dir(d, calib_frames=6, eval_frames=6, encoder_mode="static", accept_quality_drop=True, progress=False)
+    shutil.copytree(exported_factory("vit-gpt2", "standard"), d)
+    # standard-op graphs with static QDQ in both: the TensorRT-compatible placement this test pins down
+    quantize_dir(d, calib_frames=6, eval_frames=6, encoder_mode="static", decoder_mode="static",
+                 accept_quality_drop=True, progress=False)
     return d
 
 
@@ -80,15 +81,27 @@ def test_quality_gate_failure_stops_unless_accepted(tiny_export, tmp_path, monke
     assert json.loads((d / "manifest.json").read_text())["graphs"]["int8"]["quality"]["accepted_quality_drop"]
 
 
-def test_default_int8_has_dynamic_encoder_and_static_decoder(tiny_export, tmp_path):
+def test_default_int8_is_dynamic_on_fused_graphs(tiny_export, tmp_path):
     from edgecap_export.quantize import quantize_dir
 
     d = tmp_path / "model"
     shutil.copytree(tiny_export, d)
     quantize_dir(d, calib_frames=4, eval_frames=4, accept_quality_drop=True, progress=False)
-    enc_ops = {n.op_type for n in onnx.load(str(d / "encoder.int8.onnx")).graph.node}
-    dec_ops = {n.op_type for n in onnx.load(str(d / "decoder.int8.onnx")).graph.node}
-    assert "DynamicQuantizeLinear" in enc_ops or "MatMulInteger" in enc_ops or "DynamicQuantizeMatMul" in enc_ops
-    assert "QuantizeLinear" in dec_ops and "DequantizeLinear" in dec_ops
-    recipe = json.loads((d / "manifest.json").read_text())["graphs"]["int8"]["recipe"]
-    assert (recipe["encoder_mode"], recipe["decoder_mode"]) == ("dynamic", "static")
+    dynamic = {"DynamicQuantizeLinear", "MatMulInteger", "DynamicQuantizeMatMul", "MatMulIntegerToFloat"}
+    for part in ("encoder", "decoder"):
+        g = onnx.load(str(d / f"{part}.int8.onnx")).graph
+        fp32 = onnx.load(str(d / f"{part}.onnx")).graph
+        ops = [n.op_type for n in g.node]
+        assert dynamic & set(ops), part
+        assert "QuantizeLinear" not in ops and "DequantizeLinear" not in ops
+        # every weight MatMul became an integer kernel; the fused attention nodes are untouched (float)
+        inits = {i.name for i in fp32.initializer}
+        weight_mm = sum(n.op_type == "MatMul" and n.input[1] in inits for n in fp32.node)
+        assert weight_mm and not any(n.op_type == "MatMul" and n.input[1] in inits for n in g.node)
+        assert ops.count("MultiHeadAttention") == [n.op_type for n in fp32.node].count("MultiHeadAttention") > 0
+    m = json.loads((d / "manifest.json").read_text())["graphs"]["int8"]
+    assert (m["recipe"]["encoder_mode"], m["recipe"]["decoder_mode"]) == ("dynamic", "dynamic")
+    assert m["recipe"]["calibration"] is None  # nothing was calibrated
+    cap = Captioner(d, precision="int8")
+    img = np.random.default_rng(1).integers(0, 256, (40, 40, 3), dtype=np.uint8)
+    assert len(cap.caption(img, max_new_tokens=4, min_new_tokens=4).token_ids) == 4  # the fused INT8 graphs run

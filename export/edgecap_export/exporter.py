@@ -170,7 +170,8 @@ def _graph_io(path: Path) -> dict[str, list[dict[str, Any]]]:
     return {"inputs": describe(m.graph.input), "outputs": describe(m.graph.output)}
 
 
-def export_graphs(hf_model: Any, dec_spec: Any, enc_spec: Any, out: Path, opset: int) -> dict[str, Any]:
+def export_graphs(hf_model: Any, dec_spec: Any, enc_spec: Any, out: Path, opset: int,
+                  attention: str = "contrib") -> dict[str, Any]:
     """Trace and write encoder.onnx and decoder.onnx; return their manifest entries."""
     import torch
 
@@ -179,7 +180,7 @@ def export_graphs(hf_model: Any, dec_spec: Any, enc_spec: Any, out: Path, opset:
     cfg = hf_model.config
     layers, heads, head_dim = dec_spec.dims(cfg.decoder)
     names = io_names(layers)
-    step = dec_spec.step_factory(hf_model.decoder, cfg.decoder).eval()
+    step = dec_spec.step_factory(hf_model.decoder, cfg.decoder, attention=attention).eval()
     encoder = EncoderWithCrossKV(hf_model, step).eval()
     h, w = enc_spec.image_size(cfg.encoder)
     seq = enc_spec.seq_len(cfg.encoder)
@@ -190,7 +191,8 @@ def export_graphs(hf_model: Any, dec_spec: Any, enc_spec: Any, out: Path, opset:
     with torch.no_grad(), _quiet_torch_export():
         torch.onnx.export(encoder, (px,), str(out / "encoder.onnx"), input_names=[enc_io["pixel_values"]],
                           output_names=enc_out, opset_version=opset, dynamo=False, do_constant_folding=True,
-                          dynamic_axes={n: {0: "batch"} for n in [enc_io["pixel_values"]] + enc_out})
+                          dynamic_axes={n: {0: "batch"} for n in [enc_io["pixel_values"]] + enc_out},
+                          custom_opsets={"com.microsoft": 1})
 
     past_names = [n for pair in zip(dec_io["past_k"], dec_io["past_v"]) for n in pair]
     present_names = [n for pair in zip(dec_io["present_k"], dec_io["present_v"]) for n in pair]
@@ -206,7 +208,7 @@ def export_graphs(hf_model: Any, dec_spec: Any, enc_spec: Any, out: Path, opset:
         torch.onnx.export(step, (ids, *past, *cross), str(out / "decoder.onnx"),
                           input_names=[dec_io["input_ids"]] + past_names + cross_names,
                           output_names=[dec_io["logits"]] + present_names, opset_version=opset, dynamo=False,
-                          do_constant_folding=True, dynamic_axes=dyn)
+                          do_constant_folding=True, dynamic_axes=dyn, custom_opsets={"com.microsoft": 1})
     graphs = {}
     for part in ("encoder", "decoder"):
         path = out / f"{part}.onnx"
@@ -237,7 +239,7 @@ def _source_info(model: str, hf_model: Any) -> dict[str, Any]:
 
 
 def export_model(model: str, out: str | os.PathLike, *, opset: int = DEFAULT_OPSET, validate: bool = True,
-                 name: str | None = None, progress: bool = True) -> Path:
+                 name: str | None = None, progress: bool = True, attention: str = "contrib") -> Path:
     """Export a Hugging Face VisionEncoderDecoder captioner to an edgecap model directory.
 
     Args:
@@ -248,12 +250,18 @@ def export_model(model: str, out: str | os.PathLike, *, opset: int = DEFAULT_OPS
             beam search at batch 1 and 3); a failure raises ParityError after writing the report to the manifest.
         name: a display name for the model (default: the last path component of ``model``).
         progress: show a progress bar on stderr.
+        attention: "contrib" (default) writes each attention as one com.microsoft.MultiHeadAttention node, the
+            fast form for ONNX Runtime; "standard" uses only standard ONNX ops (for TensorRT and other runtimes).
 
     Returns:
         The output directory.
     """
     from tqdm import tqdm
 
+    from .wrappers import ATTENTION_KINDS
+
+    if attention not in ATTENTION_KINDS:
+        raise ExportError(f"attention must be one of {', '.join(ATTENTION_KINDS)}, got {attention!r}")
     out = Path(out)
     config = load_config(model)
     enc_spec, dec_spec = resolve(config)
@@ -271,7 +279,7 @@ def export_model(model: str, out: str | os.PathLike, *, opset: int = DEFAULT_OPS
         image = image_config(model, enc_spec, config.encoder)
         advance(stages[1])
         out.mkdir(parents=True, exist_ok=True)
-        graphs = export_graphs(hf_model, dec_spec, enc_spec, out, opset)
+        graphs = export_graphs(hf_model, dec_spec, enc_spec, out, opset, attention)
         advance(stages[2])
         tokenizer = save_tokenizer(model, out)
         layers, heads, head_dim = dec_spec.dims(config.decoder)
@@ -285,7 +293,8 @@ def export_model(model: str, out: str | os.PathLike, *, opset: int = DEFAULT_OPS
                              "num_layers": layers, "num_heads": heads, "head_dim": head_dim,
                              "hidden_size": heads * head_dim, "vocab_size": int(config.decoder.vocab_size),
                              "encoder_seq_len": enc_spec.seq_len(config.encoder),
-                             "encoder_hidden_size": int(config.encoder.hidden_size), "opset": opset},
+                             "encoder_hidden_size": int(config.encoder.hidden_size), "opset": opset,
+                             "attention": attention},
             "image": image,
             "tokenizer": tokenizer,
             "special_tokens": special,

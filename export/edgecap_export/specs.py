@@ -36,7 +36,7 @@ class DecoderSpec:
     layers_attr: str
     heads_attr: str
     hidden_attr: str
-    step_factory: Callable[..., Any]  # (hf_decoder_lm, decoder_config) -> torch.nn.Module implementing the step
+    step_factory: Callable[..., Any]  # (hf_decoder_lm, decoder_config, attention=) -> torch.nn.Module implementing the step
     unsupported: tuple[tuple[str, Any], ...] = ()  # (config attribute, the only supported value)
 
     def dims(self, cfg: Any) -> tuple[int, int, int]:
@@ -44,10 +44,10 @@ class DecoderSpec:
         return layers, heads, hidden // heads
 
 
-def _gpt2_step(lm: Any, cfg: Any) -> Any:
+def _gpt2_step(lm: Any, cfg: Any, attention: str = "contrib") -> Any:
     from .wrappers import GPT2CachedStep
 
-    return GPT2CachedStep(lm)
+    return GPT2CachedStep(lm, attention=attention)
 
 
 ENCODERS: dict[str, EncoderSpec] = {

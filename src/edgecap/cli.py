@@ -33,7 +33,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     try:
         out = export_model(args.model, args.out, opset=args.opset, validate=not args.skip_validation,
-                           name=args.name, progress=not args.quiet)
+                           name=args.name, progress=not args.quiet, attention=args.attention)
     except ParityError as exc:
         print(f"edgecap: error: {exc}", file=sys.stderr)
         for line in exc.report:
@@ -70,8 +70,9 @@ def _add_int8_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--calib-frames", type=int, default=64, help="frames used to calibrate (default 64)")
     p.add_argument("--encoder-mode", choices=("static", "dynamic"), default="dynamic",
                    help="encoder quantization: dynamic (fastest on CPU, default) or calibrated static QDQ (TensorRT)")
-    p.add_argument("--decoder-mode", choices=("static", "dynamic"), default="static",
-                   help="decoder quantization: calibrated static QDQ (default) or dynamic")
+    p.add_argument("--decoder-mode", choices=("static", "dynamic"), default="dynamic",
+                   help="decoder quantization: dynamic (fastest on CPU, default) or calibrated static QDQ "
+                        "(TensorRT, with an --attention standard export)")
     p.add_argument("--accept-quality-drop", action="store_true",
                    help="keep INT8 graphs that fail the quality gate (recorded in the manifest; for random-weight "
                         "benchmark models)")
@@ -79,10 +80,14 @@ def _add_int8_options(p: argparse.ArgumentParser) -> None:
 
 def _add_quantize(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("quantize", help="add INT8 graphs to an exported model, with a quality gate",
-                       description="Quantize an exported directory to INT8 (static QDQ, S8S8, per-channel weights, "
-                                   "symmetric activations: TensorRT-compatible placement) calibrated on real frames, "
-                                   "then compare INT8 with FP32 on held-out frames; fails when captions change "
-                                   "(exact match < 95%) unless --accept-quality-drop. Needs the export extra.")
+                       description="Quantize an exported directory to INT8 (per-channel symmetric INT8 weights on "
+                                   "every weight MatMul; attention, LayerNorm and Softmax stay in float), then "
+                                   "compare INT8 with FP32 on held-out frames; fails when captions change (exact "
+                                   "match < 95%) unless --accept-quality-drop. CPU default: dynamic activations for "
+                                   "both graphs (fastest with ONNX Runtime). For TensorRT: export with --attention "
+                                   "standard, then --encoder-mode static --decoder-mode static gives static QDQ "
+                                   "(S8S8, symmetric activations calibrated on --calib frames). Needs the export "
+                                   "extra.")
     p.add_argument("model_dir", help="an exported model directory")
     _add_int8_options(p)
     _add_quiet(p)
@@ -131,6 +136,9 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="output directory (e.g. engines/vitgpt2)")
     p.add_argument("--opset", type=int, default=17, help="ONNX opset (default: 17)")
     p.add_argument("--name", help="display name recorded in the manifest")
+    p.add_argument("--attention", choices=("contrib", "standard"), default="contrib",
+                   help="contrib (default): one fused com.microsoft.MultiHeadAttention node per attention, the fast "
+                        "form for ONNX Runtime; standard: only standard ONNX ops, for TensorRT")
     p.add_argument("--skip-validation", action="store_true",
                    help="do not compare with transformers (not recommended: parity is the product)")
     p.add_argument("--int8", action="store_true", help="also write INT8 graphs (see `edgecap quantize --help`)")
