@@ -302,3 +302,13 @@ def test_frames_read_while_a_caption_is_pending_extend_the_new_scene(tmp_path):
         rt.run()
     scenes = sorted(search(tmp_path / "ev.sqlite", kinds=["scene"]), key=lambda e: e.source_start_s)
     assert [(e.source_start_s, e.source_end_s) for e in scenes] == [(0.0, 4.0), (4.0, 7.0)]
+
+
+def test_frame_age_window_is_bounded():
+    # a run lasts months: the per-caption age samples must not grow without bound
+    from edgecap.pipeline import FRAME_AGE_WINDOW, RunStats
+
+    stats = RunStats()
+    for i in range(FRAME_AGE_WINDOW + 5):
+        stats.frame_age_ms.append(float(i))
+    assert len(stats.frame_age_ms) == FRAME_AGE_WINDOW and stats.frame_age_ms[0] == 5.0

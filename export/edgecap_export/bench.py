@@ -123,6 +123,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tokens", type=int, default=20, help="exactly this many new tokens")
     p.add_argument("--batch", type=int, nargs="+", default=[1, 8], help="batch sizes (default 1 8)")
     p.add_argument("--threads", type=int, default=None, help="threads for every system (default: all cores)")
+    p.add_argument("--settle-ms", type=float, default=200.0,
+                   help="pause before each timed call so the previous system's idle threads settle (default 200)")
     p.add_argument("--systems", nargs="+", default=["eager", "fp32", "int8"], help="subset of eager fp32 int8")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "bench.json"),
                    help="JSON report (a PNG plot is written next to it)")
@@ -190,9 +192,13 @@ def run(args: argparse.Namespace) -> int:
         for call in calls.values():
             call()  # warm-up
         samples: dict[str, list[dict[str, float]]] = {name: [] for name in calls}
-        for _ in tqdm(range(args.runs), desc=f"batch {b}", unit="round"):
-            for name, call in calls.items():  # alternate systems within each round
-                samples[name].append(call())
+        for i in tqdm(range(args.runs), desc=f"batch {b}", unit="round"):
+            # alternate systems within each round, the order reversed every other round; pause between systems so
+            # the previous one's idle worker threads (torch's OpenMP pool, ONNX Runtime's spinning threads) are
+            # asleep before the next is timed
+            for name in (list(calls) if i % 2 == 0 else list(reversed(calls))):
+                time.sleep(args.settle_ms / 1e3)
+                samples[name].append(calls[name]())
         for name, rows in samples.items():
             totals = [r["total"] for r in rows]
             stages = {k: percentiles([r[k] for r in rows]) for k in rows[0] if k != "total"}
@@ -207,8 +213,14 @@ def run(args: argparse.Namespace) -> int:
             r = results.get(f"{name}/batch{b}")
             if base and r:
                 ratios[f"{name}_vs_eager/batch{b}"] = base["per_batch_ms"]["p50"] / r["per_batch_ms"]["p50"]
+    m = Captioner(model_dir).manifest.data
+    int8 = m["graphs"].get("int8", {})
     report = {
-        "model": str(model_dir), "tokens": args.tokens, "runs": args.runs, "results": results, "speedups": ratios,
+        "model": str(model_dir), "tokens": args.tokens, "runs": args.runs, "settle_ms": args.settle_ms,
+        "results": results, "speedups": ratios,
+        "graphs": {"attention": m["architecture"].get("attention", "standard"), "int8_recipe": int8.get("recipe"),
+                   "sha256": {f"{p}.{part}": g[part]["sha256"] for p, g in m["graphs"].items()
+                              for part in ("encoder", "decoder") if part in g}},
         "rss_mb": {**rss, "peak": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024},
         "machine": {"cpu": cpu_model(), "threads": args.threads or "default", "python": platform.python_version()},
         "versions": versions,

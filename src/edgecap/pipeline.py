@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -24,6 +24,9 @@ from .scenes import OpenScene, SceneTracker
 from .sources import FrameSample, Source, SourceConfig, SourceState, SourceStatus
 
 
+FRAME_AGE_WINDOW = 10_000  # captioned frames whose age RunStats keeps
+
+
 @dataclass
 class RunStats:
     """Counters of a run, per camera and overall."""
@@ -33,7 +36,8 @@ class RunStats:
     batched_frames: int = 0
     max_batch_seen: int = 0
     scenes: int = 0
-    frame_age_ms: list[float] = field(default_factory=list)  # read -> caption done, per captioned frame
+    # read -> caption done, for the most recent captioned frames (bounded: a run can last months)
+    frame_age_ms: deque[float] = field(default_factory=lambda: deque(maxlen=FRAME_AGE_WINDOW))
 
     def camera(self, name: str) -> Counter:
         return self.per_camera.setdefault(name, Counter())
