@@ -350,16 +350,48 @@ def test_unusable_paths_raise_one_line_typed_errors(tmp_path, case, message):
     assert "\n" not in str(info.value)
 
 
-@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="root ignores directory permissions")
-def test_read_only_directory_raises_a_typed_error(tmp_path):
+@pytest.fixture
+def read_only_dir(tmp_path):
+    """A directory the process cannot write: a read-only tmpfs mount as root (root ignores permission bits),
+    mode 0555 otherwise."""
+    if os.name != "posix":
+        pytest.skip("POSIX permissions")
     ro = tmp_path / "ro"
     ro.mkdir()
-    ro.chmod(0o555)
-    try:
-        with pytest.raises(EventStoreError, match="read-only"):
-            EventStore(ro / "events.sqlite")
-    finally:
+    if os.geteuid() != 0:
+        ro.chmod(0o555)
+        yield ro
         ro.chmod(0o755)
+        return
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(ro)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"root, and a read-only tmpfs cannot be mounted here: {mounted.stderr.strip()}")
+    try:
+        yield ro
+    finally:
+        subprocess.run(["umount", str(ro)], check=True)
+
+
+def test_read_only_directory_raises_a_typed_error(read_only_dir):
+    with pytest.raises(EventStoreError, match="read-only") as info:
+        EventStore(read_only_dir / "events.sqlite")
+    assert "\n" not in str(info.value)
+
+
+def test_cli_run_into_a_read_only_directory_fails_in_one_line(read_only_dir, tmp_path):
+    from edgecap.synth import render_scene
+
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    import PIL.Image
+
+    PIL.Image.fromarray(render_scene(1_000_000_123)[0]).save(frames / "a.png")
+    proc = subprocess.run([sys.executable, "-m", "edgecap.cli", "run", str(frames), "--model", "demo",
+                           "--db", str(read_only_dir / "events.sqlite")], capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr
+    assert "read-only" in proc.stderr.strip().splitlines()[-1]
 
 
 def test_readers_report_a_missing_database_in_one_line(tmp_path):
