@@ -8,7 +8,9 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import subprocess
 import sys
+import textwrap
 import threading
 import time
 import types
@@ -799,3 +801,32 @@ def test_no_leaked_threads_or_fds(clip, serve, clip_ts):
     while len(os.listdir(fd_dir)) > baseline and time.monotonic() < deadline:
         time.sleep(0.05)
     assert len(os.listdir(fd_dir)) <= baseline
+
+
+def test_first_pyav_import_is_not_raced_by_reader_threads(clip, tmp_path):
+    # Regression: PyAV imported for the first time by several threads at once can expose a partially initialised
+    # module ("module 'av' has no attribute 'open'", "cannot import name ... partially initialized module"),
+    # failing good cameras at start-up. Seen with `edgecap run good.mp4 bad.mp4 rtsp://...`: in 5 of 20 fresh
+    # interpreters before the fix. Ten fresh interpreters that have not imported av start two good files, a corrupt
+    # file and a network source; both good files must deliver frames in every one.
+    bad = tmp_path / "bad.mp4"
+    bad.write_bytes(np.random.default_rng(0).integers(0, 256, 20000, dtype=np.uint8).tobytes())
+    script = tmp_path / "race.py"
+    script.write_text(textwrap.dedent(f"""
+        import sys
+        from edgecap.sources import Source, SourceConfig
+        assert "av" not in sys.modules
+        srcs = [Source(SourceConfig(name=f"c{{i}}", url={str(clip)!r}, interval_s=1.0)).start() for i in range(2)]
+        srcs.append(Source(SourceConfig(name="bad", url={str(bad)!r}, interval_s=1.0)).start())
+        srcs.append(Source(SourceConfig(name="net", url="rtsp://127.0.0.1:9/x", interval_s=1.0)).start())
+        got = [s.read(timeout=20) is not None for s in srcs[:2]]
+        for s in srcs:
+            s.stop()
+        print(got)
+        sys.exit(0 if all(got) else 1)
+    """))
+    procs = [subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True) for _ in range(10)]
+    outputs = [p.communicate(timeout=120)[0] for p in procs]
+    failed = [out[-1500:] for p, out in zip(procs, outputs) if p.returncode != 0]
+    assert not failed, f"{len(failed)} of 10 start-ups lost a good camera:\n{failed[0]}"
