@@ -312,3 +312,18 @@ def test_frame_age_window_is_bounded():
     for i in range(FRAME_AGE_WINDOW + 5):
         stats.frame_age_ms.append(float(i))
     assert len(stats.frame_age_ms) == FRAME_AGE_WINDOW and stats.frame_age_ms[0] == 5.0
+
+
+def test_one_bad_camera_among_many_does_not_stop_the_others(clips, tmp_path):
+    d, _ = clips
+    bad = tmp_path / "bad.mp4"
+    bad.write_bytes(np.random.default_rng(3).integers(0, 256, 30000, dtype=np.uint8).tobytes())
+    db = tmp_path / "events.sqlite"
+    proc = subprocess.run([sys.executable, "-m", "edgecap.cli", "run", str(d / "cam-b.mp4"), str(bad),
+                           "--db", str(db)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1, proc.stderr[-2000:]  # a camera failed: the run says so in its exit status
+    assert "Traceback" not in proc.stderr
+    assert any("[bad] source_error" in line and "bad.mp4" in line for line in proc.stderr.splitlines())
+    events = search(db, limit=1000)
+    assert [e.kind for e in events if e.camera == "bad"] == ["source_error"]
+    assert sum(e.kind == "scene" for e in events if e.camera == "cam-b") >= 2  # the good camera was captioned
