@@ -157,16 +157,6 @@ def ratios(samples: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
     return out
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def cpu_flags() -> list[str]:
     """The SIMD flags that matter for INT8 speed."""
     try:
@@ -252,6 +242,8 @@ def print_table(result: dict[str, Any]) -> None:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from PIL import Image
     from tqdm import tqdm
+
+    from edgecap_export.bench import cpu_model
 
     peers_python = args.peers_venv / "bin" / "python"
     optimum_systems = [s.split("_", 1)[1] for s in args.systems if s.startswith("optimum_")]
