@@ -7,9 +7,9 @@ Two attention lowerings (``attention=``):
 
 * ``"contrib"`` (default, ONNX Runtime): each attention is one ``com.microsoft.MultiHeadAttention`` node that takes
   the projections as [B, T, D], appends the new K/V to the past inside the kernel (causal with the past offset) and,
-  for cross-attention, reads the encoder's [B, heads, S, head_dim] K/V as they are. A GPT-2 step shrinks from about
-  1500 nodes to about 300; on a 2-core CPU most of the removed nodes were shape arithmetic, each costing a kernel
-  launch per token.
+  for cross-attention, reads the encoder's [B, heads, S, head_dim] K/V as they are. The kernels ONNX Runtime runs
+  per GPT-2 124M step fell from 1,542 to 265 (FP32) and from 1,820 to 205 (INT8); most of the removed ones were
+  shape arithmetic, each a kernel launch per token.
 * ``"standard"``: only standard ONNX ops (MatMul, Softmax, ...), for TensorRT and other runtimes without Microsoft's
   contrib ops.
 
