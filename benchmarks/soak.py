@@ -62,18 +62,39 @@ def snapshot() -> dict[str, float]:
 
 
 class AckingStore(EventStore):
-    """An EventStore that keeps every ack, to check afterwards that acknowledged events are in the database."""
+    """An EventStore that records which events were acknowledged, to check afterwards that they are all in the
+    database. Resolved acks are reduced to their uid by :meth:`settle` so that the soak's own bookkeeping does not
+    show up as a slope in the RSS it measures."""
 
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
-        self.acks: list[tuple[str, Ack]] = []
+        self.pending: list[tuple[str, Ack]] = []
+        self.acked: set[str] = set()
+        self.dropped = 0
         self._acks_lock = threading.Lock()
 
     def put(self, event: Event) -> Ack:
         ack = super().put(event)
         with self._acks_lock:
-            self.acks.append((event.uid, ack))
+            self.pending.append((event.uid, ack))
         return ack
+
+    def settle(self, final: bool = False) -> None:
+        """Move resolved acks into ``acked`` / ``dropped``; with ``final``, unresolved ones count as dropped."""
+        with self._acks_lock:
+            pending, self.pending = self.pending, []
+        keep = []
+        for uid, ack in pending:
+            if not ack.done() and not final:
+                keep.append((uid, ack))
+                continue
+            try:
+                ack.wait(0)
+                self.acked.add(uid)
+            except Exception:  # noqa: BLE001 - TimeoutError (never resolved) or EventStoreError (dropped)
+                self.dropped += 1
+        with self._acks_lock:
+            self.pending[:0] = keep
 
 
 def rss_slope_mb_per_min(samples: list[tuple[float, float]], skip_share: float = 0.25) -> float | None:
@@ -139,6 +160,7 @@ def run_soak(minutes: float = 10.0, *, sources: int = 4, fault_every_s: float = 
                 return all(streaming(i) for i in indices)
 
             def sample() -> None:
+                store.settle()
                 samples.append((time.monotonic() - began, snapshot()))
 
             def sleep_sampling(seconds: float) -> None:
@@ -194,7 +216,7 @@ def run_soak(minutes: float = 10.0, *, sources: int = 4, fault_every_s: float = 
             stop.set()
             runner.join(30.0)
             runtime_stopped = not runner.is_alive()
-            acks = list(store.acks)
+            store.settle(final=True)
         if bar is not None:
             bar.close()
             bar = None
@@ -202,13 +224,7 @@ def run_soak(minutes: float = 10.0, *, sources: int = 4, fault_every_s: float = 
         end = snapshot()
         elapsed = time.monotonic() - began
 
-        acked, dropped = set(), 0
-        for uid, ack in acks:
-            try:
-                ack.wait(0)
-                acked.add(uid)
-            except Exception:  # noqa: BLE001 - TimeoutError (never resolved) or EventStoreError (dropped)
-                dropped += 1
+        acked, dropped = store.acked, store.dropped
         with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
             present = {row[0] for row in conn.execute("SELECT uid FROM events")}
             integrity = conn.execute("PRAGMA integrity_check").fetchone()[0]
