@@ -209,7 +209,8 @@ def run_soak(minutes: float = 10.0, *, sources: int = 4, fault_every_s: float = 
                     emit(f"{time.monotonic() - began:7.1f} s  cam{i} {kind:13} "
                          f"(faults {sum(faults.values())}, outages so far "
                          f"{sum(rt.stats.camera(c.name)['status_source_down'] for c in cameras)})")
-                sleep_sampling(max(0.0, fault_every_s - (time.monotonic() - fault_start)))
+                sleep_sampling(max(0.0, min(fault_every_s - (time.monotonic() - fault_start),
+                                            duration - (time.monotonic() - began))))
             recovered = wait_streaming(list(range(sources)), 30.0)
             sessions = [established_to(srv.port) for srv in servers]
             peak = {k: max(s[k] for _, s in samples) for k in baseline} if samples else dict(started)
