@@ -31,6 +31,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO, Any
 
+import numpy as np
+
 REPO = Path(__file__).resolve().parent.parent
 WORKER = REPO / "benchmarks" / "peers" / "optimum_worker.py"
 SYSTEMS = ("edgecap_int8", "optimum_int8", "edgecap_fp32", "optimum_fp32")
@@ -117,15 +119,6 @@ class EdgecapSystem:
 
 
 # -- statistics and environment -------------------------------------------------------------------------------
-def quantile(xs: list[float], q: float) -> float:
-    """Linear-interpolated quantile (q in [0, 1]) of a non-empty list."""
-    s = sorted(xs)
-    pos = (len(s) - 1) * q
-    lo = int(pos)
-    hi = min(lo + 1, len(s) - 1)
-    return s[lo] + (s[hi] - s[lo]) * (pos - lo)
-
-
 def summarize(samples: list[dict[str, Any]]) -> dict[str, Any]:
     """Median/p90/min/mean of each timing (total, generate-only, stages) present in one system's samples."""
     out: dict[str, Any] = {"n": len(samples)}
@@ -133,7 +126,7 @@ def summarize(samples: list[dict[str, Any]]) -> dict[str, Any]:
                 "decoder_with_past_ms"):
         xs = [s[key] for s in samples if s.get(key) is not None]
         if xs:
-            out[key] = {"median": statistics.median(xs), "p90": quantile(xs, 0.9), "min": min(xs),
+            out[key] = {"median": statistics.median(xs), "p90": float(np.percentile(xs, 90)), "min": min(xs),
                         "mean": statistics.fmean(xs)}
     return out
 
@@ -179,7 +172,6 @@ def main_versions() -> dict[str, str]:
 
 def make_image(path: Path, seed: int = 0) -> Path:
     """A deterministic 640x480 RGB test image (smooth gradients plus noise), saved as PNG."""
-    import numpy as np
     from PIL import Image
 
     rng = np.random.default_rng(seed)
