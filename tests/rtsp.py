@@ -62,6 +62,7 @@ def rtsp_required() -> bool:
 
 
 def free_port() -> int:
+    """A loopback port nobody listens on (bound, then closed)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]

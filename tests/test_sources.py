@@ -26,6 +26,7 @@ from edgecap.sources import (ALLOWED_TRANSITIONS, GLOBAL_RECONNECT_BURST, GLOBAL
                              SourceConfig, SourceState, SourceStatus, check_transition, classify_source, mask_url,
                              open_sources)
 from edgecap.synth import render_clip
+from rtsp import free_port
 
 S = SourceState
 FAST = dict(open_timeout_s=0.5, read_timeout_s=0.5, reconnect_min_s=0.05, reconnect_max_s=0.2)
@@ -108,13 +109,6 @@ def drain(src: Source, *, sleep: float = 0.0, limit_s: float = 15.0) -> list:
 
 def source_threads() -> list[threading.Thread]:
     return [t for t in threading.enumerate() if t.name.startswith("edgecap-source-")]
-
-
-def free_port() -> int:
-    """A loopback port nobody listens on (bound, then closed)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class LoopbackServer:
