@@ -32,3 +32,32 @@ def test_bench_end_to_end_on_tiny_model(tiny_export, checkpoint_factory, tmp_pat
     assert report["graphs"]["attention"] == "contrib" and report["graphs"]["int8_recipe"]["decoder_mode"] == "dynamic"
     pytest.importorskip("matplotlib")
     assert out.with_suffix(".png").stat().st_size > 1000
+
+
+def test_floor_runs_on_tiny_checkpoint(checkpoint_factory, tmp_path):
+    """benchmarks/floor.py end to end on a tiny checkpoint: its shapes, edgecap's INT8 recipe, eager in the same
+    run, and the arithmetic of the report (no timing asserts)."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(
+        "floor", Path(__file__).resolve().parent.parent / "benchmarks" / "floor.py")
+    floor = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(floor)
+    hf = checkpoint_factory("vit-gpt2")
+    out = tmp_path / "floor.json"
+    assert floor.main(["--hf", str(hf), "--runs", "2", "--rounds", "1", "--eager-runs", "1", "--tokens", "3",
+                       "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    cfg = json.loads((hf / "config.json").read_text())
+    enc, dec = floor.gemm_shapes(cfg)[:2]
+    d, layers = cfg["decoder"]["n_embd"], cfg["decoder"]["n_layer"]
+    assert len(dec) == 6 * layers + 1 and dec[-1] == (d, cfg["decoder"]["vocab_size"])
+    assert report["parameters"]["decoder_step"] == sum(k * n for k, n in dec)
+    assert set(report["floors"]) == {"fp32", "int8", "int8_per_tensor"}
+    assert report["eager"]["runs"] == 1
+    for r in report["floors"].values():
+        assert r["floor_per_caption_ms"] == pytest.approx(r["encoder_gemms_ms"] + 3 * r["decoder_step_gemvs_ms"])
+        assert r["max_speedup_vs_eager"] == pytest.approx(report["eager"]["median_ms"] / r["floor_per_caption_ms"])
+    with pytest.raises(SystemExit):  # not a checkpoint: a usage error, not a traceback
+        floor.main(["--hf", str(tmp_path), "--no-eager", "--out", str(out)])

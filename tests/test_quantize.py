@@ -99,9 +99,48 @@ def test_default_int8_is_dynamic_on_fused_graphs(tiny_export, tmp_path):
         weight_mm = sum(n.op_type == "MatMul" and n.input[1] in inits for n in fp32.node)
         assert weight_mm and not any(n.op_type == "MatMul" and n.input[1] in inits for n in g.node)
         assert ops.count("MultiHeadAttention") == [n.op_type for n in fp32.node].count("MultiHeadAttention") > 0
+        # the weights' all-zero per-channel zero points are gone (ORT's faster integer GEMM path)
+        assert all(len(n.input) < 4 for n in g.node if n.op_type == "MatMulInteger"), part
     m = json.loads((d / "manifest.json").read_text())["graphs"]["int8"]
     assert (m["recipe"]["encoder_mode"], m["recipe"]["decoder_mode"]) == ("dynamic", "dynamic")
     assert m["recipe"]["calibration"] is None  # nothing was calibrated
     cap = Captioner(d, precision="int8")
     img = np.random.default_rng(1).integers(0, 256, (40, 40, 3), dtype=np.uint8)
     assert len(cap.caption(img, max_new_tokens=4, min_new_tokens=4).token_ids) == 4  # the fused INT8 graphs run
+
+
+def test_dropping_zero_weight_zero_points_is_exact(tiny_export, tmp_path):
+    """The per-channel all-zero weight zero points are removed (a faster ORT kernel path) with bit-identical
+    outputs; a zero point that is not all zero stays."""
+    import onnxruntime as ort
+    from onnx import numpy_helper
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from edgecap_export.quantize import drop_zero_weight_zero_points
+
+    kept, dropped = tmp_path / "kept.onnx", tmp_path / "dropped.onnx"
+    quantize_dynamic(str(tiny_export / "encoder.onnx"), str(kept), weight_type=QuantType.QInt8, per_channel=True,
+                     op_types_to_quantize=["MatMul", "Gemm"], extra_options={"MatMulConstBOnly": True})
+    model = onnx.load(str(kept))
+    integer_mms = [n for n in model.graph.node if n.op_type == "MatMulInteger"]
+    assert integer_mms and all(len(n.input) == 4 for n in integer_mms)
+    shutil.copy(kept, dropped)
+    assert drop_zero_weight_zero_points(dropped) == len(integer_mms)
+    g = onnx.load(str(dropped)).graph
+    assert all(len(n.input) == 3 for n in g.node if n.op_type == "MatMulInteger")
+    assert not {n.input[3] for n in integer_mms} & {i.name for i in g.initializer}  # orphans removed
+
+    sessions = [ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]) for p in (kept, dropped)]
+    inp = sessions[0].get_inputs()[0]
+    x = np.random.default_rng(0).standard_normal([2, *inp.shape[1:]]).astype(np.float32)
+    for a, b in zip(*(s.run(None, {inp.name: x}) for s in sessions)):
+        assert np.array_equal(a, b)
+
+    # a zero point with a non-zero entry is left in place
+    zp = next(i for i in model.graph.initializer if i.name == integer_mms[0].input[3])
+    arr = numpy_helper.to_array(zp).copy()
+    arr[0] = 1
+    zp.CopyFrom(numpy_helper.from_array(arr, zp.name))
+    onnx.save(model, str(kept))
+    assert drop_zero_weight_zero_points(kept) == len(integer_mms) - 1
+    assert len(next(n for n in onnx.load(str(kept)).graph.node if n.name == integer_mms[0].name).input) == 4

@@ -188,11 +188,45 @@ def activation_matmuls(path: Path) -> list[str]:
     return [n.name for n in g.node if n.op_type in ("MatMul", "Gemm") and n.input[1] not in consts]
 
 
-def _quantize_dynamic(src: Path, dst: Path) -> None:
+def quantize_dynamic_graph(src: Path, dst: Path) -> None:
+    """edgecap's CPU INT8 recipe for one graph: dynamic, S8 per-channel symmetric weights of every MatMul/Gemm
+    with a constant weight, activations quantized per call."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=True,
                      op_types_to_quantize=["MatMul", "Gemm"], extra_options={"MatMulConstBOnly": True})
+    drop_zero_weight_zero_points(dst)
+
+
+def drop_zero_weight_zero_points(path: Path) -> int:
+    """Remove the all-zero weight zero points that per-channel symmetric quantization writes; returns how many.
+
+    A per-channel zero-point vector sends ONNX Runtime's integer GEMM down its per-column zero-point path even
+    when every entry is 0; without the input it takes the plain path, and the product is the same bit for bit
+    (the zero point defaults to 0). Measured on the ViT-GPT2 decoder's 73 per-step GEMVs, 2 threads: 4.0-4.4 ms
+    -> 3.8-3.9 ms per step.
+    """
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(path))
+    g = model.graph
+    inits = {i.name: i for i in g.initializer}
+    orphans: set[str] = set()
+    dropped = 0
+    for node in g.node:
+        if node.op_type == "MatMulInteger" and len(node.input) == 4 and node.input[3] in inits \
+                and not numpy_helper.to_array(inits[node.input[3]]).any():
+            orphans.add(node.input[3])
+            del node.input[3]
+            dropped += 1
+    if orphans:
+        orphans -= {name for node in g.node for name in node.input}  # still used elsewhere: keep
+        kept = [i for i in g.initializer if i.name not in orphans]
+        del g.initializer[:]
+        g.initializer.extend(kept)
+        onnx.save(model, str(path))
+    return dropped
 
 
 def quality_gate(model_dir: Path, frames: list[np.ndarray], *, synth_eval: int = 0,
@@ -265,11 +299,11 @@ def quantize_dir(model_dir: str | os.PathLike, *, calib: str | None = None, cali
         enc_feeds = [{manifest.io("encoder")["pixel_values"]: px[i:i + 1]} for i in range(len(px))]
         _quantize_static(d / "encoder.onnx", d / "encoder.int8.onnx", enc_feeds)
     else:
-        _quantize_dynamic(d / "encoder.onnx", d / "encoder.int8.onnx")
+        quantize_dynamic_graph(d / "encoder.onnx", d / "encoder.int8.onnx")
     if decoder_mode == "static":
         _quantize_static(d / "decoder.onnx", d / "decoder.int8.onnx", _decoder_feeds(cap, px, 128))
     else:
-        _quantize_dynamic(d / "decoder.onnx", d / "decoder.int8.onnx")
+        quantize_dynamic_graph(d / "decoder.onnx", d / "decoder.int8.onnx")
     data = manifest.data
     data["graphs"]["int8"] = {part: {"file": f"{part}.int8.onnx", "sha256": sha256_file(d / f"{part}.int8.onnx"),
                                      **_graph_io(d / f"{part}.int8.onnx")} for part in ("encoder", "decoder")}
