@@ -327,3 +327,38 @@ def test_one_bad_camera_among_many_does_not_stop_the_others(clips, tmp_path):
     events = search(db, limit=1000)
     assert [e.kind for e in events if e.camera == "bad"] == ["source_error"]
     assert sum(e.kind == "scene" for e in events if e.camera == "cam-b") >= 2  # the good camera was captioned
+
+
+def test_an_outage_is_one_source_down_event_updated_per_attempt(tmp_path):
+    """A camera down for a long time is one event (start = first failure, end = recovery, attempts counted), not
+    one row per reconnect attempt; it is open while the camera is down."""
+    from datetime import datetime, timedelta, timezone
+
+    from edgecap.sources import SourceState, SourceStatus
+
+    t0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    script = [("source_up", 0, "up"), ("source_down", 10, "door down: timeout"),
+              *[("reconnecting", 10 + 30 * k, f"attempt {k + 1} failed: refused") for k in range(1, 4)],
+              ("source_up", 200, "up again"), ("source_down", 300, "door down: 401"),
+              ("reconnecting", 330, "attempt 2 failed: 401"), ("finished", 340, "stopped")]
+    db = tmp_path / "ev.sqlite"
+    with EventStore(db) as store:
+        rt = Runtime(FakeCaptioner(), [_spec("door", tmp_path / "unused.mp4")], store,
+                     options=RunOptions(thumbnails=False))
+        for i, (kind, s, message) in enumerate(script):
+            rt._on_status(SourceStatus("door", SourceState.STREAMING, None, t0 + timedelta(seconds=s), message,
+                                       kind))
+            if i == 3:  # mid-outage: one open row with the attempts so far
+                assert store.flush(10)
+                [open_outage] = search(db, kinds=["source_down"])
+                assert not open_outage.closed and open_outage.details["attempts"] == 3
+    events = sorted(search(db, limit=100), key=lambda e: e.id)
+    assert [e.kind for e in events] == ["source_up", "source_down", "source_up", "source_down", "finished"]
+    first, second = events[1], events[3]
+    assert (first.start, first.end) == (t0 + timedelta(seconds=10), t0 + timedelta(seconds=200))
+    assert first.closed and first.details["attempts"] == 4 and first.details["ended_by"] == "source_up"
+    assert first.details["message"] == "door down: timeout"
+    assert first.details["last_error"] == "attempt 4 failed: refused"
+    assert second.closed and second.details["attempts"] == 2 and second.details["ended_by"] == "finished"
+    assert second.end == t0 + timedelta(seconds=340)
+    assert rt.stats.camera("door")["status_reconnecting"] == 4  # still counted in the run's statistics

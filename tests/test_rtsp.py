@@ -12,6 +12,7 @@ unless EDGECAP_REQUIRE_RTSP=1, which turns the skip into a failure.
 from __future__ import annotations
 
 import base64
+import json
 import logging
 import os
 import signal
@@ -318,6 +319,11 @@ def test_edgecap_run_survives_server_kill_and_captions_resume(rtsp_server, tmp_p
     status = [k for (k,) in query(db, "SELECT kind FROM events WHERE camera = 'door' AND kind IN "
                                       "('source_up', 'source_down') ORDER BY id")]
     assert status == ["source_up", "source_down", "source_up"]
+    # the outage is one closed event from the first failure to the recovery, whatever the number of attempts
+    [(details, closed)] = query(db, "SELECT details, closed FROM events WHERE kind = 'source_down'")
+    details = json.loads(details)
+    assert closed == 1 and details["ended_by"] == "source_up" and details["attempts"] >= 1
+    assert not query(db, "SELECT id FROM events WHERE kind = 'reconnecting'")
     assert "[door] sampled" in out and "reconnects" in out
 
 

@@ -12,6 +12,7 @@ import threading
 import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable
 
@@ -52,6 +53,20 @@ class RunOptions:
     generation: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass
+class _Outage:
+    """The open ``source_down`` event of a camera, rewritten (same uid) at every failed attempt."""
+
+    uid: str
+    camera: str
+    start: datetime
+    details: dict[str, Any]
+
+    def event(self, now: datetime, *, closed: bool) -> Event:
+        return Event(uid=self.uid, kind="source_down", camera=self.camera, start=self.start, end=now,
+                     details=dict(self.details), closed=closed)
+
+
 class _Camera:
     def __init__(self, spec: CameraSpec, source: Source):
         self.spec = spec
@@ -85,6 +100,7 @@ class Runtime:
         m = captioner.manifest
         self._provenance = {"model": m.data.get("name"), "precision": captioner.precision,
                             "model_sha256": m.data["graphs"][captioner.precision]["encoder"].get("sha256", "")[:16]}
+        self._outages: dict[str, _Outage] = {}  # camera -> its open source_down event (reader threads)
         self.cameras = [_Camera(spec, Source(SourceConfig(
             name=spec.name, url=spec.url, interval_s=spec.interval_s, realtime=spec.realtime,
             open_timeout_s=spec.open_timeout_s, read_timeout_s=spec.read_timeout_s), on_status=self._on_status))
@@ -92,13 +108,34 @@ class Runtime:
 
     # -- events -----------------------------------------------------------------------------------------------
     def _on_status(self, st: SourceStatus) -> None:
-        """Source status changes (reader threads) become system events."""
+        """Source status changes (reader threads) become system events.
+
+        An outage is one ``source_down`` event from the first failure to the recovery: each further failed attempt
+        updates it (``end``, ``details.attempts``, ``details.last_error``) instead of adding a row, so a camera
+        that stays down for a month is one event, not one per backoff period. It is open (``closed`` False) until
+        the source is up again, fails for good or stops.
+        """
         self.stats.camera(st.camera)[f"status_{st.kind}"] += 1
-        if st.kind in ("source_up", "source_down", "reconnecting", "source_error", "drops", "finished"):
-            self.store.put(Event(uid=f"{st.camera}-{st.kind}-{time.monotonic_ns()}", kind=st.kind,
-                                 camera=st.camera, start=st.wall_utc, end=st.wall_utc, source_start_s=None,
-                                 source_end_s=None, caption=None, confidence=None,
-                                 details={"message": st.message, "state": st.state.name}))
+        if st.kind not in ("source_up", "source_down", "reconnecting", "source_error", "drops", "finished"):
+            return
+        outage = self._outages.get(st.camera)
+        if st.kind == "reconnecting" and outage is not None:
+            outage.details.update(attempts=outage.details["attempts"] + 1, last_error=st.message,
+                                  state=st.state.name)
+            self.store.put(outage.event(st.wall_utc, closed=False))
+            return
+        if outage is not None:  # up again, failed for good, or stopped: the outage ends here
+            del self._outages[st.camera]
+            outage.details["ended_by"] = st.kind
+            self.store.put(outage.event(st.wall_utc, closed=True))
+        details = {"message": st.message, "state": st.state.name}
+        uid = f"{st.camera}-{st.kind}-{time.monotonic_ns()}"
+        if st.kind == "source_down":
+            self._outages[st.camera] = outage = _Outage(uid, st.camera, st.wall_utc, {**details, "attempts": 1})
+            self.store.put(outage.event(st.wall_utc, closed=False))
+            return
+        self.store.put(Event(uid=uid, kind=st.kind, camera=st.camera, start=st.wall_utc, end=st.wall_utc,
+                             details=details))
 
     def _scene_event(self, cam: _Camera, scene: OpenScene, closed: bool) -> Event:
         return Event(uid=scene.uid, kind="scene", camera=cam.spec.name, start=scene.start, end=scene.end,
