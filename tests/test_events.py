@@ -486,6 +486,83 @@ def test_jsonl_records_every_committed_update_with_its_row_id(tmp_path):
     assert Event.from_json(records[-1]) == search(db)[0]
 
 
+def test_jsonl_mirror_catches_up_after_a_failed_mirror_write(tmp_path, monkeypatch):
+    """A mirror write that fails (disk full) loses nothing: the next commit appends the current state of every
+    row the mirror missed, in write order, before its own."""
+    import edgecap.events as events
+
+    db, jsonl = tmp_path / "e.sqlite", tmp_path / "e.jsonl"
+    real_write, calls = events._JsonlSink.write, []
+
+    def write(self, rows):
+        calls.append(len(rows))
+        if len(calls) == 2:
+            raise OSError(28, "No space left on device")
+        return real_write(self, rows)
+
+    monkeypatch.setattr(events._JsonlSink, "write", write)
+    with EventStore(db, jsonl=jsonl) as store:
+        store.put(scene("a car", 0, uid="s1")).wait(10)
+        store.put(scene("a dog", 1, uid="s2")).wait(10)  # its mirror write fails
+        assert store.stats["jsonl_failed"] == 1
+        assert [r["uid"] for r in read_jsonl(jsonl)] == ["s1"]
+        store.put(scene("a car", 0, 2, uid="s1", observations=2)).wait(10)  # s1 again, while the mirror lags
+        store.put(scene("a bus", 3, uid="s3")).wait(10)
+    records = read_jsonl(jsonl)
+    # s2 is no longer missing; s1's update follows it (write order), and every row's last line is its latest state
+    assert [r["uid"] for r in records] == ["s1", "s2", "s1", "s3"]
+    assert records[2]["observations"] == 2 and records[2]["end"] is not None
+    assert [r["seq"] for r in records] == [1, 2, 3, 4]
+    assert [r["updated"] for r in records] == sorted(r["updated"] for r in records)
+    latest = {r["uid"]: Event.from_json(r) for r in records}
+    assert sorted(latest.values(), key=lambda e: e.uid) == sorted(search(db), key=lambda e: e.uid)
+
+
+def test_jsonl_mirror_catches_up_after_kill_between_commit_and_mirror(tmp_path):
+    """kill -9 after SQLite committed but before the JSONL line was written: reopening the store appends the
+    missing rows, so the mirror holds every committed event."""
+    db, jsonl = tmp_path / "e.sqlite", tmp_path / "e.jsonl"
+    script = f"""
+import os
+from datetime import datetime, timezone
+import edgecap.events as events
+real = events._JsonlSink.write
+calls = []
+def write(self, rows):
+    calls.append(1)
+    if len(calls) == 3:
+        os._exit(9)  # the third event is committed, its mirror line never written
+    return real(self, rows)
+events._JsonlSink.write = write
+with events.EventStore({str(db)!r}, jsonl={str(jsonl)!r}) as store:
+    for i in range(5):
+        store.put(events.Event(f"e{{i}}", "scene", "gate", datetime(2024, 5, 1, tzinfo=timezone.utc),
+                               caption=f"caption {{i}}")).wait(10)
+"""
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 9, proc.stderr
+    assert [r["uid"] for r in read_jsonl(jsonl)] == ["e0", "e1"]
+    assert len(search(db)) == 3
+    EventStore(db, jsonl=jsonl).close()  # opening the store is enough
+    assert [r["uid"] for r in read_jsonl(jsonl)] == ["e0", "e1", "e2"]
+    with EventStore(db, jsonl=jsonl) as store:
+        store.put(scene("after restart", uid="e9")).wait(10)
+    records = read_jsonl(jsonl)
+    assert [r["uid"] for r in records] == ["e0", "e1", "e2", "e9"] and [r["seq"] for r in records] == [1, 2, 3, 4]
+
+
+def test_a_new_jsonl_mirror_on_an_existing_database_starts_with_the_next_write(tmp_path):
+    db, jsonl = tmp_path / "e.sqlite", tmp_path / "e.jsonl"
+    write(db, [scene("before the mirror", uid="old")])
+    write(db, [scene("with the mirror", uid="new")], jsonl=jsonl)
+    assert [r["uid"] for r in read_jsonl(jsonl)] == ["new"]
+    # a mirror written before lines carried "updated" is not back-filled either
+    legacy = tmp_path / "legacy.jsonl"
+    legacy.write_text(json.dumps({"id": 1, "uid": "old", "seq": 7}) + "\n")
+    write(db, [scene("next", uid="next")], jsonl=legacy)
+    assert [(r["uid"], r["seq"]) for r in read_jsonl(legacy)] == [("old", 7), ("next", 8)]
+
+
 # -- export and tail ---------------------------------------------------------------------------------------------
 
 def test_export_jsonl_and_csv_round_trip(timeline):

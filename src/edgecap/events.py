@@ -13,6 +13,12 @@ Failure policy. Text is never a reason to raise: bytes, invalid UTF-8, lone surr
 oversized strings are cleaned before storing, so every stored value is valid UTF-8. A write that fails at runtime
 (disk full, I/O error) is logged (rate-limited) and retried with a capped backoff; the events wait in memory, up to
 ``max_pending`` distinct events, beyond which the oldest are dropped and counted (``EventStore.stats``).
+
+JSONL mirror. Each committed write is appended as one line (the event, a ``seq`` that continues across restarts,
+and ``updated``, the database's write counter). The line is written after the commit, so a kill in between, or a
+mirror write that fails, leaves the mirror behind the database; the next successful mirror write, or the next
+``EventStore`` opened on the same files, first appends the current state of every row written after the mirror's
+last line. Every committed event is in the mirror, and each row's last line is its latest state.
 """
 
 from __future__ import annotations
@@ -336,7 +342,7 @@ _SELECT = f"SELECT id, {', '.join(_COLUMNS)} FROM events"
 _UPSERT = (f"INSERT INTO events ({', '.join(_COLUMNS)}, updated) "
            f"VALUES ({', '.join('?' * len(_COLUMNS))}, (SELECT COALESCE(MAX(updated), 0) + 1 FROM events)) "
            f"ON CONFLICT (uid) DO UPDATE SET "
-           f"{', '.join(f'{c} = excluded.{c}' for c in (*_COLUMNS[1:], 'updated'))} RETURNING id")
+           f"{', '.join(f'{c} = excluded.{c}' for c in (*_COLUMNS[1:], 'updated'))} RETURNING id, updated")
 
 
 def _row(ev: Event) -> tuple:
@@ -470,12 +476,13 @@ def _lines_backwards(f: Any, end: int, chunk: int = 1 << 16) -> Iterator[bytes]:
     yield rest
 
 
-def _recover_jsonl(path: Path) -> int:
-    """Cut a partial last line (a kill -9 mid-write) and return the ``seq`` of the last complete line (0: none)."""
+def _recover_jsonl(path: Path) -> tuple[int, int | None]:
+    """Cut a partial last line (a kill -9 mid-write); return the ``seq`` of the last complete line (0: none) and
+    its ``updated`` (the database write it mirrors; None for an empty file or lines written before it existed)."""
     try:
         f = open(path, "r+b")
     except FileNotFoundError:
-        return 0
+        return 0, None
     with f:
         end = f.seek(0, os.SEEK_END)
         lines = _lines_backwards(f, end)
@@ -485,27 +492,32 @@ def _recover_jsonl(path: Path) -> int:
             logger.warning("removed a partial last line (%d bytes) from %s", len(partial), path)
         for line in lines:
             try:
-                return int(json.loads(line)["seq"])
-            except (ValueError, KeyError, TypeError):
+                record = json.loads(line)
+                updated = record.get("updated")
+                return int(record["seq"]), updated if isinstance(updated, int) else None
+            except (ValueError, KeyError, TypeError, AttributeError):
                 continue  # a blank or damaged line: the one before it still tells where seq stands
-    return 0
+    return 0, None
 
 
 class _JsonlSink:
-    """Appends one JSON object per committed write, with a ``seq`` that continues across restarts."""
+    """Appends one JSON object per committed write, with a ``seq`` that continues across restarts and the
+    database's ``updated`` counter of that write (``synced``: the last one mirrored)."""
 
     def __init__(self, path: Path, *, fsync: bool):
         _check_writable_location(path, "JSONL file")
         self.path = path
         self.fsync = fsync
         try:
-            self.seq = _recover_jsonl(path)
+            self.seq, self.synced = _recover_jsonl(path)
             self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | getattr(os, "O_BINARY", 0), 0o644)
         except OSError as exc:
             raise EventStoreError(f"cannot open JSONL file {path}: {exc.strerror or exc}") from None
 
-    def write(self, events: list[Event]) -> None:
-        lines = [json_line({**ev.to_json(), "seq": self.seq + i}) for i, ev in enumerate(events, 1)]
+    def write(self, events: list[tuple[Event, int]]) -> None:
+        """Append (event, updated) pairs, in ``updated`` order."""
+        lines = [json_line({**ev.to_json(), "seq": self.seq + i, "updated": updated})
+                 for i, (ev, updated) in enumerate(events, 1)]
         data = memoryview("".join(lines).encode("utf-8"))
         start = os.lseek(self._fd, 0, os.SEEK_END)
         try:
@@ -518,6 +530,8 @@ class _JsonlSink:
                 os.ftruncate(self._fd, start)  # never leave half a line for the next line to be glued to
             raise
         self.seq += len(lines)
+        if events:
+            self.synced = events[-1][1]
 
     def close(self) -> None:
         os.close(self._fd)
@@ -605,6 +619,8 @@ class EventStore:
         self._conn = _open_writer(self.path, synchronous)
         try:
             self._jsonl = None if self.jsonl_path is None else _JsonlSink(self.jsonl_path, fsync=fsync_jsonl)
+            if self._jsonl is not None:
+                self._open_mirror()
         except EventStoreError:
             self._conn.close()
             raise
@@ -708,7 +724,7 @@ class EventStore:
                     batch = [self._pending.popitem(last=False)[1] for _ in range(min(take, len(self._pending)))]
                     self._in_flight = batch
                 try:
-                    ids = self._commit(batch)
+                    written = self._commit(batch)
                 except Exception as exc:  # noqa: BLE001 - the writer must outlive any write error
                     if self._requeue(batch, exc):
                         singles = max(singles, len(batch))
@@ -719,7 +735,7 @@ class EventStore:
                     self._sleep(delay)
                     continue
                 delay, singles = 0.0, max(0, singles - 1)
-                self._committed(batch, ids)
+                self._committed(batch, written)
         except Exception:  # a bug here must not leave producers waiting on acks forever
             logger.exception("event writer for %s stopped", self.path)
             with self._cond:
@@ -730,11 +746,12 @@ class EventStore:
             if self._jsonl is not None:
                 self._jsonl.close()
 
-    def _commit(self, batch: list[_Write]) -> list[int]:
+    def _commit(self, batch: list[_Write]) -> list[tuple[int, int]]:
+        """Write a batch in one transaction; (row id, updated) per write."""
         conn = self._conn
         conn.execute("BEGIN IMMEDIATE")
         try:
-            ids = [conn.execute(_UPSERT, _row(w.event)).fetchone()[0] for w in batch]
+            ids = [tuple(conn.execute(_UPSERT, _row(w.event)).fetchone()) for w in batch]
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
@@ -743,23 +760,55 @@ class EventStore:
             raise
         return ids
 
-    def _committed(self, batch: list[_Write], ids: list[int]) -> None:
+    def _committed(self, batch: list[_Write], written: list[tuple[int, int]]) -> None:
         if self._jsonl is not None:
             try:
-                self._jsonl.write([replace(w.event, id=i) for w, i in zip(batch, ids)])
-            except (OSError, ValueError) as exc:
+                if self._jsonl.synced == written[0][1] - 1:
+                    self._jsonl.write([(replace(w.event, id=i), u) for w, (i, u) in zip(batch, written)])
+                else:  # an earlier mirror write failed: bring the mirror up to date, this batch included
+                    self._mirror_catch_up()
+            except (OSError, ValueError, sqlite3.Error) as exc:
                 with self._cond:
                     self._counts["jsonl_failed"] += len(batch)
                 self._log_jsonl(logging.WARNING, "JSONL mirror %s: write failed (%s); the events are in the "
-                                "database", self._jsonl.path, getattr(exc, "strerror", None) or exc)
+                                "database and are mirrored at the next successful write", self._jsonl.path,
+                                getattr(exc, "strerror", None) or exc)
         with self._cond:
             self._in_flight = []
             n = sum(len(w.acks) for w in batch)
             self._counts["committed"] += n
             self._unresolved -= n
-        for w, row_id in zip(batch, ids):
+        for w, (row_id, _) in zip(batch, written):
             for ack in w.acks:
                 ack._resolve(row_id)
+
+    # -- JSONL mirror ------------------------------------------------------------------------------------------
+    def _open_mirror(self) -> None:
+        """A mirror that was already written to catches up with what the database committed after its last line
+        (the process died between a commit and its mirror write, or a mirror write failed); a new mirror, or one
+        written before lines carried ``updated``, starts with the next write."""
+        assert self._jsonl is not None
+        if self._jsonl.synced is None:
+            self._jsonl.synced = self._conn.execute("SELECT COALESCE(MAX(updated), 0) FROM events").fetchone()[0]
+            return
+        try:
+            self._mirror_catch_up()
+        except OSError as exc:
+            raise EventStoreError(f"cannot write JSONL file {self._jsonl.path}: {exc.strerror or exc}") from None
+
+    def _mirror_catch_up(self, chunk: int = 1000) -> None:
+        """Append the current state of every row written after the mirror's last line, in write order. A row
+        written several times meanwhile appears once, in its latest state."""
+        assert self._jsonl is not None
+        behind = self._conn.execute(f"{_SELECT.replace(' FROM', ', updated FROM')} WHERE updated > ? "
+                                    "ORDER BY updated", (self._jsonl.synced,))
+        caught = 0
+        while rows := behind.fetchmany(chunk):
+            self._jsonl.write([(_event(row[:-1]), row[-1]) for row in rows])
+            caught += len(rows)
+        if caught:
+            logger.warning("JSONL mirror %s was behind the database: appended the current state of %d rows",
+                           self._jsonl.path, caught)
 
     def _requeue(self, batch: list[_Write], exc: Exception) -> bool:
         """Put a failed batch back in front of the queue; True if its events should be retried one at a time.
