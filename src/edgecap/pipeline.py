@@ -2,8 +2,9 @@
 
 One reader thread per source (see sources.py) fills a bounded queue; this loop, on the calling thread, takes the
 ready frames, gates them, and captions the admitted frames of all cameras as one batch (at most one frame per
-camera, bounded by ``max_batch`` and ``max_wait_s``). Captions feed one SceneTracker per camera; scene events are written when they
-open, as they are extended and when they close, and source status changes become system events.
+camera, bounded by ``max_batch`` and ``max_wait_s``). Captions feed one SceneTracker per camera; scene events are
+written when they open, as they are extended and when they close, and source status changes become system events
+(an outage is one event, see ``Runtime._on_status``).
 """
 
 from __future__ import annotations
