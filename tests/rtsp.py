@@ -87,14 +87,17 @@ class RtspServer:
     Args:
         path: mount point.
         user, password: require Basic auth with these (plain, not %-encoded) credentials.
-        fps: frame rate (FFmpeg's probe reads ~30 frames before the stream opens, so 30 fps opens in ~1 s).
+        fps: frame rate.
+        gop: frames between key frames (default fps / 2).
         port: fixed port; default a free one, kept across restarts.
         ready_timeout_s: how long start() waits for the READY line.
     """
 
     def __init__(self, path: str = "/cam", *, user: str | None = None, password: str | None = None, fps: int = 30,
-                 port: int | None = None, ready_timeout_s: float = 20.0, pattern: str = "ball"):
+                 port: int | None = None, ready_timeout_s: float = 20.0, pattern: str = "ball",
+                 gop: int | None = None):
         self.path = path
+        self.gop = gop
         self.user = user
         self.password = password
         self.fps = fps
@@ -127,6 +130,8 @@ class RtspServer:
     def _start_once(self, deadline: float) -> int | None:
         cmd = [SYSTEM_PYTHON, str(SERVER_SCRIPT), "--port", str(self.port), "--path", self.path, "--fps",
                str(self.fps), "--pattern", self.pattern]
+        if self.gop is not None:
+            cmd += ["--gop", str(self.gop)]
         if self.user is not None:
             cmd += ["--user", self.user, "--password", str(self.password)]
         with open(self._log, "ab") as log:

@@ -123,6 +123,20 @@ def test_missing_server_skips_or_fails_as_ci_requires(monkeypatch):
 # Source against a real server
 # --------------------------------------------------------------------------------------------------------------------
 
+def test_a_low_frame_rate_camera_opens_within_the_default_open_timeout(rtsp_server):
+    """Surveillance substreams run at a few frames per second. FFmpeg's default probe (5 s of stream) made a 5 fps
+    camera take longer to open than the default open timeout, so it never came up; it must open on the first
+    attempt, with its real size."""
+    srv = rtsp_server(fps=5)
+    rec = Recorder()
+    defaults = SourceConfig("substream", srv.url())
+    with Source(SourceConfig("substream", srv.url(), interval_s=0.1), on_status=rec).start() as src:
+        assert rec.wait_for("source_up", timeout=2 * defaults.open_timeout_s) is not None, rec.kinds()
+        frame = src.read(timeout=5)
+    assert rec.kinds()[0] == "source_up", rec.kinds()
+    assert frame is not None and frame.image.shape == (240, 320, 3)
+
+
 @pytest.mark.skipif(not os.path.isdir(FD_DIR), reason="needs /proc")
 def test_kill_and_restart_cycles_recover_with_one_session_and_no_leaks(rtsp_server):
     srv = rtsp_server()
