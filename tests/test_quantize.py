@@ -144,3 +144,17 @@ def test_dropping_zero_weight_zero_points_is_exact(tiny_export, tmp_path):
     onnx.save(model, str(kept))
     assert drop_zero_weight_zero_points(kept) == len(integer_mms) - 1
     assert len(next(n for n in onnx.load(str(kept)).graph.node if n.name == integer_mms[0].name).input) == 4
+
+
+def test_quantizing_does_not_repeat_onnxruntimes_preprocessing_advice(tiny_export, tmp_path, caplog):
+    """onnxruntime logs "Please consider to run pre-processing" on the root logger for every graph; edgecap's
+    output stays free of it, and the filter does not outlive the call."""
+    import logging
+
+    from edgecap_export.quantize import quantize_dynamic_graph
+
+    caplog.set_level(logging.INFO)
+    quantize_dynamic_graph(tiny_export / "encoder.onnx", tmp_path / "encoder.int8.onnx")
+    assert (tmp_path / "encoder.int8.onnx").is_file()
+    assert not [r for r in caplog.records if "pre-processing" in r.getMessage()]
+    assert not logging.getLogger().filters

@@ -23,6 +23,8 @@ the all-QDQ model with the placement TensorRT's explicit quantization needs.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import tempfile
 from pathlib import Path
@@ -193,9 +195,28 @@ def quantize_dynamic_graph(src: Path, dst: Path) -> None:
     with a constant weight, activations quantized per call."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=True,
-                     op_types_to_quantize=["MatMul", "Gemm"], extra_options={"MatMulConstBOnly": True})
+    with _without_preprocessing_advice():
+        quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=True,
+                         op_types_to_quantize=["MatMul", "Gemm"], extra_options={"MatMulConstBOnly": True})
     drop_zero_weight_zero_points(dst)
+
+
+class _PreprocessingAdvice(logging.Filter):
+    """onnxruntime's quantizer logs "Please consider to run pre-processing before quantization" on the root logger
+    for every graph; the graphs it quantizes here come straight from the exporter, which already folds them."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Please consider to run pre-processing before quantization")
+
+
+@contextlib.contextmanager
+def _without_preprocessing_advice() -> Iterator[None]:
+    advice = _PreprocessingAdvice()
+    logging.getLogger().addFilter(advice)
+    try:
+        yield
+    finally:
+        logging.getLogger().removeFilter(advice)
 
 
 def drop_zero_weight_zero_points(path: Path) -> int:
