@@ -4,7 +4,6 @@ consumer, search over the resulting log, and a clean shutdown on SIGTERM."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys

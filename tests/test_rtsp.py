@@ -27,7 +27,7 @@ import pytest
 
 import rtsp
 from rtsp import RtspServer, established_to, rtsp_required
-from test_sources import Recorder, assert_legal_history, source_threads
+from source_helpers import Recorder, assert_legal_history, source_threads
 
 from edgecap.sources import Source, SourceConfig, SourceState
 

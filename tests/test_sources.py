@@ -23,10 +23,11 @@ import pytest
 from edgecap import sources
 from edgecap.errors import SourceError
 from edgecap.sources import (ALLOWED_TRANSITIONS, GLOBAL_RECONNECT_BURST, GLOBAL_RECONNECTS_PER_S, Source,
-                             SourceConfig, SourceState, SourceStatus, check_transition, classify_source, mask_url,
+                             SourceConfig, SourceState, check_transition, classify_source, mask_url,
                              open_sources)
 from edgecap.synth import render_clip
 from rtsp import free_port
+from source_helpers import Recorder, assert_legal_history, source_threads
 
 S = SourceState
 FAST = dict(open_timeout_s=0.5, read_timeout_s=0.5, reconnect_min_s=0.05, reconnect_max_s=0.2)
@@ -50,50 +51,6 @@ def clip_ts(tmp_path_factory) -> bytes:
     return path.read_bytes()
 
 
-class Recorder:
-    """on_status callback: keeps (monotonic arrival, status) and lets a test wait for a kind."""
-
-    def __init__(self) -> None:
-        self.items: list[tuple[float, SourceStatus]] = []
-        self._cond = threading.Condition()
-
-    def __call__(self, status: SourceStatus) -> None:
-        with self._cond:
-            self.items.append((time.monotonic(), status))
-            self._cond.notify_all()
-
-    @property
-    def statuses(self) -> list[SourceStatus]:
-        with self._cond:
-            return [s for _, s in self.items]
-
-    def kinds(self) -> list[str]:
-        return [s.kind for s in self.statuses]
-
-    def wait_for(self, kind: str, count: int = 1, timeout: float = 5.0) -> float | None:
-        """Monotonic arrival time of the count-th status of this kind, or None on timeout."""
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while True:
-                times = [t for t, s in self.items if s.kind == kind]
-                if len(times) >= count:
-                    return times[count - 1]
-                if not self._cond.wait(deadline - time.monotonic()) and time.monotonic() >= deadline:
-                    return None
-
-
-def assert_legal_history(rec: Recorder) -> None:
-    """Every reported transition is allowed, and statuses chain (RECONNECTING -> CONNECTING is the silent one)."""
-    prev: SourceStatus | None = None
-    for st in rec.statuses:
-        if st.previous is not st.state:
-            assert st.state in ALLOWED_TRANSITIONS[st.previous], (st.previous, st.state)
-        if prev is not None:
-            assert st.previous is prev.state or (prev.state is S.RECONNECTING and st.previous is S.CONNECTING)
-        assert "\n" not in st.message
-        prev = st
-
-
 def drain(src: Source, *, sleep: float = 0.0, limit_s: float = 15.0) -> list:
     out = []
     deadline = time.monotonic() + limit_s
@@ -105,10 +62,6 @@ def drain(src: Source, *, sleep: float = 0.0, limit_s: float = 15.0) -> list:
                 time.sleep(sleep)
     assert src.finished, "source did not finish in time"
     return out
-
-
-def source_threads() -> list[threading.Thread]:
-    return [t for t in threading.enumerate() if t.name.startswith("edgecap-source-")]
 
 
 class LoopbackServer:
