@@ -2,11 +2,11 @@
 
 It exports a VisionEncoderDecoder checkpoint the way optimum users do (``ORTModelForVision2Seq.from_pretrained(
 ckpt, export=True)``: encoder + decoder + decoder_with_past, KV cache on), quantizes each graph with
-``ORTQuantizer`` + ``AutoQuantizationConfig.avx512_vnni(is_static=False, per_channel=False)``, caches the
-results (fp32/, int8/, or int8-per-channel/ with ``--per-channel``), then answers timing requests over a line
+``ORTQuantizer`` + ``AutoQuantizationConfig.avx512_vnni(is_static=False, per_channel=...)``, caches the
+results (fp32/, int8/ with per-tensor weights, int8-per-channel/), then answers timing requests over a line
 protocol:
 
-    stdin   ``run int8`` | ``run fp32`` | ``quit``
+    stdin   ``run fp32`` | ``run int8`` | ``run int8pc`` | ``quit``
     stdout  one JSON object per line; the first one (``{"ready": true, ...}``) says the models are loaded.
 
 Every ``run`` does one batch-1 caption of the ``--image`` file: preprocessing with the checkpoint's
@@ -15,8 +15,9 @@ Every ``run`` does one batch-1 caption of the ``--image`` file: preprocessing wi
 wall milliseconds for preprocessing, generate and the encoder call inside generate, and the number of new tokens
 (which must equal N). Human-readable logs go to stderr; stdout carries only the protocol.
 
-per_channel=False: optimum's quantization guide and quickstart examples use ``per_channel=False`` for dynamic
-quantization (the API default is True); ``--per-channel`` switches it on.
+Two INT8 systems: ``int8`` with ``per_channel=False``, as optimum's quantization guide and quickstart examples
+quantize dynamically, and ``int8pc`` with ``per_channel=True``, the API default and the granularity edgecap's own
+INT8 weights use.
 """
 
 from __future__ import annotations
@@ -34,15 +35,16 @@ from pathlib import Path
 from typing import Any, Callable, TextIO
 
 GRAPHS = ("encoder_model.onnx", "decoder_model.onnx", "decoder_with_past_model.onnx")
-SYSTEMS = ("fp32", "int8")
+SYSTEMS = ("fp32", "int8", "int8pc")
+EXPORT_DIRS = {"fp32": "fp32", "int8": "int8", "int8pc": "int8-per-channel"}
 AUX_FILES = ("preprocessor_config.json", "tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt",
              "special_tokens_map.json")
 META = "edgecap-meta.json"
 
 
-def export_dir(cache: Path, system: str, per_channel: bool) -> Path:
+def export_dir(cache: Path, system: str) -> Path:
     """Where a system's graphs are cached: fp32/, int8/ (per-tensor weights) or int8-per-channel/."""
-    return cache / ("int8-per-channel" if system == "int8" and per_channel else system)
+    return cache / EXPORT_DIRS[system]
 
 log = logging.getLogger("optimum_worker")
 
@@ -146,24 +148,27 @@ def quantize_int8(fp32_dir: Path, out: Path, per_channel: bool, expected_meta: d
     return meta
 
 
-def prepare(checkpoint: Path, cache: Path, per_channel: bool, systems: list[str], rebuild: bool) -> dict[str, dict]:
-    """Make sure ``cache/fp32`` (and the INT8 directory if asked) hold up-to-date exports; returns metadata."""
+def prepare(checkpoint: Path, cache: Path, systems: list[str], rebuild: bool) -> dict[str, dict]:
+    """Make sure ``cache/fp32`` (and the INT8 directories asked for) hold up-to-date exports; returns metadata."""
     base = {"checkpoint": str(checkpoint), "checkpoint_fingerprint": fingerprint(checkpoint),
             "optimum_onnx": metadata.version("optimum-onnx")}
-    wanted = {"fp32": base, "int8": {**base, "quantization": "avx512_vnni dynamic", "per_channel": per_channel}}
     metas: dict[str, dict] = {}
     fp32_fresh = False
-    if rebuild or not _is_complete(cache / "fp32", wanted["fp32"]):
-        metas["fp32"] = export_fp32(checkpoint, cache / "fp32", wanted["fp32"])
+    if rebuild or not _is_complete(cache / "fp32", base):
+        metas["fp32"] = export_fp32(checkpoint, cache / "fp32", base)
         fp32_fresh = True
     else:
         metas["fp32"] = _read_meta(cache / "fp32") or {}
-    if "int8" in systems:
-        int8_dir = export_dir(cache, "int8", per_channel)
-        if rebuild or fp32_fresh or not _is_complete(int8_dir, wanted["int8"]):
-            metas["int8"] = quantize_int8(cache / "fp32", int8_dir, per_channel, wanted["int8"])
+    for system in ("int8", "int8pc"):
+        if system not in systems:
+            continue
+        per_channel = system == "int8pc"
+        wanted = {**base, "quantization": "avx512_vnni dynamic", "per_channel": per_channel}
+        out = export_dir(cache, system)
+        if rebuild or fp32_fresh or not _is_complete(out, wanted):
+            metas[system] = quantize_int8(cache / "fp32", out, per_channel, wanted)
         else:
-            metas["int8"] = _read_meta(int8_dir) or {}
+            metas[system] = _read_meta(out) or {}
     return {s: metas[s] for s in systems}
 
 
@@ -277,10 +282,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--checkpoint", type=Path, required=True, help="HF VisionEncoderDecoder checkpoint directory")
     p.add_argument("--cache", type=Path, required=True, help="where the fp32/ and int8/ exports are cached")
     p.add_argument("--image", type=Path, required=True, help="image file captioned by every run")
-    p.add_argument("--systems", default="int8", help="comma-separated subset of fp32,int8 to load (default int8)")
+    p.add_argument("--systems", default="int8",
+                   help="comma-separated subset of fp32,int8,int8pc to load (default int8)")
     p.add_argument("--threads", type=int, default=2, help="torch and ONNX Runtime intra-op threads (default 2)")
     p.add_argument("--new-tokens", type=int, default=20, help="exact number of tokens to generate (default 20)")
-    p.add_argument("--per-channel", action="store_true", help="per-channel INT8 weights (default per-tensor)")
     p.add_argument("--rebuild", action="store_true", help="re-export and re-quantize even if cached")
     p.add_argument("--prepare-only", action="store_true", help="export/quantize, print metadata and exit")
     args = p.parse_args(argv)
@@ -305,13 +310,13 @@ def main(argv: list[str] | None = None) -> int:
     from transformers import ViTImageProcessor
 
     torch.set_num_threads(args.threads)
-    metas = prepare(args.checkpoint.resolve(), args.cache.resolve(), args.per_channel, args.systems, args.rebuild)
+    metas = prepare(args.checkpoint.resolve(), args.cache.resolve(), args.systems, args.rebuild)
     ready: dict[str, Any] = {"ready": True, "versions": versions(), "exports": metas, "threads": args.threads,
-                             "per_channel": args.per_channel, "torch_threads": torch.get_num_threads()}
+                             "torch_threads": torch.get_num_threads()}
     if args.prepare_only:
         proto.write(json.dumps(ready) + "\n")
         return 0
-    systems = {s: System(s, export_dir(args.cache.resolve(), s, args.per_channel), args.threads)
+    systems = {s: System(s, export_dir(args.cache.resolve(), s), args.threads)
                for s in args.systems}
     ready["use_io_binding"] = {s: m.use_io_binding for s, m in systems.items()}
     ready["preprocessor"] = "ViTImageProcessor (slow, PIL/numpy)"
