@@ -339,6 +339,7 @@ def test_an_outage_is_one_source_down_event_updated_per_attempt(tmp_path):
     script = [("source_up", 0, "up"), ("source_down", 10, "door down: timeout"),
               *[("reconnecting", 10 + 30 * k, f"attempt {k + 1} failed: refused") for k in range(1, 4)],
               ("source_up", 200, "up again"), ("source_down", 300, "door down: 401"),
+              ("drops", 310, "3 frames dropped"),  # not the end of the outage
               ("reconnecting", 330, "attempt 2 failed: 401"), ("finished", 340, "stopped")]
     db = tmp_path / "ev.sqlite"
     with EventStore(db) as store:
@@ -352,7 +353,7 @@ def test_an_outage_is_one_source_down_event_updated_per_attempt(tmp_path):
                 [open_outage] = search(db, kinds=["source_down"])
                 assert not open_outage.closed and open_outage.details["attempts"] == 3
     events = sorted(search(db, limit=100), key=lambda e: e.id)
-    assert [e.kind for e in events] == ["source_up", "source_down", "source_up", "source_down", "finished"]
+    assert [e.kind for e in events] == ["source_up", "source_down", "source_up", "source_down", "drops", "finished"]
     first, second = events[1], events[3]
     assert (first.start, first.end) == (t0 + timedelta(seconds=10), t0 + timedelta(seconds=200))
     assert first.closed and first.details["attempts"] == 4 and first.details["ended_by"] == "source_up"

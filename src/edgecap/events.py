@@ -793,8 +793,9 @@ class EventStore:
             return
         try:
             self._mirror_catch_up()
-        except OSError as exc:
-            raise EventStoreError(f"cannot write JSONL file {self._jsonl.path}: {exc.strerror or exc}") from None
+        except (OSError, sqlite3.Error) as exc:
+            raise EventStoreError(f"cannot bring JSONL file {self._jsonl.path} up to date with {self.path}: "
+                                  f"{getattr(exc, 'strerror', None) or exc}") from None
 
     def _mirror_catch_up(self, chunk: int = 1000) -> None:
         """Append the current state of every row written after the mirror's last line, in write order. A row

@@ -125,7 +125,8 @@ class Runtime:
                                   state=st.state.name)
             self.store.put(outage.event(st.wall_utc, closed=False))
             return
-        if outage is not None:  # up again, failed for good, or stopped: the outage ends here
+        if outage is not None and st.kind in ("source_up", "source_down", "source_error", "finished"):
+            # up again, failed for good, stopped (or, defensively, a new outage reported): this one ends here
             del self._outages[st.camera]
             outage.details["ended_by"] = st.kind
             self.store.put(outage.event(st.wall_utc, closed=True))
