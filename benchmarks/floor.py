@@ -5,18 +5,17 @@
 A caption is the encoder once plus one decoder step per token. Whatever else an implementation does, it has to
 multiply by every weight matrix. At ViT-GPT2 size that is the encoder's 60 GEMMs over 197 image tokens (Q/K/V,
 attention out, MLP in and out per layer, and the cross-attention K/V projections) and, per generated token, the
-decoder's 73 GEMVs (self QKV, self out, cross Q, cross out, MLP in and out per layer, and the 50257-word LM head). This script times
-exactly those matrix products and nothing else -- no attention, LayerNorm, GELU, softmax, sampling or Python --
-with ONNX Runtime's own kernels, FP32 and dynamic INT8, warm (weights as hot in cache as they can be), as graphs
-of independent MatMuls so no dependency or dispatch between them is counted:
+decoder's 73 GEMVs (self QKV, self out, cross Q, cross out, MLP in and out per layer, and the 50257-word LM
+head). This script times exactly those matrix products and nothing else -- no attention, LayerNorm, GELU,
+softmax, sampling or Python -- with ONNX Runtime's own kernels, FP32 and dynamic INT8, warm (weights as hot in
+cache as they can be), as graphs of independent MatMuls so no dependency between them is counted:
 
     floor per caption = encoder GEMMs + tokens x decoder-step GEMVs
 
 With a transformers checkpoint it also times transformers eager generate() in the same run, so the speed-ups the
 floors allow can be set against targets like "INT8 >= 5.9x faster than eager". The INT8 graphs are quantized with
 edgecap's own recipe (and, for reference, per tensor). The decoder step's GB/s shows how close its GEMVs come to
-the memory bandwidth.
-Writes benchmarks/results/floor.json.
+the memory bandwidth. Writes benchmarks/results/floor.json.
 """
 
 from __future__ import annotations
