@@ -12,7 +12,8 @@ wall time of one caption from a decoded PIL image (preprocessing + encoder + 20-
 
 Setup once:    bash benchmarks/peers/setup.sh
 Run:           .venv/bin/python benchmarks/vs_optimum.py --rounds 10
-All systems:   .venv/bin/python benchmarks/vs_optimum.py --systems edgecap_int8,optimum_int8,optimum_int8pc,edgecap_fp32,optimum_fp32
+All systems:   .venv/bin/python benchmarks/vs_optimum.py \
+                   --systems edgecap_int8,optimum_int8,optimum_int8pc,edgecap_fp32,optimum_fp32
 """
 
 from __future__ import annotations

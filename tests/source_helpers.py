@@ -47,7 +47,8 @@ def assert_legal_history(rec: Recorder) -> None:
         if st.previous is not st.state:
             assert st.state in ALLOWED_TRANSITIONS[st.previous], (st.previous, st.state)
         if prev is not None:
-            assert st.previous is prev.state or (prev.state is SourceState.RECONNECTING and st.previous is SourceState.CONNECTING)
+            assert st.previous is prev.state or (prev.state is SourceState.RECONNECTING
+                                                 and st.previous is SourceState.CONNECTING)
         assert "\n" not in st.message
         prev = st
 
