@@ -707,6 +707,17 @@ def test_cli_search_table_and_filters(timeline, capsys):
     assert "source_down" in lines[2] and "read timeout" in lines[2]
 
 
+def test_cli_table_shows_an_outages_attempts_and_last_error(db, capsys):
+    outage = Event("o1", "source_down", "gate", at(0), at(5), closed=False,
+                   details={"message": "gate down: refused", "attempts": 7, "last_error": "attempt 7 failed: 401"})
+    write(db, [outage, Event("o2", "source_down", "yard", at(1), at(1), details={"message": "yard down",
+                                                                                  "attempts": 1})])
+    code, out, _ = run_cli(["events", "search", "--db", str(db), "--kind", "source_down"], capsys)
+    lines = {line.split()[2]: line for line in out.splitlines()[1:]}
+    assert code == 0 and lines["gate"].endswith("gate down: refused [7 attempts; last: attempt 7 failed: 401] (open)")
+    assert lines["yard"].endswith("yard down")  # a single attempt needs no count
+
+
 @pytest.mark.parametrize("argv, fragment", [
     (["events", "search", "car", "--db", "{missing}"], "event database not found: "),
     (["events", "export", "--db", "{missing}", "--format", "csv"], "event database not found: "),

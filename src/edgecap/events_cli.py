@@ -34,7 +34,11 @@ def _row(ev: Event) -> str:
     span = ev.start.strftime("%Y-%m-%d %H:%M:%S")
     if ev.end is not None and ev.end != ev.start:
         span += ev.end.strftime("-%H:%M:%S" if ev.end.date() == ev.start.date() else "-%m-%dT%H:%M")
-    text = " ".join((ev.caption if ev.caption is not None else str(ev.details.get("message") or "")).split())
+    text = ev.caption if ev.caption is not None else str(ev.details.get("message") or "")
+    attempts = ev.details.get("attempts")
+    if isinstance(attempts, int) and attempts > 1:  # an outage: how often it was retried, and the latest failure
+        text += f" [{attempts} attempts; last: {ev.details.get('last_error') or '?'}]"
+    text = " ".join(text.split())
     conf = "-" if ev.confidence is None else f"{ev.confidence:.2f}"
     state = "" if ev.closed else " (open)"
     return f"{span + 'Z':<29}  {ev.camera:<14} {ev.kind:<12} {ev.observations:>4} {conf:>6}  {text}{state}"
