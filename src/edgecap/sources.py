@@ -602,8 +602,7 @@ class Source:
             if self._started or self._state in _TERMINAL:
                 raise SourceError(f"source {self.cfg.name!r} was already started; create a new Source to restart it")
         kind = classify_source(self.cfg.url)
-        if kind != "folder":
-            _preload_av()
+        _preload_av()  # every kind reads through PyAV (image folders too)
         if kind == "file":
             self._check_file(os.path.abspath(str(self.cfg.url)))
         elif kind == "folder":
