@@ -35,7 +35,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "export"))
 
-from edgecap_export.bench import cpu_model  # noqa: E402
+from edgecap_export.bench import cpu_model, package_versions  # noqa: E402
 
 # nlpconnect/vit-gpt2-image-captioning's dimensions (ViT-B/16 224 px + GPT-2 124M), used without --hf.
 VITGPT2 = {"encoder": {"model_type": "vit", "hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12,
@@ -209,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
                 "median. floor_per_caption_ms = encoder_gemms_ms + tokens * decoder_step_gemvs_ms",
         "floors": rows, "eager": eager,
         "machine": {"cpu": cpu_model(), "logical_cpus": os.cpu_count(), "loadavg_1m": os.getloadavg()[0]},
-        "versions": _versions(),
+        "versions": package_versions("onnxruntime", "onnx", "numpy", "torch", "transformers"),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
@@ -225,18 +225,6 @@ def main(argv: list[str] | None = None) -> int:
         print(line)
     print(f"wrote {args.out}")
     return 0
-
-
-def _versions() -> dict[str, str]:
-    import importlib.metadata as metadata
-
-    out = {}
-    for pkg in ("onnxruntime", "onnx", "numpy", "torch", "transformers"):
-        try:
-            out[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            out[pkg] = "missing"
-    return out
 
 
 if __name__ == "__main__":

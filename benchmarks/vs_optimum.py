@@ -19,10 +19,8 @@ All systems:   .venv/bin/python benchmarks/vs_optimum.py \
 from __future__ import annotations
 
 import argparse
-import importlib.metadata as metadata
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -162,16 +160,6 @@ def cpu_flags() -> list[str]:
     return sorted(f for f in flags if f in {"avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "avx512_bf16"})
 
 
-def main_versions() -> dict[str, str]:
-    out = {"python": platform.python_version()}
-    for pkg in ("edgecap", "onnxruntime", "onnx", "numpy", "tokenizers", "torch", "transformers"):
-        try:
-            out[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            out[pkg] = "missing"
-    return out
-
-
 def make_image(path: Path, seed: int = 0) -> Path:
     """A deterministic 640x480 RGB test image (smooth gradients plus noise), saved as PNG."""
     from PIL import Image
@@ -235,7 +223,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from PIL import Image
     from tqdm import tqdm
 
-    from edgecap_export.bench import cpu_model
+    from edgecap_export.bench import cpu_model, package_versions
 
     peers_python = args.peers_venv / "bin" / "python"
     optimum_systems = [s.split("_", 1)[1] for s in args.systems if s.startswith("optimum_")]
@@ -307,7 +295,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                    "optimum_use_io_binding": ready.get("use_io_binding")},
         "machine": {"cpu": cpu_model(), "cpu_flags": cpu_flags(), "logical_cpus": os.cpu_count(),
                     "loadavg_1m_start": load_start, "loadavg_1m_end": os.getloadavg()[0]},
-        "versions": {"main": main_versions(), "peers": ready.get("versions")},
+        "versions": {"main": package_versions("edgecap", "onnxruntime", "onnx", "numpy", "tokenizers", "torch",
+                                              "transformers"),
+                     "peers": ready.get("versions")},
         "optimum_exports": ready.get("exports"),
         "edgecap_manifest": _manifest_summary(args.model_dir),
         "summary": {s: summarize(v) for s, v in samples.items()},

@@ -37,6 +37,19 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+def package_versions(*packages: str) -> dict[str, str]:
+    """The Python version and each installed package's version ("missing" when it is not installed)."""
+    import importlib.metadata as metadata
+
+    out = {"python": platform.python_version()}
+    for pkg in packages:
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            out[pkg] = "missing"
+    return out
+
+
 def rss_mb() -> float:
     try:
         for line in Path("/proc/self/status").read_text().splitlines():

@@ -339,6 +339,7 @@ SCHEMA_VERSION = len(MIGRATIONS)
 _COLUMNS = ("uid", "kind", "camera", "start_unix", "end_unix", "source_start_s", "source_end_s", "caption",
             "confidence", "observations", "thumbnail", "details", "closed")
 _SELECT = f"SELECT id, {', '.join(_COLUMNS)} FROM events"
+_SELECT_WITH_UPDATED = f"SELECT id, {', '.join(_COLUMNS)}, updated FROM events"  # the JSONL mirror's catch-up
 _UPSERT = (f"INSERT INTO events ({', '.join(_COLUMNS)}, updated) "
            f"VALUES ({', '.join('?' * len(_COLUMNS))}, (SELECT COALESCE(MAX(updated), 0) + 1 FROM events)) "
            f"ON CONFLICT (uid) DO UPDATE SET "
@@ -801,8 +802,8 @@ class EventStore:
         """Append the current state of every row written after the mirror's last line, in write order. A row
         written several times meanwhile appears once, in its latest state."""
         assert self._jsonl is not None
-        behind = self._conn.execute(f"{_SELECT.replace(' FROM', ', updated FROM')} WHERE updated > ? "
-                                    "ORDER BY updated", (self._jsonl.synced,))
+        behind = self._conn.execute(f"{_SELECT_WITH_UPDATED} WHERE updated > ? ORDER BY updated",
+                                    (self._jsonl.synced,))
         caught = 0
         while rows := behind.fetchmany(chunk):
             self._jsonl.write([(_event(row[:-1]), row[-1]) for row in rows])

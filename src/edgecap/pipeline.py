@@ -20,7 +20,7 @@ from typing import Any, Callable
 from ._log import logger
 from .captioner import Captioner
 from .config import CameraSpec
-from .events import Event, EventStore, save_jpeg, thumbnail_dir
+from .events import SYSTEM_KINDS, Event, EventStore, save_jpeg, thumbnail_dir
 from .gate import ChangeGate
 from .scenes import OpenScene, SceneTracker
 from .sources import FrameSample, Source, SourceConfig, SourceState, SourceStatus
@@ -117,7 +117,7 @@ class Runtime:
         the source is up again, fails for good or stops.
         """
         self.stats.camera(st.camera)[f"status_{st.kind}"] += 1
-        if st.kind not in ("source_up", "source_down", "reconnecting", "source_error", "drops", "finished"):
+        if st.kind not in SYSTEM_KINDS:
             return
         outage = self._outages.get(st.camera)
         if st.kind == "reconnecting" and outage is not None:
