@@ -1,7 +1,7 @@
 """Soak the streaming runtime against real RTSP servers with a fault every few seconds (RELIABILITY.md 19, issue 6).
 
 N loopback gst-rtsp-servers (tests/rtsp_server.py under the system Python; install with .ci/rtsp-deps) feed the real
-:class:`edgecap.pipeline.Runtime` with the bundled demo model and a real SQLite event store. Every few seconds one
+:class:`edgecap.runtime.Runtime` with the bundled demo model and a real SQLite event store. Every few seconds one
 server, in turn, is killed and restarted, restarted at once, or frozen with SIGSTOP past twice the read timeout and
 continued. At the end every source must be streaming again, and the script reports
 
@@ -37,10 +37,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from rtsp import RtspServer, established_to, rtsp_available  # noqa: E402
 
 from edgecap import Captioner, demo_model_dir  # noqa: E402
-from edgecap.config import CameraSpec  # noqa: E402
+from edgecap.runtime.config import CameraSpec  # noqa: E402
 from edgecap.events import Ack, Event, EventStore  # noqa: E402
-from edgecap.gate import GateConfig  # noqa: E402
-from edgecap.pipeline import RunOptions, Runtime  # noqa: E402
+from edgecap.runtime import GateConfig  # noqa: E402
+from edgecap.runtime import RunOptions, Runtime  # noqa: E402
 from edgecap.sources import SourceState  # noqa: E402
 
 log = logging.getLogger("edgecap.soak")

@@ -36,10 +36,10 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     from edgecap import Captioner, synth
-    from edgecap.config import CameraSpec
+    from edgecap.runtime.config import CameraSpec
     from edgecap.events import EventStore
-    from edgecap.gate import GateConfig
-    from edgecap.pipeline import RunOptions, Runtime
+    from edgecap.runtime import GateConfig
+    from edgecap.runtime import RunOptions, Runtime
 
     work = Path(tempfile.mkdtemp(prefix="edgecap-throughput-"))
     clip = work / "clip.mp4"

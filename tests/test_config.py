@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from edgecap.config import load_cameras
+from edgecap.runtime.config import load_cameras
 from edgecap.errors import InputError
 from edgecap.sources import mask_url
 

@@ -24,7 +24,7 @@ import pytest
 from edgecap.errors import EdgecapError, InputError
 from edgecap.events import (MAX_CAPTION_CHARS, SCHEMA_VERSION, Event, EventStore, EventStoreError, export, migrate,
                             parse_time, save_jpeg, search, tail, thumbnail_dir)
-from edgecap.events_cli import register
+from edgecap.cli.events import register
 
 T0 = datetime(2024, 5, 1, 10, 0, tzinfo=timezone.utc)
 
@@ -751,7 +751,7 @@ def test_cli_export_to_file_and_tail(timeline, tmp_path, capsys):
 TAIL_CLI = textwrap.dedent("""
     import argparse, signal, sys
     signal.signal(signal.SIGINT, signal.default_int_handler)
-    from edgecap.events_cli import register
+    from edgecap.cli.events import register
     parser = argparse.ArgumentParser()
     register(parser.add_subparsers())
     args = parser.parse_args(sys.argv[1:])

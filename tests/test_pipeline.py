@@ -17,11 +17,11 @@ import pytest
 
 from edgecap import synth
 from edgecap.captioner import Caption
-from edgecap.config import CameraSpec
+from edgecap.runtime.config import CameraSpec
 from edgecap.events import EventStore, search
-from edgecap.gate import ChangeGate, GateConfig
-from edgecap.pipeline import RunOptions, Runtime
-from edgecap.scenes import same_scene
+from edgecap.runtime import ChangeGate, GateConfig
+from edgecap.runtime import RunOptions, Runtime
+from edgecap.runtime.scenes import same_scene
 
 
 class FakeCaptioner:
@@ -305,7 +305,7 @@ def test_frames_read_while_a_caption_is_pending_extend_the_new_scene(tmp_path):
 
 def test_frame_age_window_is_bounded():
     # a run lasts months: the per-caption age samples must not grow without bound
-    from edgecap.pipeline import FRAME_AGE_WINDOW, RunStats
+    from edgecap.runtime import FRAME_AGE_WINDOW, RunStats
 
     stats = RunStats()
     for i in range(FRAME_AGE_WINDOW + 5):

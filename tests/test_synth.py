@@ -2,26 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
 import itertools
-import sys
 from collections import Counter
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-try:
-    from edgecap import synth
-except Exception:  # noqa: BLE001 - the package __init__ may be mid-edit; synth.py stands alone
-    _path = Path(__file__).resolve().parents[1] / "src" / "edgecap" / "synth.py"
-    _spec = importlib.util.spec_from_file_location("edgecap.synth", _path)
-    assert _spec is not None and _spec.loader is not None
-    synth = importlib.util.module_from_spec(_spec)
-    sys.modules["edgecap.synth"] = synth
-    _spec.loader.exec_module(synth)
-
-from edgecap.synth import (  # noqa: E402
+from edgecap import synth
+from edgecap.synth import (
     BACKGROUNDS,
     COLOURS,
     HELD_OUT_SEED_START,

@@ -69,10 +69,10 @@ def run_demo(out_dir: str | os.PathLike = "edgecap-demo", *, model: str | os.Pat
     """
     from . import synth
     from .captioner import Captioner
-    from .config import CameraSpec
+    from .runtime import CameraSpec
     from .events import EventStore, search
-    from .gate import GateConfig
-    from .pipeline import Runtime
+    from .runtime import GateConfig
+    from .runtime import Runtime
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -42,8 +42,8 @@ from typing import Any, Callable, Iterable, Iterator, TextIO
 
 import numpy as np
 
-from ._log import logger
-from .errors import EdgecapError, InputError
+from .._log import logger
+from ..errors import EdgecapError, InputError
 
 SCENE = "scene"
 SYSTEM_KINDS = ("source_up", "source_down", "reconnecting", "source_error", "drops", "finished", "error")

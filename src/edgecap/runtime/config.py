@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
-from .errors import InputError
+from ..errors import InputError
 from .gate import GateConfig
 
 _CAMERA_KEYS = {"name", "url", "username_env", "password_env", "interval", "max_interval", "changed_share",

@@ -47,8 +47,8 @@ from urllib.parse import unquote
 
 import numpy as np
 
-from ._log import logger
-from .errors import DependencyError, SourceError
+from .._log import logger
+from ..errors import DependencyError, SourceError
 
 __all__ = [
     "ALLOWED_TRANSITIONS", "FrameSample", "IMAGE_EXTENSIONS", "Source", "SourceConfig", "SourceState",

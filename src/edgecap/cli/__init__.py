@@ -8,8 +8,8 @@ import logging
 import sys
 from typing import Callable, Sequence
 
-from ._version import __version__
-from .errors import DependencyError, EdgecapError, InputError
+from .._version import __version__
+from ..errors import DependencyError, EdgecapError, InputError
 
 EXIT_USER_ERROR = 2
 
@@ -29,7 +29,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     _require_export_extra()
     from edgecap_export import export_model
 
-    from .errors import ParityError
+    from ..errors import ParityError
 
     try:
         out = export_model(args.model, args.out, opset=args.opset, validate=not args.skip_validation,
@@ -95,7 +95,7 @@ def _add_quantize(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_caption(args: argparse.Namespace) -> int:
-    from .captioner import Captioner
+    from ..captioner import Captioner
 
     cap = Captioner(args.model, precision=args.precision, threads=args.threads)
     failed = 0
@@ -162,7 +162,7 @@ def _add_caption(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import format_ts, run_demo
+    from ..demo import format_ts, run_demo
 
     print(f"edgecap demo: rendering a {args.duration:.0f} s synthetic camera clip, sampling a frame every "
           f"{args.interval:g} s, captioning changed scenes with the "
@@ -180,7 +180,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"\n{correct}/{len(res.segments)} scene events correct; {c.get('sampled', 0)} frames sampled, "
           f"{c.get('gated_out', 0)} skipped as unchanged, {c.get('captioned', 0)} captioned at "
           f"{res.ms_per_caption:.1f} ms each on this CPU")
-    from .synth import parse_caption
+    from ..synth import parse_caption
 
     objects = [o for seg in res.segments for o in parse_caption(seg.text).objects if o.kind and o.colour]
     query = f"{objects[0].colour} {objects[0].kind}" if objects else "car"
@@ -191,8 +191,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .captioner import Captioner
-    from .evaluation import evaluate_synth
+    from ..captioner import Captioner
+    from ..evaluation import evaluate_synth
 
     cap = Captioner(args.model, precision=args.precision)
     res = evaluate_synth(cap, scenes=args.scenes, start_seed=args.start_seed, progress=not args.quiet)
@@ -289,12 +289,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     import signal
     import threading
 
-    from .captioner import Captioner
-    from .config import camera_from_values, load_cameras
-    from .demo import format_ts
-    from .events import EventStore
-    from .pipeline import RunOptions, Runtime, default_camera_name
-    from .sources import classify_source, mask_url
+    from ..captioner import Captioner
+    from ..runtime.config import camera_from_values, load_cameras
+    from ..demo import format_ts
+    from ..events import EventStore
+    from ..runtime import RunOptions, Runtime, default_camera_name
+    from ..sources import classify_source, mask_url
 
     cameras = load_cameras(args.config) if args.config else []
     taken = {c.name for c in cameras}
@@ -355,7 +355,7 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_events(sub: argparse._SubParsersAction) -> None:
-    from .events_cli import register
+    from .events import register
 
     register(sub)
 

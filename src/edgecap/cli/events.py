@@ -9,8 +9,8 @@ import sys
 from pathlib import Path
 from typing import Callable, Iterable
 
-from .errors import InputError
-from .events import EXPORT_FORMATS, KINDS, Event, export, json_line, migrate, search, tail
+from ..errors import InputError
+from ..events import EXPORT_FORMATS, KINDS, Event, export, json_line, migrate, search, tail
 
 DEFAULT_DB = "events.sqlite"  # what `edgecap run` writes by default
 

@@ -17,13 +17,13 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable
 
-from ._log import logger
-from .captioner import Captioner
+from .._log import logger
+from ..captioner import Captioner
 from .config import CameraSpec
-from .events import SYSTEM_KINDS, Event, EventStore, save_jpeg, thumbnail_dir
+from ..events import SYSTEM_KINDS, Event, EventStore, save_jpeg, thumbnail_dir
 from .gate import ChangeGate
 from .scenes import OpenScene, SceneTracker
-from .sources import FrameSample, Source, SourceConfig, SourceState, SourceStatus
+from ..sources import FrameSample, Source, SourceConfig, SourceState, SourceStatus
 
 
 FRAME_AGE_WINDOW = 10_000  # captioned frames whose age RunStats keeps
