@@ -37,11 +37,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from rtsp import RtspServer, established_to, rtsp_available  # noqa: E402
 
 from edgecap import Captioner, demo_model_dir  # noqa: E402
-from edgecap.runtime.config import CameraSpec  # noqa: E402
-from edgecap.events import Ack, Event, EventStore  # noqa: E402
-from edgecap.runtime import GateConfig  # noqa: E402
-from edgecap.runtime import RunOptions, Runtime  # noqa: E402
-from edgecap.sources import SourceState  # noqa: E402
+from edgecap.events import Ack, Event, EventStore, thumbnail_dir  # noqa: E402
+from edgecap.runtime import CameraSpec, GateConfig, RunOptions, Runtime  # noqa: E402
+from edgecap.sources import SourceConfig, SourceState  # noqa: E402
 
 log = logging.getLogger("edgecap.soak")
 FAULT_KINDS = ("kill_restart", "stall", "quick_restart")
@@ -134,8 +132,8 @@ def run_soak(minutes: float = 10.0, *, sources: int = 4, fault_every_s: float = 
         for srv in servers:
             srv.start()
         cap = Captioner(demo_model_dir(), threads=1)
-        cameras = [CameraSpec(f"cam{i}", srv.url(), interval_s, GateConfig(max_interval_s=5.0),
-                              open_timeout_s=open_timeout_s, read_timeout_s=read_timeout_s)
+        cameras = [CameraSpec(SourceConfig(f"cam{i}", srv.url(), interval_s=interval_s, open_timeout_s=open_timeout_s,
+                                           read_timeout_s=read_timeout_s), GateConfig(max_interval_s=5.0))
                    for i, srv in enumerate(servers)]
         baseline = snapshot()
         samples: list[tuple[float, dict[str, float]]] = []
@@ -143,7 +141,7 @@ def run_soak(minutes: float = 10.0, *, sources: int = 4, fault_every_s: float = 
         skipped = 0
         stop = threading.Event()
         with AckingStore(db) as store:
-            rt = Runtime(cap, cameras, store, options=RunOptions(max_batch=sources))
+            rt = Runtime(cap, cameras, store, options=RunOptions(max_batch=sources, thumbnail_dir=thumbnail_dir(db)))
             runner = threading.Thread(target=rt.run, args=(stop,), name="soak-runtime", daemon=True)
             began = time.monotonic()
             runner.start()

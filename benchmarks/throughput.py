@@ -36,10 +36,9 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     from edgecap import Captioner, synth
-    from edgecap.runtime.config import CameraSpec
     from edgecap.events import EventStore
-    from edgecap.runtime import GateConfig
-    from edgecap.runtime import RunOptions, Runtime
+    from edgecap.runtime import CameraSpec, GateConfig, RunOptions, Runtime
+    from edgecap.sources import SourceConfig
 
     work = Path(tempfile.mkdtemp(prefix="edgecap-throughput-"))
     clip = work / "clip.mp4"
@@ -47,10 +46,10 @@ def main(argv: list[str] | None = None) -> int:
     cap = Captioner(args.model)
     rows = []
     for n in args.sources:
-        cams = [CameraSpec(f"cam{i}", str(clip), args.interval, GateConfig(max_interval_s=0.0, settle_samples=0),
-                           realtime=True) for i in range(n)]
+        cams = [CameraSpec(SourceConfig(f"cam{i}", str(clip), interval_s=args.interval, realtime=True),
+                           GateConfig(max_interval_s=0.0, settle_samples=0)) for i in range(n)]
         with EventStore(work / f"events-{n}.sqlite") as store:
-            rt = Runtime(cap, cams, store, options=RunOptions(max_batch=8, thumbnails=False))
+            rt = Runtime(cap, cams, store, options=RunOptions(max_batch=8))
             cpu0, t0 = os.times(), time.monotonic()
             rt.run()
             wall = time.monotonic() - t0

@@ -4,40 +4,48 @@ consumer, search over the resulting log, and a clean shutdown on SIGTERM."""
 from __future__ import annotations
 
 import json
+import logging
 import signal
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
 from edgecap import synth
+from datetime import datetime, timedelta, timezone
+
 from edgecap.captioner import Caption
-from edgecap.runtime.config import CameraSpec
-from edgecap.events import EventStore, search
-from edgecap.runtime import ChangeGate, GateConfig
-from edgecap.runtime import RunOptions, Runtime
+from edgecap.errors import InputError, RunFailedError
+from edgecap.events import Ack, EventStore, search
+from edgecap.runtime import CameraSpec, CaptionBackend, ChangeGate, GateConfig, RunOptions, Runtime, camera_spec
 from edgecap.runtime.scenes import same_scene
+from edgecap.sources import FrameSample, SourceConfig, SourceState, SourceStatus, StatusKind
 
 
 class FakeCaptioner:
-    """Captions from the mean colour of the frame; optional delay to play a slow model."""
+    """A caption backend that captions from the mean colour of the frame; optional delay to play a slow model."""
 
-    precision = "fp32"
-    manifest = SimpleNamespace(data={"name": "fake", "graphs": {"fp32": {"encoder": {"sha256": "0" * 64}}}})
+    provenance = {"model": "fake", "precision": "fp32"}
 
     def __init__(self, delay_s: float = 0.0):
         self.delay_s = delay_s
         self.batch_sizes: list[int] = []
 
-    def caption(self, images, **_):
+    def caption_batch(self, images, **_):
         time.sleep(self.delay_s)
         self.batch_sizes.append(len(images))
         return [Caption(f"scene {int(np.asarray(img).mean()) // 16}", [1], {"total": 1.0}, -0.1) for img in images]
+
+
+def test_fake_and_real_backends_satisfy_the_protocol(tiny_export):
+    from edgecap import Captioner
+
+    assert isinstance(FakeCaptioner(), CaptionBackend) and isinstance(Captioner(tiny_export), CaptionBackend)
+    assert not isinstance(object(), CaptionBackend)
 
 
 @pytest.fixture(scope="module")
@@ -49,8 +57,8 @@ def clips(tmp_path_factory):
     return d, timelines
 
 
-def _spec(name: str, path: Path, interval: float = 1.0) -> CameraSpec:
-    return CameraSpec(name, str(path), interval, GateConfig())
+def _spec(name: str, path: Path, interval: float = 1.0, **gate) -> CameraSpec:
+    return CameraSpec(SourceConfig(name, str(path), interval_s=interval), GateConfig(**gate))
 
 
 def test_multi_scene_clip_gives_one_scene_event_per_scene(clips, tmp_path):
@@ -59,7 +67,8 @@ def test_multi_scene_clip_gives_one_scene_event_per_scene(clips, tmp_path):
     d, timelines = clips
     interval = 1.0
     with EventStore(tmp_path / "ev.sqlite") as store:
-        rt = Runtime(Captioner("demo"), [_spec("cam-a", d / "cam-a.mp4", interval)], store)
+        rt = Runtime(Captioner("demo"), [_spec("cam-a", d / "cam-a.mp4", interval)], store,
+                     options=RunOptions(thumbnail_dir=tmp_path / "thumbs"))
         assert rt.run() == 0
     scenes = sorted((e for e in search(tmp_path / "ev.sqlite", kinds=["scene"], limit=100)),
                     key=lambda e: e.source_start_s)
@@ -79,10 +88,9 @@ def test_several_file_sources_are_batched_across_cameras(clips, tmp_path):
     d, _ = clips
     fake = FakeCaptioner()
     # max_interval 0: every sampled frame is captioned, so batching is the only variable
-    cams = [CameraSpec(n, str(d / f"{n}.mp4"), 0.5, GateConfig(max_interval_s=0.0, settle_samples=0))
-            for n in ("cam-a", "cam-b", "cam-c")]
+    cams = [_spec(n, d / f"{n}.mp4", 0.5, max_interval_s=0.0, settle_samples=0) for n in ("cam-a", "cam-b", "cam-c")]
     with EventStore(tmp_path / "ev.sqlite") as store:
-        rt = Runtime(fake, cams, store, options=RunOptions(max_batch=8, max_wait_s=0.2, thumbnails=False))
+        rt = Runtime(fake, cams, store, options=RunOptions(max_batch=8, max_wait_s=0.2))
         assert rt.run() == 0
     assert rt.stats.max_batch_seen >= 2 and rt.stats.batches < rt.stats.batched_frames
     assert sum(fake.batch_sizes) == sum(rt.stats.camera(n)["captioned"] for n in ("cam-a", "cam-b", "cam-c"))
@@ -92,11 +100,11 @@ def test_several_file_sources_are_batched_across_cameras(clips, tmp_path):
 def test_live_source_with_slow_consumer_drops_and_stays_bounded(clips, tmp_path):
     d, _ = clips
     fake = FakeCaptioner(delay_s=0.3)  # slower than the 0.1 s sampling interval
-    cam = CameraSpec("live", str(d / "cam-b.mp4"), 0.1, GateConfig(max_interval_s=0.0, settle_samples=0),
-                     realtime=True)
+    cam = CameraSpec(SourceConfig("live", str(d / "cam-b.mp4"), interval_s=0.1, realtime=True),
+                     GateConfig(max_interval_s=0.0, settle_samples=0))
     depths = []
     with EventStore(tmp_path / "ev.sqlite") as store:
-        rt = Runtime(fake, [cam], store, options=RunOptions(thumbnails=False))
+        rt = Runtime(fake, [cam], store)
         stop = threading.Event()
 
         def watch():
@@ -185,7 +193,7 @@ def test_hard_cut_scene_boundaries(b_frames, b_end, tmp_path):
         for packet in stream.encode():
             out.mux(packet)
     with EventStore(tmp_path / "ev.sqlite") as store:
-        rt = Runtime(Captioner("demo"), [_spec("cut", path, 1.0)], store, options=RunOptions(thumbnails=False))
+        rt = Runtime(Captioner("demo"), [_spec("cut", path, 1.0)], store)
         rt.run()
     scenes = sorted(search(tmp_path / "ev.sqlite", kinds=["scene"]), key=lambda e: e.source_start_s)
     assert len(scenes) == 2
@@ -248,10 +256,9 @@ def test_embedding_gate_stage_skips_decoding_when_content_is_unchanged(distance,
     from edgecap import Captioner
 
     d, _ = clips
-    cam = CameraSpec("cam-b", str(d / "cam-b.mp4"), 1.0,
-                     GateConfig(max_interval_s=0.0, embedding_distance=distance, settle_samples=0))
+    cam = _spec("cam-b", d / "cam-b.mp4", 1.0, max_interval_s=0.0, embedding_distance=distance, settle_samples=0)
     with EventStore(tmp_path / "ev.sqlite") as store:
-        rt = Runtime(Captioner(tiny_export), [cam], store, options=RunOptions(thumbnails=False))
+        rt = Runtime(Captioner(tiny_export), [cam], store)
         rt.run()
     c = rt.stats.camera("cam-b")
     if expect_skips:
@@ -260,31 +267,76 @@ def test_embedding_gate_stage_skips_decoding_when_content_is_unchanged(distance,
         assert c["captioned"] == c["sampled"] and c["gated_out_embedding"] == 0
 
 
+T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+
+
 class ScriptedSource:
-    """Delivers a fixed list of frames instantly (as a fast file reader would), then finishes."""
+    """A source stand-in for `Runtime(source_factory=...)`: delivers fixed frames instantly (as a fast file
+    reader would) and reports scripted statuses from its own thread, as a real reader does, then finishes."""
 
-    def __init__(self, name, frames):
-        from datetime import datetime, timedelta, timezone
-
-        from edgecap.sources import FrameSample, SourceState
-
-        t0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
-        self._frames = [FrameSample(name, i, float(i), t0 + timedelta(seconds=i), float(i), img)
+    def __init__(self, config, *, on_status, frames=(), statuses=(), log=None):
+        self.name, self.on_status, self.log = config.name, on_status, log if log is not None else []
+        self._frames = [FrameSample(self.name, i, float(i), T0 + timedelta(seconds=i), float(i), img)
                         for i, img in enumerate(frames)]
-        self.state, self.counters, self.queue_depth = SourceState.STREAMING, {}, 0
+        self._statuses = list(statuses)
+        self.state, self.counters = SourceState.STREAMING, {}
+        self._thread = threading.Thread(target=self._report)
+        self._reported = threading.Event()
+
+    def _report(self):
+        for kind, seconds, message in self._statuses:
+            self.on_status(SourceStatus(self.name, SourceState.STREAMING, None, T0 + timedelta(seconds=seconds),
+                                        message, StatusKind(kind)))
+        self._reported.set()
 
     @property
     def finished(self):
-        return not self._frames
+        return not self._frames and self._reported.is_set()
 
     def start(self):
+        self._thread.start()
         return self
 
     def read(self, timeout=None):
         return self._frames.pop(0) if self._frames else None
 
-    def stop(self, timeout=5.0):
+    def request_stop(self):
+        self.log.append(("request_stop", self.name))
+
+    def join(self, timeout=None):
+        self.log.append(("join", self.name))
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+
+def scripted(frames=(), statuses=(), log=None):
+    """A source factory giving every camera the same script."""
+    return lambda config, *, on_status: ScriptedSource(config, on_status=on_status, frames=frames,
+                                                       statuses=statuses, log=log)
+
+
+class RecordingSink:
+    """An event sink that keeps every write (and the thread it came from)."""
+
+    def __init__(self):
+        self.events, self.threads = [], set()
+
+    def put(self, event):
+        self.events.append(event)
+        self.threads.add(threading.current_thread().name)
+        ack = Ack()
+        ack.resolve(len(self.events))
+        return ack
+
+    def flush(self, timeout=None):
+        return True
+
+    def close(self, timeout=None):
         pass
+
+    def latest(self):
+        """uid -> the last version written."""
+        return {ev.uid: ev for ev in self.events}
 
 
 def test_frames_read_while_a_caption_is_pending_extend_the_new_scene(tmp_path):
@@ -294,13 +346,11 @@ def test_frames_read_while_a_caption_is_pending_extend_the_new_scene(tmp_path):
     b = a.copy()
     b[:, 32:] = 250  # something appears in the right half (a uniform change would read as a lighting change)
     frames = [a] * 4 + [b] * 4  # cut at t=4; the gate lets t=4 settle and captions t=5
-    with EventStore(tmp_path / "ev.sqlite") as store:
-        rt = Runtime(FakeCaptioner(), [_spec("cam", tmp_path / "unused.mp4")], store,
-                     options=RunOptions(thumbnails=False))
-        rt.cameras[0].source = ScriptedSource("cam", frames)
-        rt.run()
-    scenes = sorted(search(tmp_path / "ev.sqlite", kinds=["scene"]), key=lambda e: e.source_start_s)
+    sink = RecordingSink()
+    Runtime(FakeCaptioner(), [_spec("cam", tmp_path / "unused.mp4")], sink, source_factory=scripted(frames)).run()
+    scenes = sorted((e for e in sink.latest().values() if e.kind == "scene"), key=lambda e: e.source_start_s)
     assert [(e.source_start_s, e.source_end_s) for e in scenes] == [(0.0, 4.0), (4.0, 7.0)]
+    assert all(e.closed for e in scenes)
 
 
 def test_frame_age_window_is_bounded():
@@ -331,34 +381,187 @@ def test_one_bad_camera_among_many_does_not_stop_the_others(clips, tmp_path):
 def test_an_outage_is_one_source_down_event_updated_per_attempt(tmp_path):
     """A camera down for a long time is one event (start = first failure, end = recovery, attempts counted), not
     one row per reconnect attempt; it is open while the camera is down."""
-    from datetime import datetime, timedelta, timezone
-
-    from edgecap.sources import SourceState, SourceStatus
-
-    t0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
     script = [("source_up", 0, "up"), ("source_down", 10, "door down: timeout"),
               *[("reconnecting", 10 + 30 * k, f"attempt {k + 1} failed: refused") for k in range(1, 4)],
               ("source_up", 200, "up again"), ("source_down", 300, "door down: 401"),
               ("drops", 310, "3 frames dropped"),  # not the end of the outage
               ("reconnecting", 330, "attempt 2 failed: 401"), ("finished", 340, "stopped")]
     db = tmp_path / "ev.sqlite"
+    sink = RecordingSink()
     with EventStore(db) as store:
-        rt = Runtime(FakeCaptioner(), [_spec("door", tmp_path / "unused.mp4")], store,
-                     options=RunOptions(thumbnails=False))
-        for i, (kind, s, message) in enumerate(script):
-            rt._on_status(SourceStatus("door", SourceState.STREAMING, None, t0 + timedelta(seconds=s), message,
-                                       kind))
-            if i == 3:  # mid-outage: one open row with the attempts so far
-                assert store.flush(10)
-                [open_outage] = search(db, kinds=["source_down"])
-                assert not open_outage.closed and open_outage.details["attempts"] == 3
+        rt = Runtime(FakeCaptioner(), [_spec("door", tmp_path / "unused.mp4")], [store, sink],
+                     source_factory=scripted(statuses=script))
+        assert rt.run() == 0
     events = sorted(search(db, limit=100), key=lambda e: e.id)
     assert [e.kind for e in events] == ["source_up", "source_down", "source_up", "source_down", "drops", "finished"]
     first, second = events[1], events[3]
-    assert (first.start, first.end) == (t0 + timedelta(seconds=10), t0 + timedelta(seconds=200))
+    # while it lasted, the outage was written open, with the attempts so far
+    assert [(w.closed, w.details["attempts"]) for w in sink.events if w.uid == first.uid] == \
+        [(False, 1), (False, 2), (False, 3), (False, 4), (True, 4)]
+    assert (first.start, first.end) == (T0 + timedelta(seconds=10), T0 + timedelta(seconds=200))
     assert first.closed and first.details["attempts"] == 4 and first.details["ended_by"] == "source_up"
     assert first.details["message"] == "door down: timeout"
     assert first.details["last_error"] == "attempt 4 failed: refused"
     assert second.closed and second.details["attempts"] == 2 and second.details["ended_by"] == "finished"
-    assert second.end == t0 + timedelta(seconds=340)
+    assert second.end == T0 + timedelta(seconds=340)
     assert rt.stats.camera("door")["status_reconnecting"] == 4  # still counted in the run's statistics
+
+
+# -- review bugs (issue 11) -------------------------------------------------------------------------------------
+BUSY_SCRIPT = [("source_up", 0, "up"), *[("drops", k, f"{k} frames dropped") for k in range(1, 40)],
+               ("source_down", 50, "down"), *[("reconnecting", 50 + k, "refused") for k in range(1, 40)],
+               ("finished", 100, "stopped")]
+
+
+def test_statuses_from_reader_threads_reach_the_sinks_on_the_run_thread_only(tmp_path):
+    # bug 8: status callbacks used to mutate counters and outage state (and call the sinks) on N reader threads
+    sink = RecordingSink()
+    cams = [_spec(f"cam{i}", tmp_path / "unused.mp4") for i in range(6)]
+    rt = Runtime(FakeCaptioner(), cams, sink, source_factory=scripted(statuses=BUSY_SCRIPT))
+    runner = threading.Thread(target=rt.run, name="the-run-thread")
+    runner.start()
+    runner.join(60)
+    assert not runner.is_alive()
+    assert sink.threads == {"the-run-thread"}
+    for i in range(6):
+        c = rt.stats.camera(f"cam{i}")
+        assert (c["status_drops"], c["status_reconnecting"], c["status_finished"]) == (39, 39, 1)
+    outages = [e for e in sink.latest().values() if e.kind == "source_down"]
+    assert len(outages) == 6 and all(e.closed and e.details["attempts"] == 40 for e in outages)
+
+
+def test_shutdown_asks_every_source_to_stop_before_waiting_for_any(tmp_path):
+    # bug 8: sources were stopped one after another, up to 2 s each, so N stuck cameras took 2N s to shut down
+    log: list = []
+    cams = [_spec(f"cam{i}", tmp_path / "unused.mp4") for i in range(4)]
+    Runtime(FakeCaptioner(), cams, RecordingSink(), source_factory=scripted(log=log)).run()
+    calls = [what for what, _ in log]
+    assert calls == ["request_stop"] * 4 + ["join"] * 4
+
+
+def test_status_event_ids_stay_unique_for_long_camera_names(tmp_path):
+    # bug 2: ids were "camera-kind-monotonic_ns" cut to 200 characters, so a long camera name made every status
+    # event of that camera share one id and each write replaced the last
+    name = "c" * 199
+    script = [("source_up", 0, "up"), ("drops", 1, "a"), ("drops", 2, "b"), ("drops", 3, "c"), ("finished", 4, "x")]
+    db = tmp_path / "ev.sqlite"
+    with EventStore(db) as store:
+        Runtime(FakeCaptioner(), [_spec(name, tmp_path / "unused.mp4")], store,
+                source_factory=scripted(statuses=script)).run()
+    events = search(db, camera=name, limit=100)
+    assert sorted(e.kind for e in events) == ["drops", "drops", "drops", "finished", "source_up"]
+    assert len({e.uid for e in events}) == 5
+
+
+class FlakyCaptioner(FakeCaptioner):
+    """Raises on the batches whose number (0-based) is in ``fail``, or on every batch."""
+
+    def __init__(self, fail=None):
+        super().__init__()
+        self.fail, self.calls = fail, 0
+
+    def caption_batch(self, images, **kw):
+        self.calls += 1
+        if self.fail is None or self.calls - 1 in self.fail:
+            raise RuntimeError(f"model exploded on call {self.calls}")
+        return super().caption_batch(images, **kw)
+
+
+def _two_scene_frames():
+    a = np.full((48, 64, 3), 40, np.uint8)
+    b = a.copy()
+    b[:, 32:] = 250
+    return [a] * 6 + [b] * 6
+
+
+def test_a_failed_batch_gives_its_cameras_an_error_event_and_the_run_goes_on(tmp_path):
+    # bug 3: one failing caption batch escaped run() and stopped every camera
+    sink = RecordingSink()
+    backend = FlakyCaptioner(fail={0})
+    cams = [_spec("a", tmp_path / "unused.mp4", settle_samples=0), _spec("b", tmp_path / "unused.mp4",
+                                                                          settle_samples=0)]
+    rt = Runtime(backend, cams, sink, source_factory=scripted(_two_scene_frames()))
+    assert rt.run() == 0
+    latest = sink.latest().values()
+    errors = [e for e in latest if e.kind == "error"]
+    assert sorted(e.camera for e in errors) == ["a", "b"]
+    assert all(e.closed and e.details["ended_by"] == "recovered" and "model exploded on call 1" in
+               e.details["message"] for e in errors)
+    scenes = [e for e in latest if e.kind == "scene"]
+    assert {e.camera for e in scenes} == {"a", "b"} and all(e.closed for e in scenes)
+    assert rt.stats.failed_batches == 1 and rt.stats.camera("a")["caption_errors"] == 1
+
+
+def test_a_model_that_fails_every_batch_ends_the_run_with_a_clear_error(tmp_path):
+    sink = RecordingSink()
+    frames = [np.full((48, 64, 3), 10 * i, np.uint8) for i in range(20)]  # every frame changed
+    rt = Runtime(FlakyCaptioner(), [_spec("a", tmp_path / "unused.mp4", settle_samples=0)], sink,
+                 options=RunOptions(fail_after_s=0.0, fail_after_batches=3), source_factory=scripted(frames))
+    with pytest.raises(RunFailedError, match="captioning failed 3 batches in a row.*model exploded on call 3"):
+        rt.run()
+    [error] = [e for e in sink.latest().values() if e.kind == "error"]
+    assert error.closed and error.details["failures"] == 3 and error.details["ended_by"] == "stopped"
+
+
+def test_a_raising_sink_or_scene_callback_does_not_stop_the_cameras(tmp_path, caplog):
+    class BrokenSink(RecordingSink):
+        def put(self, event):
+            raise OSError("disk on fire")
+
+    def on_scene(ev):
+        raise ValueError("display gone")
+
+    good = RecordingSink()
+    rt = Runtime(FakeCaptioner(), [_spec("a", tmp_path / "unused.mp4", settle_samples=0)], [BrokenSink(), good],
+                 on_scene=on_scene, source_factory=scripted(_two_scene_frames()))
+    with caplog.at_level(logging.ERROR, logger="edgecap"):
+        assert rt.run() == 0
+    assert sum(e.kind == "scene" and e.closed for e in good.latest().values()) == 2
+    assert rt.stats.sink_errors == len(good.events)
+    assert "disk on fire" in caplog.text and "display gone" in caplog.text
+
+
+def test_a_thumbnail_failure_logs_its_cause(tmp_path, caplog):
+    # bug 9: only the exception type was logged
+    blocker = tmp_path / "thumbs"
+    blocker.write_text("a file where the thumbnail folder should be")
+    rt = Runtime(FakeCaptioner(), [_spec("a", tmp_path / "unused.mp4")], RecordingSink(),
+                 options=RunOptions(thumbnail_dir=blocker), source_factory=scripted(_two_scene_frames()[:3]))
+    with caplog.at_level(logging.WARNING, logger="edgecap"):
+        rt.run()
+    [record] = [r for r in caplog.records if "thumbnail" in r.getMessage()]
+    assert str(blocker) in record.getMessage() or "exists" in record.getMessage().lower() \
+        or "directory" in record.getMessage().lower()
+
+
+def test_bad_run_options_fail_with_one_line():
+    # bug 1: max_batch 0 made the loop wait forever for a batch that can never fill
+    for bad in ({"max_batch": 0}, {"max_batch": -3}, {"max_batch": 2.5}, {"max_wait_s": -1.0},
+                {"fail_after_batches": 0}):
+        with pytest.raises(InputError) as exc:
+            RunOptions(**bad)
+        assert "\n" not in str(exc.value) and next(iter(bad)) in str(exc.value)
+
+
+def test_stream_yields_the_events_a_store_would_hold(clips, tmp_path):
+    import edgecap
+
+    d, _ = clips
+    streamed = list(edgecap.stream(str(d / "cam-b.mp4"), FakeCaptioner(), interval=1.0))
+    with EventStore(tmp_path / "ev.sqlite") as store:
+        Runtime(FakeCaptioner(), [camera_spec("cam-b", str(d / "cam-b.mp4"), {"interval": 1.0})], store).run()
+    stored = search(tmp_path / "ev.sqlite", limit=1000)
+    key = lambda e: (e.kind, e.caption, e.source_start_s, e.source_end_s)  # noqa: E731
+    assert sorted(map(key, streamed)) == sorted(map(key, stored))
+    assert all(e.closed for e in streamed) and any(e.kind == "scene" for e in streamed)
+
+
+def test_closing_the_stream_stops_the_runtime(clips):
+    import edgecap
+
+    d, _ = clips
+    events = edgecap.stream(str(d / "cam-a.mp4"), FakeCaptioner(), realtime=True, interval=0.5, updates=True)
+    first = next(events)
+    events.close()
+    assert first.camera == "cam-a"
+    assert not [t for t in threading.enumerate() if t.name == "edgecap-stream"]

@@ -1,4 +1,4 @@
-"""The runtime package never imports torch or transformers."""
+"""The runtime never imports torch, transformers, onnx or the export package, and its commands work without them."""
 
 from __future__ import annotations
 
@@ -6,41 +6,72 @@ import subprocess
 import sys
 import textwrap
 
+BLOCK = textwrap.dedent("""
+    import sys
+    BLOCKED = {blocked!r}
+    class Block:
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] in BLOCKED:
+                raise ImportError("blocked: " + name, name=name.split(".")[0])
+    sys.meta_path.insert(0, Block())
+""")
+
+
+def _run(code: str, blocked=("torch", "transformers", "onnx", "edgecap_export"), cwd=None):
+    return subprocess.run([sys.executable, "-c", BLOCK.format(blocked=tuple(blocked)) + textwrap.dedent(code)],
+                          capture_output=True, text=True, timeout=300, cwd=cwd)
+
 
 def test_runtime_runs_with_torch_and_transformers_blocked(tiny_export):
-    code = textwrap.dedent(f"""
-        import sys
-        class Block:
-            def find_spec(self, name, path=None, target=None):
-                if name.split(".")[0] in ("torch", "transformers", "edgecap_export"):
-                    raise ImportError("blocked: " + name)
-        sys.meta_path.insert(0, Block())
+    proc = _run(f"""
         import numpy as np
         import edgecap, edgecap.cli, edgecap.synth, edgecap.demo, edgecap.video, edgecap.evaluation
+        import edgecap.runtime, edgecap.events, edgecap.sources
         from edgecap import Captioner
         cap = Captioner({str(tiny_export)!r})
         out = cap.caption(np.zeros((20, 20, 3), np.uint8), max_new_tokens=4, num_beams=2)
         assert isinstance(out.text, str)
-        leaked = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "transformers"))
+        leaked = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "transformers", "onnx"))
         assert not leaked, leaked
         print("ok")
     """)
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "ok"
 
 
+def test_runtime_commands_work_without_the_export_side(tmp_path):
+    # `edgecap --help` used to import the export side's benchmark module (and the POSIX-only `resource` module)
+    proc = _run("""
+        import numpy as np
+        from PIL import Image
+        from edgecap import synth
+        from edgecap.cli import main
+        try:
+            main(["--help"])
+        except SystemExit as exc:
+            assert exc.code == 0
+        for sub in ("run", "events", "caption", "demo", "export"):
+            try:
+                main([sub, "--help"])
+            except SystemExit as exc:
+                assert exc.code == 0
+        synth.render_clip("clip.mp4", seed=synth.HELD_OUT_SEED_START + 1, duration_s=6)
+        Image.fromarray(synth.render_scene(synth.HELD_OUT_SEED_START + 2)[0]).save("frame.png")
+        assert main(["run", "clip.mp4", "--db", "ev.sqlite"]) == 0
+        assert main(["events", "search", "--db", "ev.sqlite", "--json"]) == 0
+        assert main(["caption", "demo", "frame.png"]) == 0
+        leaked = sorted(m for m in sys.modules if m.split(".")[0] in BLOCKED)
+        assert not leaked, leaked
+        print("ok")
+    """, blocked=("torch", "transformers", "onnx", "edgecap_export", "resource"), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip().endswith("ok") and '"kind": "scene"' in proc.stdout
+
+
 def test_export_without_extra_says_what_to_install():
-    code = textwrap.dedent("""
-        import sys
-        class Block:
-            def find_spec(self, name, path=None, target=None):
-                if name.split(".")[0] == "torch":
-                    raise ImportError("blocked", name="torch")
-        sys.meta_path.insert(0, Block())
+    proc = _run("""
         from edgecap.cli import main
         sys.exit(main(["export", "some/model", "--out", "/tmp/never"]))
-    """)
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    """, blocked=("torch",))
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
     assert "export extra" in proc.stderr and "torch" in proc.stderr

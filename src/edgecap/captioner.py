@@ -15,6 +15,7 @@ from .errors import InputError, ManifestError, ModelError
 from .generation import GenerationOptions, _Stepper, beam_search, greedy_search, strip_sequence
 from .imaging import ImageConfig, preprocess
 from .manifest import Manifest, load_manifest
+from .models import resolve_model
 
 PRECISIONS = ("fp32", "int8")
 
@@ -106,10 +107,7 @@ class Captioner:
 
     def __init__(self, model_dir: str | os.PathLike, *, precision: str = "fp32",
                  providers: Sequence[str] | None = None, threads: int | None = None):
-        if str(model_dir) == "demo":
-            from .demo import demo_model_dir
-
-            model_dir = demo_model_dir()
+        model_dir = resolve_model(model_dir)
         if precision not in PRECISIONS:
             raise InputError(f"unknown precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
         self.manifest: Manifest = load_manifest(model_dir)
@@ -290,6 +288,24 @@ class Captioner:
                 text = text.replace(a, b)
         return text.strip()
 
+    @property
+    def provenance(self) -> dict[str, Any]:
+        """What made a caption: model name, precision and the encoder graph's hash prefix (for event details)."""
+        graph = self.manifest.data["graphs"][self.precision]["encoder"]
+        return {"model": self.manifest.data.get("name"), "precision": self.precision,
+                "model_sha256": str(graph.get("sha256", ""))[:16]}
+
+    def caption_batch(self, images: Sequence[Any], **options: Any) -> list[Caption]:
+        """Caption a list of images as one batch; one Caption per image, in order.
+
+        Args:
+            images: HxWx3 uint8 RGB arrays, PIL images or paths.
+            **options: generation options, see `generate`.
+        """
+        opts = self.options(**options)  # bad options fail before any work
+        timings: dict[str, float] = {}
+        return self._captions(self.encode_images(list(images), timings=timings), opts, timings)
+
     def caption(self, images: Sequence[Any] | Any, **options: Any) -> Caption | list[Caption]:
         """Caption one image (returns a Caption) or a list of images (returns a list, one batch).
 
@@ -297,11 +313,9 @@ class Captioner:
             images: an image or a list of images (HxWx3 uint8 RGB arrays, PIL images or paths).
             **options: generation options, see `generate`.
         """
-        single = not isinstance(images, (list, tuple))
-        opts = self.options(**options)  # bad options fail before any work
-        timings: dict[str, float] = {}
-        out = self._captions(self.encode_images([images] if single else images, timings=timings), opts, timings)
-        return out[0] if single else out
+        if isinstance(images, (list, tuple)):
+            return self.caption_batch(images, **options)
+        return self.caption_batch([images], **options)[0]
 
 
 class _UncachedStepper(_Stepper):

@@ -6,20 +6,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import ModelError
-
-_DEMO_DIR = Path(__file__).resolve().parent / "models" / "demo"
-
-
-def demo_model_dir() -> Path:
-    """Return the directory of the bundled demo model (manifest + ONNX graphs + tokenizer).
-
-    Raises:
-        ModelError: the package was installed without the bundled model.
-    """
-    if not (_DEMO_DIR / "manifest.json").is_file():
-        raise ModelError(f"the bundled demo model is missing from {_DEMO_DIR}; reinstall edgecap from a full checkout")
-    return _DEMO_DIR
+from .units import format_ts
 
 
 @dataclass(frozen=True)
@@ -69,10 +56,8 @@ def run_demo(out_dir: str | os.PathLike = "edgecap-demo", *, model: str | os.Pat
     """
     from . import synth
     from .captioner import Captioner
-    from .runtime import CameraSpec
-    from .events import EventStore, search
-    from .runtime import GateConfig
-    from .runtime import Runtime
+    from .events import EventStore, search, thumbnail_dir
+    from .runtime import RunOptions, Runtime, camera_spec
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -82,7 +67,8 @@ def run_demo(out_dir: str | os.PathLike = "edgecap-demo", *, model: str | os.Pat
     timeline = synth.render_clip(clip, seed=synth.HELD_OUT_SEED_START + seed, duration_s=duration_s)
     cap = Captioner(model, precision=precision)
     with EventStore(db, jsonl=jsonl) as store:
-        rt = Runtime(cap, [CameraSpec("demo-cam", str(clip), interval_s, GateConfig())], store)
+        rt = Runtime(cap, [camera_spec("demo-cam", str(clip), {"interval": interval_s})], store,
+                     options=RunOptions(thumbnail_dir=thumbnail_dir(db)))
         rt.run()
     events = sorted(search(db, kinds=["scene"], limit=10_000), key=lambda e: e.source_start_s or 0.0)
     segments = []
@@ -98,8 +84,3 @@ def run_demo(out_dir: str | os.PathLike = "edgecap-demo", *, model: str | os.Pat
     return DemoResult(clip, db, jsonl, timeline_txt, segments, len(timeline), sum(ms) / max(1, len(ms)),
                       dict(rt.stats.camera("demo-cam")))
 
-
-def format_ts(seconds: float) -> str:
-    """Seconds -> MM:SS.s"""
-    m, s = divmod(max(0.0, seconds), 60)
-    return f"{int(m):02d}:{s:04.1f}"

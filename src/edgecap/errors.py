@@ -41,3 +41,7 @@ class ParityError(ExportError):
 
 class SourceError(EdgecapError):
     """A video source cannot be opened or read."""
+
+
+class RunFailedError(EdgecapError):
+    """The streaming runtime gave up: captioning (or writing events) kept failing for longer than allowed."""

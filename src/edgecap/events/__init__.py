@@ -576,11 +576,22 @@ class Ack:
         self._error = message
         self._done.set()
 
+    resolve = _resolve  # TEMP shim until the events slice lands
+
 
 @dataclass
 class _Write:
     event: Event
     acks: list[Ack]
+
+
+from typing import Protocol
+
+
+class EventSink(Protocol):  # TEMP shim until the events slice lands
+    def put(self, event: Event) -> Ack: ...
+    def flush(self, timeout: float | None = None) -> bool: ...
+    def close(self, timeout: float | None = None) -> None: ...
 
 
 class EventStore:

@@ -1,9 +1,15 @@
-"""The streaming runtime: sources -> change gate -> cross-camera batches -> caption backend -> scene events -> sinks."""
+"""The streaming runtime: sources -> change gate -> cross-camera batches -> caption backend -> scene events -> sinks.
 
-from .config import CameraSpec, camera_from_values, load_cameras
+`Runtime` runs cameras into event sinks; `stream` yields the events instead, with no storage.
+"""
+
+from .backend import CaptionBackend, EmbeddingBackend
+from .config import (OPTION_KEYS, CameraSpec, RetentionConfig, SiteConfig, camera_spec, check_source,
+                     default_camera_name, load_config)
 from .gate import ChangeGate, GateConfig
-from .pipeline import FRAME_AGE_WINDOW, RunOptions, RunStats, Runtime, default_camera_name
+from .pipeline import FRAME_AGE_WINDOW, RunOptions, RunStats, Runtime
 from .scenes import OpenScene, SceneTracker
 
-__all__ = ["FRAME_AGE_WINDOW", "CameraSpec", "camera_from_values", "load_cameras", "ChangeGate", "GateConfig", "OpenScene", "RunOptions", "RunStats", "Runtime",
-           "SceneTracker", "default_camera_name"]
+__all__ = ["FRAME_AGE_WINDOW", "OPTION_KEYS", "CameraSpec", "CaptionBackend", "ChangeGate", "EmbeddingBackend",
+           "GateConfig", "OpenScene", "RetentionConfig", "RunOptions", "RunStats", "Runtime", "SceneTracker",
+           "SiteConfig", "camera_spec", "check_source", "default_camera_name", "load_config"]

@@ -1,9 +1,9 @@
-"""cameras.toml: named cameras with their URL, sampling interval and gate thresholds.
+"""Camera specs and cameras.toml: every source and gate option per camera, credentials from the environment.
 
-    [defaults]            # optional, applies to every camera
-    interval = 1.0        # seconds between sampled frames
-    max_interval = 30     # re-caption a static scene at least this often
-    changed_share = 0.005 # gate: share of grid cells that must change
+    [defaults]              # optional, applies to every camera
+    interval = 1.0          # seconds between sampled frames
+    max_interval = 30       # re-caption a static scene at least this often
+    changed_share = 0.005   # gate: share of grid cells that must change
     embedding_distance = 0.02  # optional gate stage 2: skip decoding unless the pooled embedding moved this much
 
     [[camera]]
@@ -12,6 +12,16 @@
     username_env = "FRONT_DOOR_USER"    # credentials come from the environment, never from this file
     password_env = "FRONT_DOOR_PASS"
     interval = 2.0
+    read_timeout = 10
+    buffer = "latest"
+
+    [retention]             # optional: what `edgecap run` deletes as it goes
+    days = 30
+    max_gb = 20
+
+Option keys are the :class:`~edgecap.sources.SourceConfig` and :class:`~edgecap.runtime.GateConfig` fields, with a
+trailing ``_s`` dropped (``read_timeout_s`` -> ``read_timeout``): see :data:`OPTION_KEYS`. Precedence, lowest first:
+the built-in defaults, the command line's flags, ``[defaults]``, the camera's own table.
 
 A password written into a URL in the file is refused: config files get copied, committed and pasted into
 tickets; environment variables do not.
@@ -19,32 +29,189 @@ tickets; environment variables do not.
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import os
+import re
 import tomllib
-from dataclasses import dataclass
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import timedelta
+from enum import Enum
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
-from ..errors import InputError
+from ..errors import EdgecapError, InputError
+from ..sources import SourceConfig, classify_source, mask_url
 from .gate import GateConfig
 
-_CAMERA_KEYS = {"name", "url", "username_env", "password_env", "interval", "max_interval", "changed_share",
-                "cell_delta", "embedding_distance", "realtime", "read_timeout", "open_timeout"}
-_DEFAULT_KEYS = _CAMERA_KEYS - {"name", "url", "username_env", "password_env"}
+_IDENTITY_KEYS = ("name", "url", "username_env", "password_env")
+_TABLES = ("defaults", "camera", "retention")
+_RETENTION_KEYS = ("days", "max_gb")
+
+
+def _option_key(field_name: str) -> str:
+    return field_name[:-2] if field_name.endswith("_s") else field_name
+
+
+def _options_of(cls: type) -> dict[str, tuple[str, Any]]:
+    """TOML key -> (field name, field type) of a config dataclass, the identity fields left out."""
+    hints = typing.get_type_hints(cls)
+    return {_option_key(f.name): (f.name, hints[f.name]) for f in dataclasses.fields(cls)
+            if f.name not in ("name", "url")}
+
+
+_SOURCE_OPTIONS = _options_of(SourceConfig)
+_GATE_OPTIONS = _options_of(GateConfig)
+_FIELD_RE = re.compile(r"\b(?:" + "|".join(f for f, _ in (*_SOURCE_OPTIONS.values(), *_GATE_OPTIONS.values())
+                                          if f.endswith("_s")) + r")\b")
+#: Every per-camera option key of cameras.toml (also accepted in [defaults]).
+OPTION_KEYS: tuple[str, ...] = tuple(sorted({**_SOURCE_OPTIONS, **_GATE_OPTIONS}))
 
 
 @dataclass(frozen=True)
 class CameraSpec:
-    """One camera as the runtime needs it (the URL may carry credentials from the environment)."""
+    """One camera as the runtime needs it: where and how to read it, and when a frame counts as changed.
 
-    name: str
-    url: str
-    interval_s: float
-    gate: GateConfig
-    realtime: bool = False
-    open_timeout_s: float = 5.0
-    read_timeout_s: float = 5.0
+    Attributes:
+        source: reader options (the URL may carry credentials from the environment: never print it unmasked).
+        gate: change-gate thresholds.
+    """
+
+    source: SourceConfig
+    gate: GateConfig = field(default_factory=GateConfig)
+
+    @property
+    def name(self) -> str:
+        return self.source.name
+
+    @property
+    def url(self) -> str | int:
+        return self.source.url
+
+
+@dataclass(frozen=True)
+class RetentionConfig:
+    """What a running runtime deletes as it goes (see `edgecap.events.prune`).
+
+    Attributes:
+        older_than: delete events that ended longer ago than this (None: no age limit).
+        max_bytes: delete the oldest events while the log and its thumbnails are larger (None: no size limit).
+        every_s: how often the runtime prunes.
+    """
+
+    older_than: timedelta | None = None
+    max_bytes: int | None = None
+    every_s: float = 600.0
+
+    @property
+    def enabled(self) -> bool:
+        return self.older_than is not None or self.max_bytes is not None
+
+
+@dataclass(frozen=True)
+class SiteConfig:
+    """Everything cameras.toml configures."""
+
+    cameras: list[CameraSpec]
+    retention: RetentionConfig = field(default_factory=RetentionConfig)
+
+
+def _type_name(tp: Any) -> str:
+    args = [a for a in typing.get_args(tp) if a is not type(None)]
+    if args:
+        return " or ".join(_type_name(a) for a in args)
+    if isinstance(tp, type) and issubclass(tp, Enum):
+        return "one of " + ", ".join(repr(m.value) for m in tp)
+    return {float: "a number", int: "an integer", bool: "true or false", str: "a string"}.get(tp, str(tp))
+
+
+def _convert(key: str, value: Any, tp: Any, where: str) -> Any:
+    """Check a TOML value against a field type (TOML has no null, so an optional field is simply left out)."""
+    allowed = [a for a in typing.get_args(tp) if a is not type(None)] or [tp]
+    for t in allowed:
+        if t is bool and isinstance(value, bool):
+            return value
+        if isinstance(value, bool):
+            continue  # true is not 1 here: `realtime = 1` and `interval = true` are mistakes worth a line
+        if t is int and isinstance(value, int):
+            return value
+        if t is float and isinstance(value, (int, float)):
+            if not math.isfinite(value):
+                break
+            return float(value)
+        if t is str and isinstance(value, str):
+            return value
+        if isinstance(t, type) and issubclass(t, Enum) and isinstance(value, str):
+            try:
+                return t(value)
+            except ValueError:
+                break
+    raise InputError(f"{where}: {key} must be {_type_name(tp)}, got {value!r}")
+
+
+def camera_spec(name: str, url: str | int, values: Mapping[str, Any] | None = None, *,
+                where: str | None = None) -> CameraSpec:
+    """Build a camera from option keys (see :data:`OPTION_KEYS`), checking every value's type and range.
+
+    Args:
+        name: camera name.
+        url: file, folder, stream URL or webcam (may carry credentials).
+        values: option keys as in cameras.toml (``interval``, ``read_timeout``, ``changed_share``, ...).
+        where: prefix of error messages (default: the camera's name).
+
+    Raises:
+        InputError: an unknown key, a value of the wrong type or out of range; one line.
+    """
+    where = where or f"camera {name!r}"
+    values = dict(values or {})
+    unknown = sorted(set(values) - set(OPTION_KEYS))
+    if unknown:
+        raise InputError(f"{where}: unknown key(s) {', '.join(unknown)}; expected some of {', '.join(OPTION_KEYS)}")
+    source_kw = {_SOURCE_OPTIONS[k][0]: _convert(k, v, _SOURCE_OPTIONS[k][1], where)
+                 for k, v in values.items() if k in _SOURCE_OPTIONS}
+    gate_kw = {_GATE_OPTIONS[k][0]: _convert(k, v, _GATE_OPTIONS[k][1], where)
+               for k, v in values.items() if k in _GATE_OPTIONS}
+    try:
+        return CameraSpec(SourceConfig(name=name, url=url, **source_kw), GateConfig(**gate_kw))
+    except EdgecapError as exc:  # the records name their fields; say the keys the user wrote
+        message = _FIELD_RE.sub(lambda m: _option_key(m.group(0)), str(exc).removeprefix(f"camera {name!r}: "))
+        raise InputError(f"{where}: {message}") from None
+
+
+def default_camera_name(url: str, taken: set[str]) -> str:
+    """A readable unique name for a positional SOURCE (file stem or host/path), never containing credentials.
+
+    Adds the name to ``taken``.
+    """
+    parts = urlsplit(url)
+    if parts.scheme and parts.hostname:
+        base = parts.hostname + (parts.path.rstrip("/").replace("/", "_") if parts.path else "")
+    else:
+        base = Path(url.rstrip("/")).stem or "camera"
+    name, n = base, 2
+    while name in taken:
+        name, n = f"{base}-{n}", n + 1
+    taken.add(name)
+    return name
+
+
+def check_source(spec: CameraSpec) -> None:
+    """Fail fast, before a model is loaded, on a source that cannot work: a refused or unknown scheme, or a file
+    that does not exist. (Whether a file decodes is found out by reading it.)
+
+    Raises:
+        InputError: one line naming the camera and the (masked) source.
+    """
+    try:
+        kind = classify_source(spec.url)
+    except EdgecapError as exc:
+        raise InputError(f"camera {spec.name!r}: {exc}") from None
+    if kind == "file" and not os.path.isfile(spec.url):
+        raise InputError(f"camera {spec.name!r}: no such file: {mask_url(spec.url)}; expected a video file, a "
+                         "folder of images, a stream URL or a webcam")
 
 
 def _with_credentials(url: str, user: str | None, password: str | None) -> str:
@@ -60,33 +227,35 @@ def _with_credentials(url: str, user: str | None, password: str | None) -> str:
     return urlunsplit((parts.scheme, f"{cred}@{host}", parts.path, parts.query, parts.fragment))
 
 
-def camera_from_values(name: str, url: str, values: dict[str, Any], where: str) -> CameraSpec:
-    unknown = sorted(set(values) - _CAMERA_KEYS)
-    if unknown:
-        raise InputError(f"{where}: unknown key(s) {unknown}; expected some of {sorted(_CAMERA_KEYS)}")
-    try:
-        interval = float(values.get("interval", 1.0))
-        gate = GateConfig(cell_delta=float(values.get("cell_delta", GateConfig.cell_delta)),
-                          changed_share=float(values.get("changed_share", GateConfig.changed_share)),
-                          max_interval_s=float(values.get("max_interval", GateConfig.max_interval_s)),
-                          embedding_distance=None if values.get("embedding_distance") is None
-                          else float(values["embedding_distance"]))
-        open_t = float(values.get("open_timeout", 5.0))
-        read_t = float(values.get("read_timeout", 5.0))
-    except (TypeError, ValueError):
-        raise InputError(f"{where}: interval, max_interval, changed_share, cell_delta and timeouts must be "
-                         "numbers") from None
-    if interval <= 0:
-        raise InputError(f"{where}: interval must be > 0 seconds, got {interval}")
-    return CameraSpec(name, url, interval, gate, bool(values.get("realtime", False)), open_t, read_t)
+def _retention(table: Any, p: Path, base: RetentionConfig) -> RetentionConfig:
+    if not isinstance(table, dict) or set(table) - set(_RETENTION_KEYS):
+        raise InputError(f"{p}: [retention] accepts {', '.join(_RETENTION_KEYS)}")
+    out = base
+    for key, scale in (("days", None), ("max_gb", 1e9)):
+        if key not in table:
+            continue
+        value = _convert(key, table[key], float, f"{p}: [retention]")
+        if value <= 0:
+            raise InputError(f"{p}: [retention] {key} must be > 0, got {table[key]!r}")
+        out = dataclasses.replace(out, **({"older_than": timedelta(days=value)} if scale is None
+                                          else {"max_bytes": int(value * scale)}))
+    return out
 
 
-def load_cameras(path: str | os.PathLike, env: dict[str, str] | None = None) -> list[CameraSpec]:
+def load_config(path: str | os.PathLike, *, env: Mapping[str, str] | None = None,
+                defaults: Mapping[str, Any] | None = None,
+                retention: RetentionConfig | None = None) -> SiteConfig:
     """Read cameras.toml.
 
+    Args:
+        path: the file.
+        env: where ``username_env`` / ``password_env`` are looked up (default: the process environment).
+        defaults: option keys from the command line; ``[defaults]`` and each camera's table override them.
+        retention: retention from the command line; ``[retention]`` overrides its fields.
+
     Raises:
-        InputError: missing file, TOML syntax, unknown keys, a password in the file, missing environment
-            variables, duplicate names.
+        InputError: missing file, TOML syntax, unknown tables or keys, wrong types or ranges, a password in the
+            file, missing environment variables, duplicate names; one line.
     """
     env = os.environ if env is None else env
     p = Path(path)
@@ -96,9 +265,13 @@ def load_cameras(path: str | os.PathLike, env: dict[str, str] | None = None) -> 
         data = tomllib.loads(p.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise InputError(f"{p}: not valid TOML ({str(exc).splitlines()[0]})") from None
-    defaults = data.get("defaults", {})
-    if not isinstance(defaults, dict) or set(defaults) - _DEFAULT_KEYS:
-        raise InputError(f"{p}: [defaults] accepts {sorted(_DEFAULT_KEYS)}")
+    unknown = sorted(set(data) - set(_TABLES))
+    if unknown:
+        raise InputError(f"{p}: unknown table(s) or key(s) {', '.join(unknown)}; expected {', '.join(_TABLES)}")
+    file_defaults = data.get("defaults", {})
+    if not isinstance(file_defaults, dict):
+        raise InputError(f"{p}: [defaults] must be a table of option keys")
+    base = {**(defaults or {}), **file_defaults}
     cams = data.get("camera", [])
     if not isinstance(cams, list) or not cams:
         raise InputError(f"{p}: expected at least one [[camera]] table with name and url")
@@ -114,16 +287,15 @@ def load_cameras(path: str | os.PathLike, env: dict[str, str] | None = None) -> 
         creds = []
         for key in ("username_env", "password_env"):
             var = cam.get(key)
-            if var is not None and var not in env:
+            if var is not None and (not isinstance(var, str) or var not in env):
                 raise InputError(f"{where}: environment variable {var} ({key}) is not set")
             creds.append(env[var] if var else None)
         url = _with_credentials(cam["url"], *creds)
-        values = {**defaults, **{k: v for k, v in cam.items() if k not in ("name", "url")}}
-        values.pop("username_env", None)
-        values.pop("password_env", None)
-        out.append(camera_from_values(cam["name"], url, values, where))
+        values = {**base, **{k: v for k, v in cam.items() if k not in _IDENTITY_KEYS}}
+        out.append(camera_spec(cam["name"], url, values, where=where))
     names = [c.name for c in out]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
         raise InputError(f"{p}: duplicate camera name(s) {dupes}")
-    return out
+    keep = _retention(data.get("retention", {}), p, retention or RetentionConfig())
+    return SiteConfig(out, keep)

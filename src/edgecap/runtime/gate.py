@@ -15,9 +15,12 @@ is captioned anyway once the deferral runs out.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
+
+from ..errors import InputError
 
 GRID_W, GRID_H = 32, 24
 
@@ -40,6 +43,26 @@ class GateConfig:
     max_interval_s: float | None = 30.0
     embedding_distance: float | None = None
     settle_samples: int = 2
+
+    def __post_init__(self) -> None:
+        def bad(name: str, expected: str) -> InputError:
+            return InputError(f"gate {name} must be {expected}, got {getattr(self, name)!r}")
+
+        if not _number(self.cell_delta) or not 0 <= self.cell_delta <= 255:
+            raise bad("cell_delta", "a number from 0 to 255")
+        if not _number(self.changed_share) or not 0 <= self.changed_share <= 1:
+            raise bad("changed_share", "a number from 0 to 1")
+        if self.max_interval_s is not None and (not _number(self.max_interval_s) or self.max_interval_s < 0):
+            raise bad("max_interval_s", "a number of seconds >= 0 (0: caption every sampled frame) or None")
+        if self.embedding_distance is not None and (not _number(self.embedding_distance)
+                                                    or self.embedding_distance <= 0):
+            raise bad("embedding_distance", "a positive cosine distance (at most 2 can be reached) or None")
+        if isinstance(self.settle_samples, bool) or not isinstance(self.settle_samples, int) or self.settle_samples < 0:
+            raise bad("settle_samples", "an integer >= 0")
+
+
+def _number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 @dataclass(frozen=True)

@@ -1,32 +1,41 @@
-"""The streaming runtime: sources -> change gate -> cross-camera batches -> captioner -> scene events -> store.
+"""The streaming runtime: sources -> change gate -> cross-camera batches -> caption backend -> scene events -> sinks.
 
-One reader thread per source (see sources.py) fills a bounded queue; this loop, on the calling thread, takes the
-ready frames, gates them, and captions the admitted frames of all cameras as one batch (at most one frame per
+One reader thread per source (see `edgecap.sources`) fills a bounded queue; this loop, on the calling thread, takes
+the ready frames, gates them, and captions the admitted frames of all cameras as one batch (at most one frame per
 camera, bounded by ``max_batch`` and ``max_wait_s``). Captions feed one SceneTracker per camera; scene events are
-written when they open, as they are extended and when they close, and source status changes become system events
-(an outage is one event, see ``Runtime._on_status``).
+written to every sink when they open, as they are extended and when they close. Source status changes arrive on
+the reader threads and are queued; this loop turns them into system events (an outage is one event, see
+``Runtime._apply_status``), so every sink and every piece of runtime state is touched by one thread only.
+
+A batch that fails (a model exception) gives its cameras an ``error`` event and the run goes on; when captioning
+has failed for ``fail_after_s`` and at least ``fail_after_batches`` batches in a row, the run ends with
+:class:`~edgecap.errors.RunFailedError`. A sink or callback that raises is logged and counted, never fatal alone.
 """
 
 from __future__ import annotations
 
+import queue
 import threading
 import time
+import uuid
 from collections import Counter, deque
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Protocol
 
 from .._log import logger
-from ..captioner import Captioner
+from ..errors import InputError, RunFailedError
+from ..events import Event, EventSink, save_jpeg
+from ..sources import FrameSample, Source, SourceConfig, SourceState, SourceStatus, StatusKind
+from .backend import CaptionBackend, EmbeddingBackend
 from .config import CameraSpec
-from ..events import SYSTEM_KINDS, Event, EventStore, save_jpeg, thumbnail_dir
 from .gate import ChangeGate
 from .scenes import OpenScene, SceneTracker
-from ..sources import FrameSample, Source, SourceConfig, SourceState, SourceStatus
-
 
 FRAME_AGE_WINDOW = 10_000  # captioned frames whose age RunStats keeps
+STOP_TIMEOUT_S = 2.0  # how long shutdown waits for all reader threads together
 
 
 @dataclass
@@ -35,9 +44,11 @@ class RunStats:
 
     per_camera: dict[str, Counter] = field(default_factory=dict)
     batches: int = 0
+    failed_batches: int = 0
     batched_frames: int = 0
     max_batch_seen: int = 0
     scenes: int = 0
+    sink_errors: int = 0
     # read -> caption done, for the most recent captioned frames (bounded: a run can last months)
     frame_age_ms: deque[float] = field(default_factory=lambda: deque(maxlen=FRAME_AGE_WINDOW))
 
@@ -47,29 +58,96 @@ class RunStats:
 
 @dataclass(frozen=True)
 class RunOptions:
+    """How the runtime batches, writes and gives up.
+
+    Attributes:
+        max_batch: most frames per caption batch (>= 1).
+        max_wait_s: longest a ready frame waits for others to join its batch.
+        scene_update_s: how often an extended scene's end is rewritten while nothing changes.
+        thumbnail_dir: where a JPEG of each scene's first frame goes (None: no thumbnails).
+        generation: generation options passed to the backend (num_beams, max_new_tokens, ...).
+        fail_after_s: give up when captioning (or every sink) has failed for this long ...
+        fail_after_batches: ... and for at least this many batches (writes) in a row.
+    """
+
     max_batch: int = 8
     max_wait_s: float = 0.05
-    scene_update_s: float = 5.0  # how often an extended scene's end is rewritten while nothing changes
-    thumbnails: bool = True
+    scene_update_s: float = 5.0
+    thumbnail_dir: Path | None = None
     generation: dict[str, Any] = field(default_factory=dict)
+    fail_after_s: float = 60.0
+    fail_after_batches: int = 5
+
+    def __post_init__(self) -> None:
+        if isinstance(self.max_batch, bool) or not isinstance(self.max_batch, int) or self.max_batch < 1:
+            raise InputError(f"max_batch must be an integer >= 1, got {self.max_batch!r}")
+        if isinstance(self.fail_after_batches, bool) or not isinstance(self.fail_after_batches, int) \
+                or self.fail_after_batches < 1:
+            raise InputError(f"fail_after_batches must be an integer >= 1, got {self.fail_after_batches!r}")
+        for name in ("max_wait_s", "scene_update_s", "fail_after_s"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < float("inf"):
+                raise InputError(f"{name} must be a number of seconds >= 0, got {value!r}")
+
+
+class SourceLike(Protocol):
+    """What the runtime uses of a source (`edgecap.sources.Source`; tests pass scripted stand-ins)."""
+
+    state: SourceState
+
+    @property
+    def finished(self) -> bool: ...
+
+    @property
+    def counters(self) -> dict[str, int]: ...
+
+    def start(self) -> Any: ...
+
+    def read(self, timeout: float | None = None) -> FrameSample | None: ...
+
+    def request_stop(self) -> None: ...
+
+    def join(self, timeout: float | None = None) -> bool: ...
+
+
+SourceFactory = Callable[..., SourceLike]  # (SourceConfig, *, on_status) -> SourceLike
 
 
 @dataclass
-class _Outage:
-    """The open ``source_down`` event of a camera, rewritten (same uid) at every failed attempt."""
+class _Incident:
+    """An event that stays open while a condition lasts (a source outage, failing captions), rewritten (same uid)
+    as it goes on, so a camera down for a month is one event, not one per attempt."""
 
     uid: str
+    kind: str
     camera: str
     start: datetime
     details: dict[str, Any]
 
     def event(self, now: datetime, *, closed: bool) -> Event:
-        return Event(uid=self.uid, kind="source_down", camera=self.camera, start=self.start, end=now,
+        return Event(uid=self.uid, kind=self.kind, camera=self.camera, start=self.start, end=now,
                      details=dict(self.details), closed=closed)
 
 
+class _Streak:
+    """Consecutive failures: long enough to give up once both bounds are passed."""
+
+    def __init__(self, min_count: int, min_seconds: float):
+        self.min_count, self.min_seconds = min_count, min_seconds
+        self.count, self.since = 0, 0.0
+
+    def failed(self) -> bool:
+        if self.count == 0:
+            self.since = time.monotonic()
+        self.count += 1
+        return self.count >= self.min_count and time.monotonic() - self.since >= self.min_seconds
+
+    def ok(self) -> None:
+        self.count = 0
+
+
 class _Camera:
-    def __init__(self, spec: CameraSpec, source: Source):
+    def __init__(self, spec: CameraSpec, source: SourceLike):
         self.spec = spec
         self.source = source
         self.gate = ChangeGate(spec.gate)
@@ -79,65 +157,114 @@ class _Camera:
         self.last_deferred: FrameSample | None = None  # newest frame of that change, captioned if the source ends
 
 
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text[:300]}" if text else type(exc).__name__
+
+
 class Runtime:
     """Run cameras until every file source is done, or until ``stop`` is set.
 
     Args:
-        captioner: the model.
+        backend: the caption backend (an `edgecap.Captioner`, or anything with `CaptionBackend`'s methods).
         cameras: camera specs (from the CLI or cameras.toml).
-        store: the event store (scene and system events go there).
-        options: batching and scene-writing options.
+        sinks: where events go (an `edgecap.events.EventStore`, a JSONL sink, a live feed, ...): one or several.
+            Every sink is called from the thread that runs `run`.
+        options: batching, writing and failure options.
         on_scene: called with every scene event that closes (for printing a timeline).
+        source_factory: builds a source from its config (default `edgecap.sources.Source`).
+
+    Raises:
+        InputError: a camera needs the embedding gate but the backend cannot encode separately; duplicate names.
     """
 
-    def __init__(self, captioner: Captioner, cameras: list[CameraSpec], store: EventStore, *,
-                 options: RunOptions | None = None, on_scene: Callable[[Event], None] | None = None):
-        self.cap = captioner
-        self.store = store
+    def __init__(self, backend: CaptionBackend, cameras: Sequence[CameraSpec], sinks: EventSink | Sequence[EventSink],
+                 *, options: RunOptions | None = None, on_scene: Callable[[Event], None] | None = None,
+                 source_factory: SourceFactory = Source):
+        self.backend = backend
+        self.sinks: list[EventSink] = list(sinks) if isinstance(sinks, (list, tuple)) else [sinks]
         self.opts = options or RunOptions()
         self.on_scene = on_scene
         self.stats = RunStats()
-        self._thumbs = thumbnail_dir(store.path) if self.opts.thumbnails else None
-        m = captioner.manifest
-        self._provenance = {"model": m.data.get("name"), "precision": captioner.precision,
-                            "model_sha256": m.data["graphs"][captioner.precision]["encoder"].get("sha256", "")[:16]}
-        self._outages: dict[str, _Outage] = {}  # camera -> its open source_down event (reader threads)
-        self.cameras = [_Camera(spec, Source(SourceConfig(
-            name=spec.name, url=spec.url, interval_s=spec.interval_s, realtime=spec.realtime,
-            open_timeout_s=spec.open_timeout_s, read_timeout_s=spec.read_timeout_s), on_status=self._on_status))
-            for spec in cameras]
+        names = [spec.name for spec in cameras]
+        if len(set(names)) != len(names):
+            raise InputError(f"camera names must be unique, got {sorted(n for n in set(names) if names.count(n) > 1)}")
+        if any(spec.gate.embedding_distance is not None for spec in cameras) and \
+                not isinstance(backend, EmbeddingBackend):
+            raise InputError("the gate's embedding stage (embedding_distance) needs a backend that encodes "
+                             "separately (encode_images/caption_encoded); remove embedding_distance or use a "
+                             "Captioner")
+        self._provenance = dict(backend.provenance)
+        self._statuses: queue.SimpleQueue[SourceStatus] = queue.SimpleQueue()  # reader threads -> run thread
+        self._incidents: dict[tuple[str, str], _Incident] = {}  # (camera, kind) -> its open event
+        self._caption_streak = _Streak(self.opts.fail_after_batches, self.opts.fail_after_s)
+        self._sink_streak = _Streak(self.opts.fail_after_batches, self.opts.fail_after_s)
+        self.cameras = [_Camera(spec, source_factory(spec.source, on_status=self._statuses.put))
+                        for spec in cameras]
 
     # -- events -----------------------------------------------------------------------------------------------
-    def _on_status(self, st: SourceStatus) -> None:
-        """Source status changes (reader threads) become system events.
+    def _put(self, ev: Event) -> None:
+        """Hand an event to every sink; a sink that raises is logged and counted, the others still get it."""
+        failed = 0
+        for sink in self.sinks:
+            try:
+                sink.put(ev)
+            except Exception as exc:  # noqa: BLE001 - one sink must not stop the cameras or the other sinks
+                failed += 1
+                self.stats.sink_errors += 1
+                logger.error("event %s not written to %s: %s", ev.uid, type(sink).__name__, _one_line(exc))
+        if failed < len(self.sinks):
+            self._sink_streak.ok()
+        elif self._sink_streak.failed():
+            raise RunFailedError(f"no event could be written for {self.opts.fail_after_s:g} s "
+                                 f"({self._sink_streak.count} writes in a row failed); see the log above")
+
+    def _open_incident(self, camera: str, kind: str, when: datetime, details: dict[str, Any]) -> None:
+        incident = _Incident(uuid.uuid4().hex, kind, camera, when, details)
+        self._incidents[camera, kind] = incident
+        self._put(incident.event(when, closed=False))
+
+    def _close_incident(self, camera: str, kind: str, when: datetime, ended_by: str) -> None:
+        incident = self._incidents.pop((camera, kind), None)
+        if incident is not None:
+            incident.details["ended_by"] = ended_by
+            self._put(incident.event(when, closed=True))
+
+    def _apply_status(self, st: SourceStatus) -> None:
+        """A source status (queued by a reader thread) becomes a system event.
 
         An outage is one ``source_down`` event from the first failure to the recovery: each further failed attempt
-        updates it (``end``, ``details.attempts``, ``details.last_error``) instead of adding a row, so a camera
-        that stays down for a month is one event, not one per backoff period. It is open (``closed`` False) until
-        the source is up again, fails for good or stops.
+        updates it (``end``, ``details.attempts``, ``details.last_error``) instead of adding a row. It is open
+        (``closed`` False) until the source is up again, fails for good or stops.
         """
         self.stats.camera(st.camera)[f"status_{st.kind}"] += 1
-        if st.kind not in SYSTEM_KINDS:
+        outage = self._incidents.get((st.camera, StatusKind.SOURCE_DOWN))
+        if st.kind == StatusKind.RECONNECTING:
+            if outage is not None:
+                outage.details.update(attempts=outage.details["attempts"] + 1, last_error=st.message,
+                                      state=st.state.name)
+                self._put(outage.event(st.wall_utc, closed=False))
             return
-        outage = self._outages.get(st.camera)
-        if st.kind == "reconnecting" and outage is not None:
-            outage.details.update(attempts=outage.details["attempts"] + 1, last_error=st.message,
-                                  state=st.state.name)
-            self.store.put(outage.event(st.wall_utc, closed=False))
-            return
-        if outage is not None and st.kind in ("source_up", "source_down", "source_error", "finished"):
-            # up again, failed for good, stopped (or, defensively, a new outage reported): this one ends here
-            del self._outages[st.camera]
-            outage.details["ended_by"] = st.kind
-            self.store.put(outage.event(st.wall_utc, closed=True))
+        if st.kind.ends_outage:
+            self._close_incident(st.camera, StatusKind.SOURCE_DOWN, st.wall_utc, str(st.kind))
         details = {"message": st.message, "state": st.state.name}
-        uid = f"{st.camera}-{st.kind}-{time.monotonic_ns()}"
-        if st.kind == "source_down":
-            self._outages[st.camera] = outage = _Outage(uid, st.camera, st.wall_utc, {**details, "attempts": 1})
-            self.store.put(outage.event(st.wall_utc, closed=False))
+        if st.kind == StatusKind.SOURCE_DOWN:
+            self._open_incident(st.camera, StatusKind.SOURCE_DOWN, st.wall_utc, {**details, "attempts": 1})
             return
-        self.store.put(Event(uid=uid, kind=st.kind, camera=st.camera, start=st.wall_utc, end=st.wall_utc,
-                             details=details))
+        self._put(Event(uid=uuid.uuid4().hex, kind=str(st.kind), camera=st.camera, start=st.wall_utc,
+                        end=st.wall_utc, details=details))
+
+    def _drain_statuses(self) -> None:
+        while True:
+            try:
+                st = self._statuses.get_nowait()
+            except queue.Empty:
+                return
+            self._apply_status(st)
 
     def _scene_event(self, cam: _Camera, scene: OpenScene, closed: bool) -> Event:
         return Event(uid=scene.uid, kind="scene", camera=cam.spec.name, start=scene.start, end=scene.end,
@@ -147,12 +274,15 @@ class Runtime:
 
     def _write_scene(self, cam: _Camera, scene: OpenScene, closed: bool) -> None:
         ev = self._scene_event(cam, scene, closed)
-        self.store.put(ev)
+        self._put(ev)
         cam.last_write = time.monotonic()
         if closed:
             self.stats.scenes += 1
             if self.on_scene:
-                self.on_scene(ev)
+                try:
+                    self.on_scene(ev)
+                except Exception as exc:  # noqa: BLE001 - a display callback must not stop the cameras
+                    logger.error("on_scene callback failed for %s: %s", ev.uid, _one_line(exc))
 
     # -- main loop --------------------------------------------------------------------------------------------
     def _collect(self, pending: list[tuple[_Camera, FrameSample, FrameSample]]) -> bool:
@@ -197,16 +327,26 @@ class Runtime:
         cam.change_start = cam.last_deferred = None
 
     def _caption(self, pending: list[tuple[_Camera, FrameSample, FrameSample]]) -> None:
-        """Caption admitted frames (camera, frame, first frame of the change) as one batch."""
+        """Caption admitted frames (camera, frame, first frame of the change) as one batch; a failed batch gives
+        its cameras an ``error`` event (one per failure streak, updated) and leaves their gates ready to caption
+        the next frame."""
         self.stats.batches += 1
         self.stats.batched_frames += len(pending)
         self.stats.max_batch_seen = max(self.stats.max_batch_seen, len(pending))
-        if any(cam.spec.gate.embedding_distance is not None for cam, _, _ in pending):
-            pending, caps = self._caption_with_embedding_gate(pending)
-        else:
-            caps = self.cap.caption([s.image for _, s, _ in pending], **self.opts.generation)
+        try:
+            if any(cam.spec.gate.embedding_distance is not None for cam, _, _ in pending):
+                pending, caps = self._caption_with_embedding_gate(pending)
+            else:
+                caps = self.backend.caption_batch([s.image for _, s, _ in pending], **self.opts.generation)
+            if len(caps) != len(pending):
+                raise RuntimeError(f"the backend returned {len(caps)} captions for {len(pending)} frames")
+        except Exception as exc:  # noqa: BLE001 - one bad batch must not stop every camera
+            self._batch_failed(pending, exc)
+            return
+        self._caption_streak.ok()
         done = time.monotonic()
         for (cam, sample, since), c in zip(pending, caps):
+            self._close_incident(cam.spec.name, "error", sample.wall_utc, "recovered")
             self.stats.camera(cam.spec.name)["captioned"] += 1
             self.stats.frame_age_ms.append((done - sample.mono) * 1e3)
             details = {**self._provenance, "batch": len(pending),
@@ -216,17 +356,36 @@ class Runtime:
                                                         changed_at=(since.wall_utc, since.pts_s))
             if closed is not None:
                 self._write_scene(cam, closed, closed=True)
-            if is_new and self._thumbs is not None:
+            if is_new and self.opts.thumbnail_dir is not None:
                 try:
-                    scene.thumbnail = str(save_jpeg(self._thumbs / f"{scene.uid}.jpg", sample.image))
+                    scene.thumbnail = str(save_jpeg(self.opts.thumbnail_dir / f"{scene.uid}.jpg", sample.image))
                 except Exception as exc:  # noqa: BLE001 - a thumbnail must never stop captioning
-                    logger.warning("thumbnail for %s not written: %s", cam.spec.name, type(exc).__name__)
+                    logger.warning("thumbnail for %s not written: %s", cam.spec.name, _one_line(exc))
             self._write_scene(cam, scene, closed=False)
+
+    def _batch_failed(self, pending: list[tuple[_Camera, FrameSample, FrameSample]], exc: Exception) -> None:
+        self.stats.failed_batches += 1
+        message = f"caption batch of {len(pending)} failed: {_one_line(exc)}"
+        logger.error("%s (cameras: %s)", message, ", ".join(cam.spec.name for cam, _, _ in pending))
+        for cam, sample, _ in pending:
+            self.stats.camera(cam.spec.name)["caption_errors"] += 1
+            cam.gate = ChangeGate(cam.spec.gate)  # the failed frame was never captioned: compare with nothing
+            incident = self._incidents.get((cam.spec.name, "error"))
+            if incident is None:
+                self._open_incident(cam.spec.name, "error", sample.wall_utc, {"message": message, "failures": 1})
+            else:
+                incident.details.update(failures=incident.details["failures"] + 1, last_error=message)
+                self._put(incident.event(sample.wall_utc, closed=False))
+        if self._caption_streak.failed():
+            raise RunFailedError(f"captioning failed {self._caption_streak.count} batches in a row for "
+                                 f"{time.monotonic() - self._caption_streak.since:.0f} s (last: {_one_line(exc)}); "
+                                 "check the model and the log")
 
     def _caption_with_embedding_gate(self, pending):
         """Stage 2 of the gate: encode the batch, decode only frames whose pooled embedding moved."""
         timings: dict[str, float] = {}
-        enc = self.cap.encode_images([s.image for _, s, _ in pending], timings=timings)
+        backend: EmbeddingBackend = self.backend  # type: ignore[assignment]  # checked in __init__
+        enc = backend.encode_images([s.image for _, s, _ in pending], timings=timings)
         keep = []
         for i, (cam, sample, _) in enumerate(pending):
             pooled = None if enc.pooled is None else enc.pooled[i]
@@ -238,11 +397,15 @@ class Runtime:
                 cam.tracker.touch(sample.wall_utc, sample.pts_s)
         if not keep:
             return [], []
-        caps = self.cap.caption_encoded(enc.select(keep), timings=timings, **self.opts.generation)
+        caps = backend.caption_encoded(enc.select(keep), timings=timings, **self.opts.generation)
         return [pending[i] for i in keep], caps
 
     def run(self, stop: threading.Event | None = None) -> int:
-        """Run until all file sources finish (returns 0, or 1 if a source failed) or ``stop`` is set (0)."""
+        """Run until all file sources finish (returns 0, or 1 if a source failed) or ``stop`` is set (0).
+
+        Raises:
+            RunFailedError: captioning or every sink kept failing (after closing scenes and stopping sources).
+        """
         stop = stop or threading.Event()
         pending: list[tuple[_Camera, FrameSample, FrameSample]] = []
         first_pending = 0.0
@@ -250,47 +413,50 @@ class Runtime:
             for cam in self.cameras:
                 cam.source.start()
             while not stop.is_set():
+                self._drain_statuses()
                 got = self._collect(pending)
                 if pending and not first_pending:
                     first_pending = time.monotonic()
                 active = sum(1 for cam in self.cameras if not cam.source.finished)
                 full = len(pending) >= min(self.opts.max_batch, max(1, active))
                 if pending and (full or time.monotonic() - first_pending >= self.opts.max_wait_s or not got):
-                    self._caption(pending)
-                    pending, first_pending = [], 0.0
+                    batch, pending, first_pending = pending, [], 0.0
+                    self._caption(batch)
                     continue
                 if not got:
                     if active == 0:
                         break
                     stop.wait(0.005)
         finally:
-            self._shutdown(pending)
+            self._shutdown()
         failed = [cam.spec.name for cam in self.cameras if cam.source.state is SourceState.FAILED]
         return 1 if failed else 0
 
-    def _shutdown(self, pending: list) -> None:
+    def _shutdown(self) -> None:
+        """Stop every source at once (one shared deadline), then close scenes and incidents and flush the sinks.
+        Runs after errors too, so it must not raise over the error that brought it here."""
         for cam in self.cameras:
-            cam.source.stop(timeout=2.0)
-            c = self.stats.camera(cam.spec.name)
-            for key in ("frames_read", "dropped", "decode_errors", "reconnects"):
-                c[key] = int(cam.source.counters.get(key, 0))
-            scene = cam.tracker.close()
-            if scene is not None:
-                self._write_scene(cam, scene, closed=True)
-        self.store.flush(timeout=3.0)
+            cam.source.request_stop()
+        deadline = time.monotonic() + STOP_TIMEOUT_S
+        for cam in self.cameras:
+            if not cam.source.join(max(0.0, deadline - time.monotonic())):
+                logger.warning("camera %s: reader thread did not stop within %.0f s", cam.spec.name, STOP_TIMEOUT_S)
+        try:
+            self._drain_statuses()
+            for cam in self.cameras:
+                c = self.stats.camera(cam.spec.name)
+                for key in ("frames_read", "dropped", "decode_errors", "reconnects"):
+                    c[key] = int(cam.source.counters.get(key, 0))
+                scene = cam.tracker.close()
+                if scene is not None:
+                    self._write_scene(cam, scene, closed=True)
+            for camera, kind in list(self._incidents):
+                self._close_incident(camera, kind, _now(), "stopped")
+        except RunFailedError as exc:
+            logger.error("shutdown: %s", exc)
+        for sink in self.sinks:
+            try:
+                sink.flush(timeout=3.0)
+            except Exception as exc:  # noqa: BLE001
+                logger.error("flushing %s failed: %s", type(sink).__name__, _one_line(exc))
 
-
-def default_camera_name(url: str, taken: set[str]) -> str:
-    """A readable unique name for a positional SOURCE (file stem or host/path), never containing credentials."""
-    from urllib.parse import urlsplit
-
-    parts = urlsplit(url)
-    if parts.scheme and parts.hostname:
-        base = parts.hostname + (parts.path.rstrip("/").replace("/", "_") if parts.path else "")
-    else:
-        base = Path(url.rstrip("/")).stem or "camera"
-    name, n = base, 2
-    while name in taken:
-        name, n = f"{base}-{n}", n + 1
-    taken.add(name)
-    return name

@@ -97,6 +97,22 @@ _WEBCAM_RE = re.compile(r"^/dev/video\d+$")
 # State machine
 # --------------------------------------------------------------------------------------------------------------------
 
+from enum import StrEnum
+
+
+class StatusKind(StrEnum):  # TEMP shim until the sources slice lands
+    SOURCE_UP = "source_up"
+    SOURCE_DOWN = "source_down"
+    RECONNECTING = "reconnecting"
+    SOURCE_ERROR = "source_error"
+    DROPS = "drops"
+    FINISHED = "finished"
+
+    @property
+    def ends_outage(self) -> bool:
+        return self in (StatusKind.SOURCE_UP, StatusKind.SOURCE_DOWN, StatusKind.SOURCE_ERROR, StatusKind.FINISHED)
+
+
 class SourceState(Enum):
     """Where a source is in its life; see :data:`ALLOWED_TRANSITIONS`."""
 
@@ -673,6 +689,16 @@ class Source:
             if thread.is_alive():
                 logger.warning("[%s] reader thread did not stop within %.1f s", self.cfg.name, timeout)
 
+    def request_stop(self) -> None:  # TEMP shim until the sources slice lands
+        self.stop(timeout=0)
+
+    def join(self, timeout: float | None = None) -> bool:  # TEMP shim
+        t = self._thread
+        if t is not None and t is not threading.current_thread():
+            t.join(timeout)
+            return not t.is_alive()
+        return True
+
     def __enter__(self) -> Source:
         return self if self._started else self.start()
 
@@ -696,7 +722,7 @@ class Source:
     def _emit(self, kind: str, message: str, *, previous: SourceState | None = None) -> None:
         state = self._state
         status = SourceStatus(camera=self.cfg.name, state=state, previous=state if previous is None else previous,
-                              wall_utc=datetime.now(timezone.utc), message=_one_line(self._scrub(message)), kind=kind)
+                              wall_utc=datetime.now(timezone.utc), message=_one_line(self._scrub(message)), kind=StatusKind(kind))
         level = 30 if kind in ("source_down", "source_error", "drops") else 20
         logger.log(level, "[%s] %s: %s", status.camera, kind, status.message)
         if self._on_status is not None:

@@ -1,0 +1,175 @@
+"""`edgecap export`, `quantize`, `finetune` and `bench`: the export side. They need the export extra (torch,
+transformers, onnx) and import `edgecap_export` only when they run."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..errors import DependencyError, ParityError
+from .args import add_quiet, add_threads, positive_float, positive_int
+
+
+def _require_export_extra() -> None:
+    try:
+        import onnx  # noqa: F401
+        import torch  # noqa: F401
+        import transformers  # noqa: F401
+    except ImportError as exc:
+        raise DependencyError(f"`{exc.name}` is not installed: the export step needs the export extra; install the "
+                              "CPU build of torch first (pip install torch==2.13.0, or the CPU index elsewhere), "
+                              "then pip install 'edgecap[export]'") from None
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    import sys
+
+    _require_export_extra()
+    from edgecap_export import export_model
+
+    try:
+        out = export_model(args.model, args.out, opset=args.opset, validate=not args.skip_validation,
+                           name=args.name, progress=not args.quiet, attention=args.attention)
+    except ParityError as exc:
+        print(f"edgecap: error: {exc}", file=sys.stderr)
+        for line in exc.report:
+            print(f"  mismatch: {line}", file=sys.stderr)
+        return 1
+    print(f"exported {args.model} -> {out}")
+    if args.int8:
+        return _quantize(args, out)
+    return 0
+
+
+def _quantize(args: argparse.Namespace, model_dir) -> int:
+    from edgecap_export.quantize import quantize_dir
+
+    report = quantize_dir(model_dir, calib=args.calib, calib_frames=args.calib_frames,
+                          encoder_mode=args.encoder_mode, decoder_mode=args.decoder_mode,
+                          accept_quality_drop=args.accept_quality_drop, progress=not args.quiet)
+    line = (f"int8 written to {model_dir}: caption exact match vs fp32 {report['exact_match']:.1%}, "
+            f"token agreement {report['token_agreement']:.1%}")
+    if "attribute_accuracy" in report:
+        line += f", largest attribute-accuracy drop {report['attribute_accuracy']['max_drop']:.1%}"
+    print(line + (" (quality drop accepted)" if report.get("accepted_quality_drop") else ""))
+    return 0
+
+
+def cmd_quantize(args: argparse.Namespace) -> int:
+    _require_export_extra()
+    return _quantize(args, args.model_dir)
+
+
+def cmd_finetune(args: argparse.Namespace) -> int:
+    _require_export_extra()
+    from edgecap_export.finetune import TrainConfig, finetune
+
+    cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                      threads=args.threads)
+    out = finetune(args.data, args.out, base=args.base, cfg=cfg, progress=not args.quiet,
+                   max_steps=args.max_steps)
+    print(f"trained and exported -> {out}")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    _require_export_extra()
+    from edgecap_export.bench import run
+
+    return run(args)
+
+
+def _add_int8_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--calib", default=None, help="calibration frames: a video file, an image folder or a stream URL "
+                                                 "(default: generated surveillance scenes)")
+    p.add_argument("--calib-frames", type=positive_int, default=64, help="frames used to calibrate (default 64)")
+    p.add_argument("--encoder-mode", choices=("static", "dynamic"), default="dynamic",
+                   help="encoder quantization: dynamic (fastest on CPU, default) or calibrated static QDQ (TensorRT)")
+    p.add_argument("--decoder-mode", choices=("static", "dynamic"), default="dynamic",
+                   help="decoder quantization: dynamic (fastest on CPU, default) or calibrated static QDQ "
+                        "(TensorRT, with an --attention standard export)")
+    p.add_argument("--accept-quality-drop", action="store_true",
+                   help="keep INT8 graphs that fail the quality gate (recorded in the manifest; for random-weight "
+                        "benchmark models)")
+
+
+def add_bench_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of `edgecap bench` (also used by benchmarks/bench.py)."""
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--model", help="an exported directory (transformers eager is included if DIR/hf exists)")
+    src.add_argument("--vitgpt2-random", action="store_true",
+                     help="build, export and quantize a random model with vit-gpt2-image-captioning's dimensions")
+    p.add_argument("--workdir", default=None,
+                   help="where the random ViT-GPT2 model is built and exported (default: engines/vitgpt2-random "
+                        "in the checkout)")
+    p.add_argument("--runs", type=positive_int, default=10, help="timed runs per system and batch (after one warm-up)")
+    p.add_argument("--tokens", type=positive_int, default=20, help="exactly this many new tokens")
+    p.add_argument("--batch", type=positive_int, nargs="+", default=[1, 8], help="batch sizes (default 1 8)")
+    add_threads(p, "threads for every system")
+    p.add_argument("--settle-ms", type=positive_float, default=200.0,
+                   help="pause before each timed call so the previous system's idle threads settle (default 200)")
+    p.add_argument("--systems", nargs="+", choices=("eager", "fp32", "int8"), default=["eager", "fp32", "int8"],
+                   help="subset of eager fp32 int8")
+    p.add_argument("--out", default=None,
+                   help="JSON report, a PNG plot is written next to it (default: benchmarks/results/bench.json in "
+                        "the checkout)")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("export", help="export a Hugging Face captioner to ONNX with a full KV cache",
+                       description="Export a VisionEncoderDecoder captioner (ViT/DeiT encoder + GPT-2 decoder) to "
+                                   "encoder.onnx (which also computes every decoder layer's cross-attention K/V) and "
+                                   "decoder.onnx (one cached step, no If node), copy tokenizer.json, write "
+                                   "manifest.json, and validate against transformers (tokens must be identical). "
+                                   "Needs the export extra (torch, transformers, onnx).")
+    p.add_argument("model", help="hub id (e.g. nlpconnect/vit-gpt2-image-captioning) or a save_pretrained directory")
+    p.add_argument("--out", required=True, help="output directory (e.g. engines/vitgpt2)")
+    p.add_argument("--opset", type=positive_int, default=17, help="ONNX opset (default: 17)")
+    p.add_argument("--name", help="display name recorded in the manifest")
+    p.add_argument("--attention", choices=("contrib", "standard"), default="contrib",
+                   help="contrib (default): one fused com.microsoft.MultiHeadAttention node per attention, the fast "
+                        "form for ONNX Runtime; standard: only standard ONNX ops, for TensorRT")
+    p.add_argument("--skip-validation", action="store_true",
+                   help="do not compare with transformers (not recommended: parity is the product)")
+    p.add_argument("--int8", action="store_true", help="also write INT8 graphs (see `edgecap quantize --help`)")
+    _add_int8_options(p)
+    add_quiet(p)
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("quantize", help="add INT8 graphs to an exported model, with a quality gate",
+                       description="Quantize an exported directory to INT8 (per-channel symmetric INT8 weights on "
+                                   "every weight MatMul; attention, LayerNorm and Softmax stay in float), then "
+                                   "compare INT8 with FP32 on held-out frames; fails when captions change (exact "
+                                   "match < 95%) unless --accept-quality-drop. CPU default: dynamic activations for "
+                                   "both graphs (fastest with ONNX Runtime). For TensorRT: export with --attention "
+                                   "standard, then --encoder-mode static --decoder-mode static gives static QDQ "
+                                   "(S8S8, symmetric activations calibrated on --calib frames). Needs the export "
+                                   "extra.")
+    p.add_argument("model_dir", help="an exported model directory")
+    _add_int8_options(p)
+    add_quiet(p)
+    p.set_defaults(func=cmd_quantize)
+
+    p = sub.add_parser("finetune", help="train or fine-tune a captioner on image+caption pairs, then export it",
+                       description="Train (from a preset) or fine-tune (from a checkpoint) a VisionEncoderDecoder "
+                                   "captioner. DATA: a JSONL of {\"image\": path, \"caption\": text}, a folder "
+                                   "(captions.jsonl, or images with same-named .txt files), or synth:N for N "
+                                   "generated scenes. Resumes from OUT/train automatically; ends with `edgecap "
+                                   "export` into OUT. Needs the export extra.")
+    p.add_argument("--data", required=True, help="JSONL file, folder, or synth:N")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--base", default="tiny", help="checkpoint directory, preset (tiny, demo) or preset JSON")
+    p.add_argument("--epochs", type=positive_int, default=10, help="passes over the data (default 10)")
+    p.add_argument("--batch-size", type=positive_int, default=64, help="images per step (default 64)")
+    p.add_argument("--lr", type=positive_float, default=1e-3, help="peak learning rate (default 1e-3)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    add_threads(p, "torch threads")
+    p.add_argument("--max-steps", type=positive_int, default=None, help="stop after this many steps (smoke tests)")
+    add_quiet(p)
+    p.set_defaults(func=cmd_finetune)
+
+    p = sub.add_parser("bench", help="latency benchmark: transformers eager vs edgecap FP32 vs INT8, alternated",
+                       description="Time transformers eager generate, edgecap FP32 and edgecap INT8 side by side "
+                                   "(alternating in one run) at batch 1 and 8 with exactly 20 new tokens; per-stage "
+                                   "percentiles, captions/s, tokens/s, RSS; JSON + PNG. Needs the export extra.")
+    add_bench_arguments(p)
+    p.set_defaults(func=cmd_bench)

@@ -1,0 +1,121 @@
+"""`edgecap run`: caption cameras and files into the event log."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Any
+
+from ..errors import InputError
+from .args import add_precision, add_threads, positive_float, positive_int
+
+
+def _cli_options(args: argparse.Namespace) -> dict[str, Any]:
+    """Source options given on the command line, as cameras.toml keys (absent flags are left to the defaults)."""
+    given = {"interval": args.interval, "max_interval": args.max_interval, "realtime": args.realtime}
+    return {k: v for k, v in given.items() if v is not None}
+
+
+def _cameras(args: argparse.Namespace):
+    from ..runtime import camera_spec, check_source, default_camera_name, load_config
+    from ..sources import mask_url
+
+    options = _cli_options(args)
+    cameras = load_config(args.config, defaults=options).cameras if args.config else []
+    taken = {c.name for c in cameras}
+    for src in args.sources:
+        cameras.append(camera_spec(default_camera_name(src, taken), src, options, where=mask_url(src)))
+    if not cameras:
+        raise InputError("no sources: pass video files, URLs, webcams or image folders, or --config cameras.toml")
+    for cam in cameras:  # a typo'd path or a refused scheme fails before the model loads
+        check_source(cam)
+    return cameras
+
+
+class _Console:
+    """Prints the timeline; a closed stdout (`edgecap run ... | head`) ends the run quietly instead of a traceback."""
+
+    def __init__(self, stop) -> None:
+        self.stop = stop
+        self.closed = False
+
+    def print(self, line: str) -> None:
+        if self.closed:
+            return
+        try:
+            print(line, flush=True)
+        except BrokenPipeError:
+            self.closed = True
+            self.stop.set()
+            # Python flushes stdout again at exit; point it at /dev/null so that flush has nowhere to fail
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            os.close(devnull)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+
+    cameras = _cameras(args)
+
+    from ..captioner import Captioner
+    from ..events import EventStore, thumbnail_dir
+    from ..runtime import RunOptions, Runtime
+    from ..units import format_ts
+
+    cap = Captioner(args.model, precision=args.precision, threads=args.threads)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    console = _Console(stop)
+
+    def show(ev) -> None:
+        if ev.source_start_s is not None and ev.source_end_s is not None:
+            span = f"{format_ts(ev.source_start_s)}-{format_ts(ev.source_end_s)}"
+        else:
+            span = f"{ev.start:%H:%M:%S}-{ev.end:%H:%M:%S}Z" if ev.end else f"{ev.start:%H:%M:%S}Z"
+        console.print(f"[{ev.camera}] {span}  {ev.caption}  ({ev.observations} obs)")
+
+    options = RunOptions(max_batch=args.max_batch, thumbnail_dir=thumbnail_dir(args.db))
+    with EventStore(args.db, jsonl=args.jsonl) as store:
+        rt = Runtime(cap, cameras, store, options=options, on_scene=show)
+        code = rt.run(stop)
+    for name, c in rt.stats.per_camera.items():
+        console.print(f"[{name}] sampled {c['sampled']}, gated out {c['gated_out']}, captioned {c['captioned']}, "
+                      f"dropped {c['dropped']}, decode errors {c['decode_errors']}, reconnects {c['reconnects']}"
+                      + (f", caption errors {c['caption_errors']}" if c["caption_errors"] else ""))
+    console.print(f"{rt.stats.scenes} scene events, {rt.stats.batches} batches (largest {rt.stats.max_batch_seen}); "
+                  f"events in {args.db}" + (f" and {args.jsonl}" if args.jsonl else ""))
+    return code
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("run", help="caption camera streams and files into a searchable event log",
+                       description="Read every SOURCE (video file, rtsp://, http(s):// MJPEG/HLS, a webcam "
+                                   "/dev/videoN or index, or an image folder), sample a frame every --interval "
+                                   "seconds, skip frames where nothing changed, caption the rest in batches "
+                                   "across cameras, and write scene events (and source up/down events) to an "
+                                   "SQLite database with full-text search. Stops by itself when every source is a "
+                                   "file and all are done; Ctrl-C or SIGTERM closes open scenes and exits 0. "
+                                   "Review with `edgecap events search`.",
+                       epilog="Source options (--interval, --max-interval, --realtime) are defaults: a --config "
+                              "file's [defaults] table and each [[camera]] table override them, and can set every "
+                              "other source and gate option per camera (read_timeout, open_timeout, reconnect_min, "
+                              "reconnect_max, auth_backoff, queue_size, max_reconnects, buffer, changed_share, "
+                              "cell_delta, embedding_distance, settle_samples).")
+    p.add_argument("sources", nargs="*", metavar="SOURCE", help="video files, stream URLs, webcams, image folders")
+    p.add_argument("--model", default="demo", help="exported model directory (default: the bundled demo model)")
+    p.add_argument("--config", help="cameras.toml with named cameras (credentials from environment variables)")
+    p.add_argument("--db", default="events.sqlite", help="event database (default: ./events.sqlite)")
+    p.add_argument("--jsonl", help="also append every event to this JSONL file")
+    p.add_argument("--interval", type=positive_float, default=None, help="seconds between sampled frames (default 1)")
+    p.add_argument("--max-interval", type=positive_float, default=None,
+                   help="re-caption an unchanged scene at least this often (default 30 s)")
+    p.add_argument("--realtime", action="store_true", default=None,
+                   help="pace files like live cameras (drop late frames)")
+    add_precision(p)
+    p.add_argument("--max-batch", type=positive_int, default=8, help="most frames per captioner batch (default 8)")
+    add_threads(p)
+    p.set_defaults(func=cmd_run)
