@@ -6,6 +6,8 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 BLOCK = textwrap.dedent("""
     import sys
     BLOCKED = {blocked!r}
@@ -39,6 +41,7 @@ def test_runtime_runs_with_torch_and_transformers_blocked(tiny_export):
     assert proc.stdout.strip() == "ok"
 
 
+@pytest.mark.slow
 def test_runtime_commands_work_without_the_export_side(tmp_path):
     # `edgecap --help` used to import the export side's benchmark module (and the POSIX-only `resource` module)
     proc = _run("""

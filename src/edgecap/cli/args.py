@@ -40,6 +40,17 @@ positive_float = _number(float, 0, inclusive=False)
 non_negative_float = _number(float, 0, inclusive=True)
 
 
+def duration(text: str):
+    """An age such as 30d, 12h, 90m (see `edgecap.units.parse_duration`)."""
+    from ..errors import InputError
+    from ..units import parse_duration
+
+    try:
+        return parse_duration(text)
+    except InputError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def add_precision(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", choices=("fp32", "int8"), default="fp32",
                    help="graph precision (default fp32; int8 needs `edgecap quantize`)")

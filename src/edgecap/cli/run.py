@@ -8,7 +8,7 @@ import sys
 from typing import Any
 
 from ..errors import InputError
-from .args import add_precision, add_threads, positive_float, positive_int
+from .args import add_precision, add_threads, duration, positive_float, positive_int
 
 
 def _cli_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -17,12 +17,15 @@ def _cli_options(args: argparse.Namespace) -> dict[str, Any]:
     return {k: v for k, v in given.items() if v is not None}
 
 
-def _cameras(args: argparse.Namespace):
-    from ..runtime import camera_spec, check_source, default_camera_name, load_config
+def _site(args: argparse.Namespace):
+    """Cameras and retention from the flags and --config, every source checked (before any model loads)."""
+    from ..runtime import RetentionConfig, SiteConfig, camera_spec, check_source, default_camera_name, load_config
     from ..sources import mask_url
 
     options = _cli_options(args)
-    cameras = load_config(args.config, defaults=options).cameras if args.config else []
+    retention = RetentionConfig(older_than=args.retain)
+    site = load_config(args.config, defaults=options, retention=retention) if args.config else SiteConfig([], retention)
+    cameras = site.cameras
     taken = {c.name for c in cameras}
     for src in args.sources:
         cameras.append(camera_spec(default_camera_name(src, taken), src, options, where=mask_url(src)))
@@ -30,7 +33,7 @@ def _cameras(args: argparse.Namespace):
         raise InputError("no sources: pass video files, URLs, webcams or image folders, or --config cameras.toml")
     for cam in cameras:  # a typo'd path or a refused scheme fails before the model loads
         check_source(cam)
-    return cameras
+    return site
 
 
 class _Console:
@@ -58,11 +61,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     import signal
     import threading
 
-    cameras = _cameras(args)
+    site = _site(args)
 
     from ..captioner import Captioner
     from ..events import EventStore, thumbnail_dir
     from ..runtime import RunOptions, Runtime
+    from ..runtime.retention import Pruner
     from ..units import format_ts
 
     cap = Captioner(args.model, precision=args.precision, threads=args.threads)
@@ -78,10 +82,19 @@ def cmd_run(args: argparse.Namespace) -> int:
             span = f"{ev.start:%H:%M:%S}-{ev.end:%H:%M:%S}Z" if ev.end else f"{ev.start:%H:%M:%S}Z"
         console.print(f"[{ev.camera}] {span}  {ev.caption}  ({ev.observations} obs)")
 
-    options = RunOptions(max_batch=args.max_batch, thumbnail_dir=thumbnail_dir(args.db))
+    thumbs = thumbnail_dir(args.db)
+    options = RunOptions(max_batch=args.max_batch, thumbnail_dir=thumbs)
     with EventStore(args.db, jsonl=args.jsonl) as store:
-        rt = Runtime(cap, cameras, store, options=options, on_scene=show)
-        code = rt.run(stop)
+        rt = Runtime(cap, site.cameras, store, options=options, on_scene=show)
+        pruner = Pruner(args.db, site.retention, thumbnails=thumbs, record=store.put) if site.retention.enabled \
+            else None
+        try:
+            if pruner:
+                pruner.start()
+            code = rt.run(stop)
+        finally:
+            if pruner:
+                pruner.stop()
     for name, c in rt.stats.per_camera.items():
         console.print(f"[{name}] sampled {c['sampled']}, gated out {c['gated_out']}, captioned {c['captioned']}, "
                       f"dropped {c['dropped']}, decode errors {c['decode_errors']}, reconnects {c['reconnects']}"
@@ -118,4 +131,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_precision(p)
     p.add_argument("--max-batch", type=positive_int, default=8, help="most frames per captioner batch (default 8)")
     add_threads(p)
+    p.add_argument("--retain", type=duration, default=None, metavar="AGE",
+                   help="delete events (and thumbnails) older than AGE as the run goes, e.g. 30d, 12h (default: keep "
+                        "everything; a --config file's [retention] table overrides it and can also cap the size)")
     p.set_defaults(func=cmd_run)
