@@ -22,8 +22,8 @@ import numpy as np
 import pytest
 
 from edgecap.errors import EdgecapError, InputError
-from edgecap.events import (MAX_CAPTION_CHARS, SCHEMA_VERSION, Event, EventStore, EventStoreError, export, migrate,
-                            parse_time, save_jpeg, search, tail, thumbnail_dir)
+from edgecap.events import (MAX_CAPTION_CHARS, SCHEMA_VERSION, Event, EventStore, EventStoreError, JsonlSink, export,
+                            migrate, parse_time, save_jpeg, search, tail, thumbnail_dir)
 from edgecap.cli.events import register
 
 T0 = datetime(2024, 5, 1, 10, 0, tzinfo=timezone.utc)
@@ -443,7 +443,7 @@ def test_a_newer_schema_is_refused_by_writer_and_readers(db):
 
 
 def test_a_failed_migration_leaves_the_database_unchanged(db, monkeypatch):
-    import edgecap.events as events
+    import edgecap.events.schema as schema
 
     old = sqlite3.connect(db)
     old.executescript(V1_SCHEMA)
@@ -455,7 +455,7 @@ def test_a_failed_migration_leaves_the_database_unchanged(db, monkeypatch):
         conn.execute("ALTER TABLE events ADD COLUMN thumbnail TEXT")
         raise sqlite3.OperationalError("simulated crash in the middle of a migration")
 
-    monkeypatch.setattr(events, "MIGRATIONS", [events.MIGRATIONS[0], broken])
+    monkeypatch.setattr(schema, "MIGRATIONS", [schema.MIGRATIONS[0], broken])
     with pytest.raises(EventStoreError, match="simulated"):
         EventStore(db)
     raw = sqlite3.connect(db)
@@ -489,10 +489,8 @@ def test_jsonl_records_every_committed_update_with_its_row_id(tmp_path):
 def test_jsonl_mirror_catches_up_after_a_failed_mirror_write(tmp_path, monkeypatch):
     """A mirror write that fails (disk full) loses nothing: the next commit appends the current state of every
     row the mirror missed, in write order, before its own."""
-    import edgecap.events as events
-
     db, jsonl = tmp_path / "e.sqlite", tmp_path / "e.jsonl"
-    real_write, calls = events._JsonlSink.write, []
+    real_write, calls = JsonlSink.write, []
 
     def write(self, rows):
         calls.append(len(rows))
@@ -500,7 +498,7 @@ def test_jsonl_mirror_catches_up_after_a_failed_mirror_write(tmp_path, monkeypat
             raise OSError(28, "No space left on device")
         return real_write(self, rows)
 
-    monkeypatch.setattr(events._JsonlSink, "write", write)
+    monkeypatch.setattr(JsonlSink, "write", write)
     with EventStore(db, jsonl=jsonl) as store:
         store.put(scene("a car", 0, uid="s1")).wait(10)
         store.put(scene("a dog", 1, uid="s2")).wait(10)  # its mirror write fails
@@ -526,14 +524,14 @@ def test_jsonl_mirror_catches_up_after_kill_between_commit_and_mirror(tmp_path):
 import os
 from datetime import datetime, timezone
 import edgecap.events as events
-real = events._JsonlSink.write
+real = events.JsonlSink.write
 calls = []
 def write(self, rows):
     calls.append(1)
     if len(calls) == 3:
         os._exit(9)  # the third event is committed, its mirror line never written
     return real(self, rows)
-events._JsonlSink.write = write
+events.JsonlSink.write = write
 with events.EventStore({str(db)!r}, jsonl={str(jsonl)!r}) as store:
     for i in range(5):
         store.put(events.Event(f"e{{i}}", "scene", "gate", datetime(2024, 5, 1, tzinfo=timezone.utc),
