@@ -13,7 +13,6 @@ import subprocess
 import sys
 import textwrap
 import threading
-import uuid
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -21,7 +20,7 @@ import pytest
 
 from edgecap.cli.events import register
 from edgecap.errors import EdgecapError, InputError
-from edgecap.events import Event, EventStore, EventStoreError, PruneReport, prune, search
+from edgecap.events import Event, EventStore, EventStoreError, prune, search
 
 NOW = datetime(2024, 6, 1, 12, 0, tzinfo=timezone.utc)
 THUMB_BYTES = 2000

@@ -10,7 +10,7 @@ Modules, by job (arrows are imports; none points back):
     store      EventStore, the writer thread                                 -> model, sink, schema, mirror, _writing
     thumbs     thumbnail_dir, save_jpeg                                      -> model
     query      search, export, tail, fts_query                               -> model, schema
-    retention  prune, PruneReport                                            -> model, schema, thumbs
+    retention  prune, PruneReport                                            -> model, schema, thumbs, _writing
 """
 
 from .mirror import JsonlSink

@@ -15,7 +15,8 @@ oversized strings are cleaned before storing, so every stored value is valid UTF
 
 JSONL mirror. Each committed write is appended as one line (the event, a ``seq`` that continues across restarts,
 and ``updated``, the database's write counter). The line is written after the commit, so a kill in between, or a
-mirror write that fails, leaves the mirror behind the database; the next successful mirror write, or the next
+mirror write that fails (whatever the error: the events are committed, their acks resolve and the writer goes on),
+leaves the mirror behind the database; the next successful mirror write, or the next
 ``EventStore`` opened on the same files, first appends the current state of every row written after the mirror's
 last line. Every committed event is in the mirror, and each row's last line is its latest state.
 """
@@ -49,7 +50,7 @@ class _Write:
 
 
 class EventStore:
-    """The writer of the event log: SQLite in WAL mode, one writer thread, batched commits.
+    """The writer of the event log: SQLite in WAL mode, one writer thread, batched commits; an ``EventSink``.
 
     Args:
         path: database file (created with its schema; an older schema is migrated in one transaction).
