@@ -4,6 +4,7 @@ a running writer never locked out, and a killed prune leaving nothing half-delet
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import random
 import shutil
@@ -117,6 +118,22 @@ def test_size_prune_deletes_the_oldest_closed_events_until_the_log_fits(db):
     assert_fts_consistent(db)
 
 
+def test_the_event_written_last_survives_so_the_write_counter_never_goes_back(db, tmp_path):
+    """Deleting every row would restart ``updated`` at 1: the JSONL mirror (and tail) would take new writes for
+    ones already seen and never record them."""
+    jsonl = tmp_path / "events.jsonl"
+    with EventStore(db, jsonl=jsonl) as store:
+        for uid in ("a", "b", "last"):
+            store.put(Event(uid, "scene", "gate", days_ago(40), end=days_ago(39), caption=uid)).wait(5)
+    report = prune(db, older_than=timedelta(days=30), now=NOW, record=lambda event: None)
+    assert report.events_deleted == 2 and uids(db) == {"last"}
+    with EventStore(db, jsonl=jsonl) as store:
+        store.put(Event("after", "scene", "gate", NOW, caption="after the prune")).wait(5)
+    lines = [json.loads(line) for line in jsonl.read_text().splitlines()]
+    assert [r["uid"] for r in lines] == ["a", "b", "last", "after"]
+    assert lines[-1]["updated"] > lines[-2]["updated"]
+
+
 def test_record_receives_the_prune_event_instead_of_a_direct_write(db):
     make_log(db, [("old", 40, 39, True), ("new", 1, 0.5, True)], thumbs=False)
     recorded: list[Event] = []
@@ -147,6 +164,7 @@ def test_only_files_inside_the_thumbnail_folder_are_ever_deleted(db, tmp_path):
         store.put(Event("escape", "scene", "gate", days_ago(40), end=days_ago(39), thumbnail=str(precious))).wait(5)
         store.put(Event("dots", "scene", "gate", days_ago(40), end=days_ago(39),
                         thumbnail="thumbnails/../precious.jpg")).wait(5)
+        store.put(Event("recent", "scene", "gate", NOW)).wait(5)
     report = prune(db, older_than=timedelta(days=30), now=NOW)
     assert report.events_deleted == 2 and report.thumbnails_deleted == 0 and precious.exists()
 

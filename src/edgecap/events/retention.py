@@ -1,6 +1,7 @@
 """Retention: delete old events and their thumbnails so a camera deployment does not fill its disk.
 
-Safety rules. A scene that may still be extended (``closed`` false) is never deleted. Rows go in small
+Safety rules. A scene that may still be extended (``closed`` false) is never deleted, nor the event written last
+(it holds the write counter that ``tail`` and the JSONL mirror follow). Rows go in small
 transactions (``batch`` rows each; the FTS rows go with them, by the schema's triggers), with a pause after each as
 long as the transaction took, so a running ``edgecap run`` writer gets the database in between and never sees
 "database is locked". A thumbnail file is deleted only after the deletion of its row committed; a prune killed in
@@ -34,10 +35,12 @@ from .thumbs import thumbnail_dir
 PRUNE = "prune"
 
 # Only closed events; by start time because its index makes each batch cheap (end >= start, so every event that
-# ended before the cutoff also started before it).
-_DELETE_OLDER = ("DELETE FROM events WHERE id IN (SELECT id FROM events WHERE start_unix < ? AND closed = 1 "
+# ended before the cutoff also started before it). The row written last is kept: its ``updated`` is the write
+# counter the store continues from, and tail readers and the JSONL mirror rely on it never going back.
+_DELETABLE = "closed = 1 AND updated < (SELECT MAX(updated) FROM events)"
+_DELETE_OLDER = (f"DELETE FROM events WHERE id IN (SELECT id FROM events WHERE start_unix < ? AND {_DELETABLE} "
                  "AND COALESCE(end_unix, start_unix) < ? ORDER BY start_unix LIMIT ?) RETURNING thumbnail")
-_DELETE_OLDEST = ("DELETE FROM events WHERE id IN (SELECT id FROM events WHERE closed = 1 ORDER BY start_unix "
+_DELETE_OLDEST = (f"DELETE FROM events WHERE id IN (SELECT id FROM events WHERE {_DELETABLE} ORDER BY start_unix "
                   "LIMIT ?) RETURNING thumbnail")
 
 
@@ -139,7 +142,7 @@ def prune(db_path: str | os.PathLike, *, older_than: timedelta | None = None, ma
                 names = _delete(conn, path, _DELETE_OLDEST, (want,))
                 if not names:
                     logger.warning("event log %s is %d bytes, over the limit of %d, but every event left is an "
-                                   "open scene", path, total, max_bytes)
+                                   "open scene or the one written last", path, total, max_bytes)
                     break
                 deleted, count = deleted + len(names), count - len(names)
                 files.delete(names)
