@@ -772,6 +772,8 @@ NOW = datetime(2024, 5, 1, 12, 0, tzinfo=timezone.utc)
     (" 2H ", NOW - timedelta(hours=2)),
     ("1.5h", NOW - timedelta(minutes=90)),
     ("3d", NOW - timedelta(days=3)),
+    ("2w", NOW - timedelta(days=14)),
+    ("0s", NOW),
     ("2024-05-01T14:30:00Z", datetime(2024, 5, 1, 14, 30, tzinfo=timezone.utc)),
     ("2024-05-01T14:30:00", datetime(2024, 5, 1, 14, 30, tzinfo=timezone.utc)),         # naive = UTC
     ("2024-05-01T16:30:00+02:00", datetime(2024, 5, 1, 14, 30, tzinfo=timezone.utc)),   # converted to UTC
