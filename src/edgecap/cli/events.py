@@ -1,16 +1,18 @@
-"""`edgecap events`: search, export, follow and migrate the event log that `edgecap run` writes."""
+"""`edgecap events`: search, export, follow, migrate and prune the event log that `edgecap run` writes."""
 
 from __future__ import annotations
 
 import argparse
 import functools
+import math
 import os
 import sys
 from pathlib import Path
 from typing import Callable, Iterable
 
 from ..errors import InputError
-from ..events import EXPORT_FORMATS, KINDS, Event, export, json_line, migrate, search, tail
+from ..events import EXPORT_FORMATS, KINDS, Event, export, json_line, migrate, prune, search, tail
+from ..units import parse_duration
 
 DEFAULT_DB = "events.sqlite"  # what `edgecap run` writes by default
 
@@ -97,12 +99,35 @@ def cmd_tail(args: argparse.Namespace) -> int:
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
-    print(f"{args.db}: schema v{migrate(args.db)}")
+    version = migrate(args.db)
+    print(f"{args.db}: schema v{version}" if version else
+          f"{args.db}: no events yet (`edgecap run` creates the schema when it opens the database)")
     return 0
 
 
+def cmd_prune(args: argparse.Namespace) -> int:
+    if args.older_than is None and args.max_gb is None:
+        raise InputError("give a retention limit: --older-than (such as 30d), --max-gb, or both")
+    older_than = None if args.older_than is None else parse_duration(args.older_than)
+    report = prune(args.db, older_than=older_than, max_bytes=None if args.max_gb is None else _bytes(args.max_gb),
+                   thumbnails=args.thumbnails)
+    print(f"{args.db}: {report.summary()}")
+    return 0
+
+
+def _bytes(gigabytes: str) -> int:
+    try:
+        gb = float(gigabytes)
+    except ValueError:
+        gb = math.nan
+    if not (math.isfinite(gb) and gb > 0):
+        raise InputError(f"--max-gb must be a positive number of gigabytes (10^9 bytes) such as 20, got "
+                         f"{gigabytes!r}")
+    return max(1, round(gb * 1e9))
+
+
 def _no_action(args: argparse.Namespace) -> int:
-    raise InputError("choose an action: search, export, tail or migrate (see `edgecap events --help`)")
+    raise InputError("choose an action: search, export, tail, migrate or prune (see `edgecap events --help`)")
 
 
 def _add_db(p: argparse.ArgumentParser) -> None:
@@ -161,4 +186,21 @@ def register(sub: argparse._SubParsersAction) -> None:
                                        "in one transaction (the runtime does this by itself when it opens one).")
     _add_db(m)
     m.set_defaults(func=cmd_migrate)
+
+    r = actions.add_parser("prune", help="delete old events and their thumbnails (age and/or size limit)",
+                           description="Delete closed events that ended more than --older-than ago and, while the "
+                                       "log (live database pages + thumbnail files) is larger than --max-gb, the "
+                                       "oldest further events, with their thumbnails. Open scenes are never deleted. "
+                                       "Safe while `edgecap run` writes: small transactions that let it in between. "
+                                       "Thumbnails left by an interrupted prune are swept by the next one. The "
+                                       "database file keeps its size; freed pages are reused. Records one `prune` "
+                                       "event with the counts.",
+                           epilog="example: edgecap events prune --db events.sqlite --older-than 30d --max-gb 20")
+    _add_db(r)
+    r.add_argument("--older-than", metavar="AGE",
+                   help="delete events that ended more than AGE ago: a number and s, m, h, d or w (30d, 12h, 2w)")
+    r.add_argument("--max-gb", metavar="GB", help="keep the log under GB gigabytes (10^9 bytes), oldest go first")
+    r.add_argument("--thumbnails", metavar="DIR",
+                   help="the thumbnail folder (default: thumbnails/ next to the database, as `edgecap run`)")
+    r.set_defaults(func=cmd_prune)
 
