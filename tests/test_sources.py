@@ -20,7 +20,7 @@ import av
 import numpy as np
 import pytest
 
-from edgecap import sources
+from edgecap.sources import decoding
 from edgecap.errors import SourceError
 from edgecap.sources import (ALLOWED_TRANSITIONS, GLOBAL_RECONNECT_BURST, GLOBAL_RECONNECTS_PER_S, Source,
                              SourceConfig, SourceState, check_transition, classify_source, mask_url,
@@ -703,7 +703,7 @@ class FakeCapture:
 
 def test_webcam_falls_back_to_opencv(monkeypatch):
     monkeypatch.setitem(sys.modules, "cv2", types.SimpleNamespace(VideoCapture=FakeCapture))
-    monkeypatch.setattr(sources, "_webcam_input", lambda url: None)  # as on a PyAV build without v4l2
+    monkeypatch.setattr(decoding, "webcam_input", lambda url: None)  # as on a PyAV build without v4l2
     rec = Recorder()
     cfg = SourceConfig("usb", "0", interval_s=0.001, **FAST)
     with Source(cfg, on_status=rec) as src:
@@ -716,7 +716,7 @@ def test_webcam_falls_back_to_opencv(monkeypatch):
 
 def test_webcam_without_any_backend_fails_with_install_hint(monkeypatch):
     monkeypatch.setitem(sys.modules, "cv2", None)  # import cv2 -> ImportError
-    monkeypatch.setattr(sources, "_webcam_input", lambda url: None)
+    monkeypatch.setattr(decoding, "webcam_input", lambda url: None)
     rec = Recorder()
     with Source(SourceConfig("usb", 0, **FAST), on_status=rec) as src:
         drain(src, limit_s=3)
