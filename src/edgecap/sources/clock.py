@@ -66,6 +66,7 @@ class InterruptHook:
         self.installed = False
 
     def install(self) -> bool:
+        """Put the hooked clock into av.container.core (once per process); True if the hook is in place."""
         with self._lock:
             if not self.installed:
                 import av.container.core as core
@@ -78,6 +79,7 @@ class InterruptHook:
             return self.installed
 
     def monotonic(self) -> float:
+        """The clock PyAV sees: the real one, or a falling one on a watched thread that asked to be interrupted."""
         check = self._checks.get(threading.get_ident())
         if check is not None and check():
             return -1e12 - next(self._ticks)  # strictly falling: also interrupts a call started while interrupted
@@ -85,6 +87,7 @@ class InterruptHook:
 
     @contextmanager
     def watch(self, check: Callable[[], bool]) -> Iterator[None]:
+        """While the block runs, PyAV calls on this thread are interrupted as soon as ``check()`` is true."""
         ident = threading.get_ident()
         self._checks[ident] = check
         try:

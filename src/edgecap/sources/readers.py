@@ -136,6 +136,8 @@ class Source:
     def start(self) -> Source:
         """Check the source cheaply and start its reader thread.
 
+        Thread-safe: of several threads calling start() at once, exactly one starts the reader; the others raise.
+
         Returns:
             self.
 
