@@ -14,6 +14,7 @@ import textwrap
 import threading
 import time
 import types
+from datetime import datetime, timezone
 from pathlib import Path
 
 import av
@@ -412,7 +413,7 @@ def test_config_repr_masks_password():
 
 
 def test_status_kind_is_an_enum_that_compares_as_its_string():
-    status = SourceStatus("c", S.STREAMING, S.CONNECTING, __import__("datetime").datetime.now(), "up", "source_up")
+    status = SourceStatus("c", S.STREAMING, S.CONNECTING, datetime.now(timezone.utc), "up", "source_up")
     assert status.kind is StatusKind.SOURCE_UP and status.kind == "source_up" and f"{status.kind}" == "source_up"
     with pytest.raises(ValueError):
         SourceStatus("c", S.STREAMING, S.CONNECTING, status.wall_utc, "?", "source_sideways")
