@@ -245,6 +245,7 @@ CLI_SAMPLE = ("empty.mp4", "random.webm", "magic_ebml.mkv", "mp4_trunc30.mp4", "
 _LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (WARNING|ERROR) edgecap: \[[^\]]+\] ")
 
 
+@pytest.mark.slow  # a fresh interpreter per file, each loading the model
 @pytest.mark.parametrize("name", CLI_SAMPLE)
 def test_cli_run_ends_with_one_clear_line(corpus, tmp_path, name):
     case = next(c for c in corpus if c.name == name)

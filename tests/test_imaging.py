@@ -80,6 +80,27 @@ def test_corrupt_image_file_raises_input_error(tmp_path):
         load_image(p)
 
 
+def test_undecodable_image_error_says_why_not_only_the_type(tmp_path, monkeypatch):
+    # Regression (issue 11, bug 9): the error named only the exception type ("OSError"), losing the decoder's reason.
+    from edgecap import imaging
+
+    class BrokenPil:
+        @staticmethod
+        def open(path):
+            raise OSError("image file is truncated\n(41 bytes not processed)")
+
+    p = tmp_path / "cut.png"
+    p.write_bytes(b"\x89PNG\r\n\x1a\n")
+    monkeypatch.setattr(imaging, "_PIL", BrokenPil)
+    with pytest.raises(InputError) as info:
+        load_image(p)
+    message = str(info.value)
+    assert "OSError: image file is truncated (41 bytes not processed)" in message and "\n" not in message
+    monkeypatch.setattr(imaging, "_PIL", None)  # the PyAV path reports its reason too
+    with pytest.raises(InputError, match=r"cannot decode image .*Error: \S+.*; expected"):
+        load_image(p)
+
+
 def test_empty_batch_rejected():
     with pytest.raises(InputError, match="empty batch"):
         preprocess([], _cfg())

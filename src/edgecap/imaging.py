@@ -203,7 +203,14 @@ def _read_image_file(path: str) -> np.ndarray:
             frame = next(container.decode(video=0))
             return frame.to_ndarray(format="rgb24")
     except Exception as exc:  # noqa: BLE001 - any decoder failure is the same user error
-        raise InputError(f"cannot decode image {path}: {type(exc).__name__}; expected a PNG/JPEG/BMP/WebP file") from None
+        raise InputError(f"cannot decode image {path}: {_describe(exc)}; expected a PNG/JPEG/BMP/WebP file") from None
+
+
+def _describe(exc: BaseException) -> str:
+    """The exception's type and message on one short line: the message says why (truncated image, bad header)."""
+    text = " ".join(str(exc).split())
+    text = text if len(text) <= 200 else text[:197] + "..."
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 @dataclass(frozen=True)

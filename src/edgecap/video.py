@@ -1,4 +1,5 @@
-"""Reading frames from video files with PyAV (the file source; live sources come with the streaming runtime)."""
+"""Frames of a video file at a fixed interval, for batch jobs (calibration, evaluation): a :class:`Source` read to
+its end, so files are sampled exactly as the streaming runtime samples them."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import Iterator
 import numpy as np
 
 from .errors import SourceError
+from .sources import Source, SourceConfig, SourceState, SourceStatus
 
 
 @dataclass(frozen=True)
@@ -22,38 +24,31 @@ class Frame:
 def sample_frames(path: str | os.PathLike, interval_s: float) -> Iterator[Frame]:
     """Yield the first frame at or after every multiple of ``interval_s`` seconds of a video file.
 
+    Undecodable packets are skipped (as a camera source skips them); a file that cannot be read at all raises.
+
     Args:
         path: a video file PyAV can open.
         interval_s: sampling interval in seconds (> 0).
 
-    Raises:
-        SourceError: the file is missing or cannot be decoded.
-    """
-    if interval_s <= 0:
-        raise SourceError(f"sampling interval must be > 0 s, got {interval_s}")
-    import av
+    Returns:
+        An iterator of :class:`Frame`, in file order.
 
+    Raises:
+        SourceError: the interval is not positive, the file is missing, or it cannot be decoded.
+    """
     path = os.fspath(path)
+    cfg = SourceConfig(name="video", url=path, interval_s=interval_s)  # validates the interval
     if not os.path.isfile(path):
         raise SourceError(f"video file not found: {path}")
-    try:
-        container = av.open(path)
-    except (av.error.FFmpegError, UnicodeDecodeError, OSError) as exc:
-        raise SourceError(f"cannot open {path}: {type(exc).__name__}; expected a video file") from None
-    with container:
-        if not container.streams.video:
-            raise SourceError(f"{path} has no video stream")
-        stream = container.streams.video[0]
-        next_t = 0.0
-        try:
-            for frame in container.decode(stream):
-                if frame.pts is None:
-                    continue
-                t = float(frame.pts * stream.time_base)
-                if t + 1e-6 < next_t:
-                    continue
-                yield Frame(t, frame.to_ndarray(format="rgb24"))
-                while next_t <= t + 1e-6:
-                    next_t += interval_s
-        except (av.error.FFmpegError, UnicodeDecodeError) as exc:
-            raise SourceError(f"decoding {path} failed: {type(exc).__name__}") from None
+    failures: list[str] = []
+
+    def on_status(status: SourceStatus) -> None:
+        if status.state is SourceState.FAILED:
+            failures.append(status.message)
+
+    with Source(cfg, on_status=on_status) as src:
+        while (sample := src.read()) is not None:
+            if sample.pts_s is not None:
+                yield Frame(sample.pts_s, sample.image)
+    if failures:
+        raise SourceError(failures[-1])
