@@ -14,7 +14,7 @@ Modules, by job (arrows are imports; none points back):
 """
 
 from .mirror import JsonlSink
-from .model import (KINDS, MAX_CAPTION_CHARS, MAX_DETAIL_TEXT_CHARS, MAX_DETAILS_BYTES, MAX_NAME_CHARS,
+from .model import (ERROR, KINDS, PRUNE, MAX_CAPTION_CHARS, MAX_DETAIL_TEXT_CHARS, MAX_DETAILS_BYTES, MAX_NAME_CHARS,
                     MAX_PATH_CHARS, MAX_SEARCH_TERMS, SCENE, SYSTEM_KINDS, Event, EventStoreError, json_line,
                     parse_time)
 from .query import EXPORT_FORMATS, export, fts_query, search, tail
@@ -25,8 +25,8 @@ from .store import EventStore
 from .thumbs import save_jpeg, thumbnail_dir
 
 __all__ = [
-    "Ack", "EXPORT_FORMATS", "Event", "EventSink", "EventStore", "EventStoreError", "JsonlSink", "KINDS",
+    "Ack", "ERROR", "EXPORT_FORMATS", "Event", "EventSink", "EventStore", "EventStoreError", "JsonlSink", "KINDS",
     "MAX_CAPTION_CHARS", "MAX_DETAILS_BYTES", "MAX_DETAIL_TEXT_CHARS", "MAX_NAME_CHARS", "MAX_PATH_CHARS",
-    "MAX_SEARCH_TERMS", "PruneReport", "SCENE", "SCHEMA_VERSION", "SYSTEM_KINDS", "export", "fts_query", "json_line",
+    "MAX_SEARCH_TERMS", "PRUNE", "PruneReport", "SCENE", "SCHEMA_VERSION", "SYSTEM_KINDS", "export", "fts_query", "json_line",
     "migrate", "parse_time", "prune", "save_jpeg", "search", "tail", "thumbnail_dir",
 ]

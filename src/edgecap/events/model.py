@@ -13,10 +13,13 @@ from typing import Any
 import numpy as np
 
 from ..errors import EdgecapError, InputError
+from ..sources.records import StatusKind
 from ..units import parse_duration
 
 SCENE = "scene"
-SYSTEM_KINDS = ("source_up", "source_down", "reconnecting", "source_error", "drops", "finished", "error", "prune")
+ERROR = "error"  # a caption batch failed for a camera (one event per failure streak)
+PRUNE = "prune"  # retention deleted events
+SYSTEM_KINDS = (*(str(k) for k in StatusKind), ERROR, PRUNE)
 KINDS = (SCENE, *SYSTEM_KINDS)
 
 MAX_CAPTION_CHARS = 2000

@@ -28,11 +28,9 @@ from typing import Callable
 from .._log import logger
 from ..errors import InputError
 from ._writing import check_writable_location
-from .model import Event, EventStoreError, as_utc, clean_event
+from .model import PRUNE, Event, EventStoreError, as_utc, clean_event
 from .schema import SCHEMA_VERSION, UPSERT, connect, event_row
 from .thumbs import thumbnail_dir
-
-PRUNE = "prune"
 
 # Only closed events; by start time because its index makes each batch cheap (end >= start, so every event that
 # ended before the cutoff also started before it). The row written last is kept: its ``updated`` is the write

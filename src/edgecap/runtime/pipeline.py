@@ -27,8 +27,8 @@ from typing import Any, Protocol
 
 from .._log import logger
 from ..errors import InputError, RunFailedError
-from ..events import Event, EventSink, save_jpeg
-from ..sources import FrameSample, Source, SourceConfig, SourceState, SourceStatus, StatusKind
+from ..events import ERROR, Event, EventSink, save_jpeg
+from ..sources import FrameSample, Source, SourceState, SourceStatus, StatusKind
 from .backend import CaptionBackend, EmbeddingBackend
 from .config import CameraSpec
 from .gate import ChangeGate
@@ -346,7 +346,7 @@ class Runtime:
         self._caption_streak.ok()
         done = time.monotonic()
         for (cam, sample, since), c in zip(pending, caps):
-            self._close_incident(cam.spec.name, "error", sample.wall_utc, "recovered")
+            self._close_incident(cam.spec.name, ERROR, sample.wall_utc, "recovered")
             self.stats.camera(cam.spec.name)["captioned"] += 1
             self.stats.frame_age_ms.append((done - sample.mono) * 1e3)
             details = {**self._provenance, "batch": len(pending),
@@ -370,9 +370,9 @@ class Runtime:
         for cam, sample, _ in pending:
             self.stats.camera(cam.spec.name)["caption_errors"] += 1
             cam.gate = ChangeGate(cam.spec.gate)  # the failed frame was never captioned: compare with nothing
-            incident = self._incidents.get((cam.spec.name, "error"))
+            incident = self._incidents.get((cam.spec.name, ERROR))
             if incident is None:
-                self._open_incident(cam.spec.name, "error", sample.wall_utc, {"message": message, "failures": 1})
+                self._open_incident(cam.spec.name, ERROR, sample.wall_utc, {"message": message, "failures": 1})
             else:
                 incident.details.update(failures=incident.details["failures"] + 1, last_error=message)
                 self._put(incident.event(sample.wall_utc, closed=False))
