@@ -19,6 +19,7 @@ def _cfg(**kw) -> TrainConfig:
     return TrainConfig(**{"epochs": 2, "batch_size": 8, "lr": 3e-3, "warmup_steps": 2, "checkpoint_every": 2, **kw})
 
 
+@pytest.mark.slow  # a full run with export and parity validation; the resume and seed tests below are the fast ones
 def test_finetune_synth_end_to_end_exports_a_loadable_model(tmp_path):
     out = finetune("synth:24", tmp_path / "run", base="tiny", cfg=_cfg(), progress=False, max_steps=3)
     m = json.loads((out / "manifest.json").read_text())
