@@ -6,12 +6,15 @@ import hashlib
 import itertools
 import json
 import platform
+from types import SimpleNamespace
 from collections import Counter
 
 import numpy as np
 import pytest
 
 from edgecap import synth
+from edgecap.errors import InputError
+from edgecap.evaluation import evaluate_synth
 from edgecap.synth import clip as synth_clip
 from edgecap.synth import (
     BACKGROUNDS,
@@ -397,10 +400,11 @@ def test_object_colours_distinguishable(tod: str, kind: str) -> None:
 
 
 def test_render_spec_rejects_bad_args() -> None:
+    """Typed InputErrors: the CLI prints them as one line (a plain ValueError was a traceback)."""
     spec = random_spec(0)
-    with pytest.raises(ValueError):
+    with pytest.raises(InputError, match="non-negative"):
         render_spec(spec, seed=-3)
-    with pytest.raises(ValueError):
+    with pytest.raises(InputError, match="at least"):
         render_spec(spec, seed=0, size=(4, 4))
 
 
@@ -468,8 +472,45 @@ def test_clip_deterministic_and_mpeg4(tmp_path) -> None:  # noqa: ANN001
     _check_timeline(segs_a, 14.0)
     segs_c = render_clip(tmp_path / "c.mp4", seed=6, duration_s=14.0, fps=5, codec="mpeg4")
     assert segs_c != segs_a
-    with pytest.raises(ValueError):
+    with pytest.raises(InputError, match="even"):
         render_clip(tmp_path / "d.mp4", size=(241, 320))
-    with pytest.raises(ValueError):
+    with pytest.raises(InputError, match="cannot encode"):
         render_clip(tmp_path / "e.mp4", duration_s=2.0, codec="no-such-codec")
+    with pytest.raises(InputError, match="duration_s=-1"):  # `edgecap demo --duration -1` ended in a traceback
+        render_clip(tmp_path / "f.mp4", duration_s=-1)
     assert synth.pick_video_codec() in ("libx264", "mpeg4")
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+class _EchoCaptioner:
+    """Stands in for a Captioner: answers every image with the same caption."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.batches: list[int] = []
+
+    def caption(self, images: list, **options: object) -> list[SimpleNamespace]:
+        self.batches.append(len(images))
+        return [SimpleNamespace(text=self.text) for _ in images]
+
+
+def test_evaluate_synth_grades_held_out_scenes_in_batches() -> None:
+    cap = _EchoCaptioner("an empty street during the day")
+    res = evaluate_synth(cap, scenes=7, batch_size=3)
+    assert cap.batches == [3, 3, 1]
+    specs = [random_spec(s) for s in range(HELD_OUT_SEED_START, HELD_OUT_SEED_START + 7)]
+    assert res["accuracy"] == attribute_accuracy((s, cap.text) for s in specs)
+    assert res["captions"] == [cap.text] * 7 and res["start_seed"] == HELD_OUT_SEED_START
+
+
+@pytest.mark.parametrize("kwargs,fragment", [
+    ({"start_seed": 5}, "held out"),
+    ({"scenes": 0}, "scenes must be >= 1"),
+    ({"batch_size": 0}, "batch_size must be >= 1"),
+])
+def test_evaluate_synth_rejects_bad_arguments_with_an_input_error(kwargs: dict, fragment: str) -> None:
+    """A typed error (one line in the CLI), not a ValueError traceback or a zero-step range."""
+    with pytest.raises(InputError, match=fragment):
+        evaluate_synth(_EchoCaptioner("x"), **kwargs)

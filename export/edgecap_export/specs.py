@@ -1,6 +1,6 @@
 """The graph contract every model family exports to, and what a family must provide to be exported.
 
-See ARCHITECTURE.md: the encoder graph computes the decoder's cross-attention K/V once per image; one decoder graph,
+The contract: the encoder graph computes the decoder's cross-attention K/V once per image; one decoder graph,
 no `If`, takes a self-attention past of length >= 0 and returns the last position's logits. The manifest carries
 every tensor name (:func:`io_names`) and the shape numbers (:class:`ModelShape`), so the runtime never guesses.
 A model family (:class:`Family`, one module per family in :mod:`edgecap_export.families`) maps a Hugging Face

@@ -8,6 +8,7 @@ from os import PathLike
 
 import numpy as np
 
+from ..errors import DependencyError, InputError
 from .backgrounds import render_background
 from .painter import DESIGN_H, DESIGN_W
 from .scene import finish
@@ -164,7 +165,8 @@ def pick_video_codec(preferred: str | None = None) -> str:
         with it, else ``"mpeg4"``.
 
     Raises:
-        ValueError: if ``preferred`` is not an encoder of this PyAV build.
+        InputError: if ``preferred`` is not an encoder of this PyAV build.
+        DependencyError: if neither default encoder is available.
     """
     import av
 
@@ -177,12 +179,13 @@ def pick_video_codec(preferred: str | None = None) -> str:
 
     if preferred:
         if not usable(preferred):
-            raise ValueError(f"this PyAV build cannot encode with {preferred!r}")
+            raise InputError(f"this PyAV build cannot encode with {preferred!r}")
         return preferred
     for name in ("libx264", "mpeg4"):
         if usable(name):
             return name
-    raise RuntimeError("no usable video encoder (tried libx264, mpeg4)")
+    raise DependencyError("this PyAV build has no usable video encoder (tried libx264, mpeg4); install the PyAV "
+                          "wheel from PyPI, which bundles FFmpeg with both")
 
 
 def render_clip(
@@ -225,12 +228,12 @@ def render_clip(
     seed = check_seed(seed)
     h, w = check_size(size)
     if h % 2 or w % 2:
-        raise ValueError(f"clip size must be even for yuv420p, got {size!r}")
+        raise InputError(f"clip size must be even for yuv420p, got {size!r}")
     fps = int(fps)
     if fps <= 0 or duration_s <= 0:
-        raise ValueError("fps and duration_s must be positive")
+        raise InputError(f"fps and duration_s must be positive, got fps={fps}, duration_s={duration_s}")
     if not 0 < min_scene_s <= max_scene_s:
-        raise ValueError("need 0 < min_scene_s <= max_scene_s")
+        raise InputError(f"need 0 < min_scene_s <= max_scene_s, got {min_scene_s} and {max_scene_s}")
     codec_name = pick_video_codec(codec)
     n_frames = max(1, round(duration_s * fps))
     scenes = _plan_clip(seed, n_frames, fps, float(min_scene_s), float(max_scene_s), h, w)

@@ -7,6 +7,7 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from ..errors import InputError
 from .spec import ATTRIBUTES, COLOURS, KINDS, SceneSpec
 
 
@@ -156,7 +157,7 @@ def attribute_accuracy(pairs: Iterable[tuple[SceneSpec, str]]) -> dict[str, floa
         Dict with keys :data:`ATTRIBUTES` mapped to accuracies in [0, 1].
 
     Raises:
-        ValueError: if ``pairs`` is empty.
+        InputError: if ``pairs`` is empty.
     """
     totals = dict.fromkeys(ATTRIBUTES, 0)
     n = 0
@@ -165,5 +166,5 @@ def attribute_accuracy(pairs: Iterable[tuple[SceneSpec, str]]) -> dict[str, floa
             totals[k] += int(v)
         n += 1
     if n == 0:
-        raise ValueError("attribute_accuracy needs at least one (spec, caption) pair")
+        raise InputError("attribute_accuracy needs at least one (spec, caption) pair")
     return {k: totals[k] / n for k in ATTRIBUTES}

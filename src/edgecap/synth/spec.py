@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import InputError
 KINDS: tuple[str, ...] = ("person", "car", "truck", "bicycle", "dog")
 COLOURS: tuple[str, ...] = ("red", "blue", "green", "yellow", "white", "black")
 POSITIONS: tuple[str, ...] = ("left", "centre", "right")
@@ -86,11 +87,11 @@ class SceneObject:
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
-            raise ValueError(f"unknown kind {self.kind!r}; expected one of {KINDS}")
+            raise InputError(f"unknown kind {self.kind!r}; expected one of {KINDS}")
         if self.colour not in COLOURS:
-            raise ValueError(f"unknown colour {self.colour!r}; expected one of {COLOURS}")
+            raise InputError(f"unknown colour {self.colour!r}; expected one of {COLOURS}")
         if self.position not in POSITIONS:
-            raise ValueError(f"unknown position {self.position!r}; expected one of {POSITIONS}")
+            raise InputError(f"unknown position {self.position!r}; expected one of {POSITIONS}")
 
     def phrase(self) -> str:
         """Return the noun phrase, e.g. ``"a red car"`` or ``"a person in blue"``."""
@@ -125,11 +126,11 @@ class SceneSpec:
         objs = tuple(sorted(objs, key=lambda o: POSITIONS.index(o.position)))
         positions = [o.position for o in objs]
         if len(set(positions)) != len(positions):
-            raise ValueError(f"at most one object per position slot, got positions {positions}")
+            raise InputError(f"at most one object per position slot, got positions {positions}")
         if self.background not in BACKGROUNDS:
-            raise ValueError(f"unknown background {self.background!r}; expected one of {BACKGROUNDS}")
+            raise InputError(f"unknown background {self.background!r}; expected one of {BACKGROUNDS}")
         if self.time_of_day not in TIMES_OF_DAY:
-            raise ValueError(f"unknown time of day {self.time_of_day!r}; expected one of {TIMES_OF_DAY}")
+            raise InputError(f"unknown time of day {self.time_of_day!r}; expected one of {TIMES_OF_DAY}")
         object.__setattr__(self, "objects", objs)
 
     @property
@@ -151,7 +152,7 @@ class SceneSpec:
             The caption (lower case, no final full stop).
         """
         if not isinstance(variant, (int, np.integer)) or not 0 <= int(variant) < N_CAPTION_VARIANTS:
-            raise ValueError(f"variant must be an int in [0, {N_CAPTION_VARIANTS}), got {variant!r}")
+            raise InputError(f"variant must be an int in [0, {N_CAPTION_VARIANTS}), got {variant!r}")
         variant = int(variant)
         bg_noun = self.background
         bg_loc = _BG_PHRASE[self.background]
@@ -232,12 +233,12 @@ def sample_spec(rng: np.random.Generator, overrides: dict[str, Any]) -> SceneSpe
     if overrides.get("objects") is not None:
         objs = tuple(overrides["objects"])
         if overrides.get("count") is not None and int(overrides["count"]) != len(objs):
-            raise ValueError("count override disagrees with the number of objects given")
+            raise InputError("count override disagrees with the number of objects given")
         return SceneSpec(objs, bg, tod)
     if overrides.get("count") is not None:
         count = int(overrides["count"])
         if not 0 <= count <= 3:
-            raise ValueError(f"count must be in 0..3, got {count}")
+            raise InputError(f"count must be in 0..3, got {count}")
     slots = sorted(int(s) for s in slot_order[:count])
     objs = tuple(SceneObject(KINDS[int(kinds[s])], COLOURS[int(colours[s])], POSITIONS[s]) for s in slots)
     return SceneSpec(objs, bg, tod)
@@ -266,12 +267,12 @@ def random_spec(seed: int, **overrides: Any) -> SceneSpec:
 
 def check_seed(seed: int) -> int:
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or int(seed) < 0:
-        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+        raise InputError(f"seed must be a non-negative int, got {seed!r}")
     return int(seed)
 
 
 def check_size(size: tuple[int, int]) -> tuple[int, int]:
     h, w = (int(v) for v in size)
     if h < 16 or w < 16:
-        raise ValueError(f"size must be at least (16, 16), got {size!r}")
+        raise InputError(f"size must be at least (16, 16), got {size!r}")
     return h, w
