@@ -10,6 +10,7 @@ import pytest
 pytest.importorskip("torch")
 
 
+@pytest.mark.slow  # quantizes and times three systems; test_floor_runs_on_tiny_checkpoint is the fast representative
 def test_bench_end_to_end_on_tiny_model(tiny_export, checkpoint_factory, tmp_path):
     from edgecap_export.bench import main
     from edgecap_export.quantize import quantize_dir

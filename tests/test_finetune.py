@@ -9,7 +9,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from edgecap_export.finetune import TrainConfig, _file_pairs, finetune  # noqa: E402
+from edgecap_export.finetune import TrainConfig, caption_pairs, finetune  # noqa: E402
 
 from edgecap import Captioner  # noqa: E402
 from edgecap.errors import InputError  # noqa: E402
@@ -19,6 +19,7 @@ def _cfg(**kw) -> TrainConfig:
     return TrainConfig(**{"epochs": 2, "batch_size": 8, "lr": 3e-3, "warmup_steps": 2, "checkpoint_every": 2, **kw})
 
 
+@pytest.mark.slow  # a full run with export and parity validation; the resume and seed tests below are the fast ones
 def test_finetune_synth_end_to_end_exports_a_loadable_model(tmp_path):
     out = finetune("synth:24", tmp_path / "run", base="tiny", cfg=_cfg(), progress=False, max_steps=3)
     m = json.loads((out / "manifest.json").read_text())
@@ -72,8 +73,8 @@ def test_jsonl_and_folder_data(tmp_path):
         (tmp_path / f"{i}.txt").write_text(spec.caption())
         rows.append({"image": f"{i}.png", "caption": spec.caption()})
     (tmp_path / "data.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
-    from_jsonl = _file_pairs(tmp_path / "data.jsonl")
-    from_folder = _file_pairs(tmp_path)
+    from_jsonl = caption_pairs(tmp_path / "data.jsonl")
+    from_folder = caption_pairs(tmp_path)
     assert [c for _, c in from_jsonl] == [c for _, c in from_folder] == [r["caption"] for r in rows]
     out = finetune(str(tmp_path / "data.jsonl"), tmp_path / "run", base="tiny", cfg=_cfg(batch_size=2),
                    progress=False, export=False, max_steps=1)
@@ -94,4 +95,4 @@ def test_bad_jsonl_line_names_the_line(tmp_path):
     p = tmp_path / "d.jsonl"
     p.write_text('{"image": "a.png", "caption": "x"}\nnot json\n')
     with pytest.raises(InputError, match="d.jsonl:2"):
-        _file_pairs(p)
+        caption_pairs(p)

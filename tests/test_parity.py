@@ -37,11 +37,21 @@ def _pixels(cap, seed: int, n: int) -> np.ndarray:
 
 ATTENTION = ["contrib", "standard"]  # fused MultiHeadAttention (ONNX Runtime) and standard ops (TensorRT)
 
+# The fast set keeps every decoding feature on one export (the one most other tests share); the other
+# architectures and the standard lowering each cost an export of their own and run with the slow tests.
+FAST = ("vit-gpt2", "contrib")
 
-@pytest.mark.parametrize("attention", ATTENTION)
-@pytest.mark.parametrize("arch", sorted(ARCHS))
-@pytest.mark.parametrize("case,kw", DECODING, ids=[c for c, _ in DECODING])
-@pytest.mark.parametrize("batch", [1, 3])
+
+def _slow_unless(fast: bool, *values, **param):  # noqa: ANN002, ANN003, ANN202
+    return pytest.param(*values, marks=() if fast else pytest.mark.slow, **param)
+
+
+GRID = [_slow_unless((arch, attention) == FAST and batch == 3, arch, case, kw, batch, attention,
+                     id=f"{batch}-{case}-{arch}-{attention}")
+        for batch in (1, 3) for case, kw in DECODING for arch in sorted(ARCHS) for attention in ATTENTION]
+
+
+@pytest.mark.parametrize("arch,case,kw,batch,attention", GRID)
 def test_generate_matches_transformers(arch, case, kw, batch, attention, checkpoint_factory, exported_factory):
     from transformers import VisionEncoderDecoderModel
 
@@ -65,8 +75,8 @@ def test_parity_grid_exercises_early_eos(checkpoint_factory, exported_factory):
     assert len(lengths) >= 2 and min(lengths) < 20
 
 
-@pytest.mark.parametrize("attention", ATTENTION)
-@pytest.mark.parametrize("arch", sorted(ARCHS))
+@pytest.mark.parametrize("arch,attention", [_slow_unless((arch, attention) == FAST, arch, attention)
+                                             for arch in sorted(ARCHS) for attention in ATTENTION])
 def test_export_records_passing_validation(arch, attention, exported_factory):
     m = json.loads((exported_factory(arch, attention) / "manifest.json").read_text())
     assert m["architecture"]["attention"] == attention
@@ -107,7 +117,7 @@ def test_decoder_graph_contract(tiny_export):
         assert declared == names
 
 
-@pytest.mark.parametrize("arch", sorted(ARCHS))
+@pytest.mark.parametrize("arch", [_slow_unless(arch == FAST[0], arch) for arch in sorted(ARCHS)])
 def test_attention_lowering(arch, exported_factory):
     """contrib: one MultiHeadAttention per attention (2 per decoder layer, 1 per ViT layer) and no attention
     arithmetic left around it; standard: no Microsoft ops at all (TensorRT parses only standard ONNX)."""

@@ -14,6 +14,8 @@ from edgecap import Captioner  # noqa: E402
 from edgecap.errors import ExportError  # noqa: E402
 
 
+# The static-QDQ tests share a standard-attention export quantized with calibration (about half a minute here): slow.
+# test_default_int8_is_dynamic_on_fused_graphs is the fast representative of a quantize run.
 @pytest.fixture(scope="module")
 def int8_dir(exported_factory, tmp_path_factory):
     from edgecap_export.quantize import quantize_dir
@@ -26,6 +28,7 @@ def int8_dir(exported_factory, tmp_path_factory):
     return d
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("part", ["encoder", "decoder"])
 def test_int8_quantizes_weight_matmuls_only(part, int8_dir):
     g = onnx.load(str(int8_dir / f"{part}.int8.onnx")).graph
@@ -57,13 +60,15 @@ def test_int8_quantizes_weight_matmuls_only(part, int8_dir):
             assert all(producers.get(i) is None or producers[i].op_type != "DequantizeLinear" for i in n.input)
 
 
+@pytest.mark.slow
 def test_int8_manifest_and_runtime(int8_dir):
     m = json.loads((int8_dir / "manifest.json").read_text())
     assert {"encoder", "decoder", "recipe", "quality"} <= set(m["graphs"]["int8"])
     assert m["graphs"]["int8"]["recipe"]["format"] == "QDQ"
     cap = Captioner(int8_dir, precision="int8")
+    assert cap.manifest.graph_path("int8", "decoder").name == "decoder.int8.onnx"
     img = np.random.default_rng(0).integers(0, 256, (40, 40, 3), dtype=np.uint8)
-    assert isinstance(cap.caption(img, max_new_tokens=4).token_ids, list)
+    assert len(cap.caption(img, max_new_tokens=4, min_new_tokens=4).token_ids) == 4  # the QDQ graphs run
 
 
 def test_quality_gate_failure_stops_unless_accepted(tiny_export, tmp_path, monkeypatch):

@@ -17,7 +17,8 @@ from edgecap.errors import ExportError, ParityError, UnsupportedModelError
 from edgecap.imaging import RESAMPLE_NAMES
 from edgecap.manifest import MANIFEST_FILE, SCHEMA_VERSION
 
-from .specs import io_names, resolve
+from .families import family_for
+from .specs import Family, ModelShape, io_names
 
 DEFAULT_OPSET = 17
 # Generation settings whose processors the runtime does not implement: refuse rather than say different words.
@@ -27,6 +28,7 @@ _UNSUPPORTED_GENERATION = ("bad_words_ids", "forced_bos_token_id", "forced_eos_t
 
 
 def sha256_file(path: str | os.PathLike) -> str:
+    """The hex SHA-256 of a file, read in 1 MiB chunks."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -54,19 +56,16 @@ def load_config(model: str) -> Any:
         config = AutoConfig.from_pretrained(model)
     except (OSError, ValueError) as exc:
         raise ExportError(f"cannot load the config of {model!r}: {_first_line(exc)}") from None
-    resolve(config)
+    family_for(config).shape(config)
     return config
 
 
-def load_checkpoint(model: str) -> Any:
-    """Load the VisionEncoderDecoderModel (eager attention: plain MatMul/Softmax graphs) in eval mode."""
-    from transformers import VisionEncoderDecoderModel
-
+def load_checkpoint(family: Family, model: str) -> Any:
+    """Load the checkpoint through its family (eager attention: plain MatMul/Softmax graphs) in eval mode."""
     try:
-        hf_model = VisionEncoderDecoderModel.from_pretrained(model, attn_implementation="eager")
+        return family.load(model)
     except (OSError, ValueError) as exc:
         raise ExportError(f"cannot load the weights of {model!r}: {_first_line(exc)}") from None
-    return hf_model.eval()
 
 
 def _first_line(exc: BaseException) -> str:
@@ -74,11 +73,11 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0][:200] if text else type(exc).__name__
 
 
-def image_config(model: str, enc_spec: Any, enc_cfg: Any) -> dict[str, Any]:
+def image_config(model: str, shape: ModelShape) -> dict[str, Any]:
     """The preprocessing recipe, read from preprocessor_config.json (falling back to the encoder's size)."""
     from transformers.utils import cached_file
 
-    h, w = enc_spec.image_size(enc_cfg)
+    h, w = shape.image_size
     try:
         path = cached_file(model, "preprocessor_config.json")
         pc = json.loads(Path(path).read_text()) if path else {}
@@ -153,7 +152,16 @@ def save_tokenizer(model: str, out: Path) -> dict[str, Any]:
             "clean_up_tokenization_spaces": bool(getattr(tok, "clean_up_tokenization_spaces", False))}
 
 
-def _graph_io(path: Path) -> dict[str, list[dict[str, Any]]]:
+def graph_io(path: Path) -> dict[str, list[dict[str, Any]]]:
+    """Describe an ONNX graph's inputs and outputs for the manifest.
+
+    Args:
+        path: an .onnx file (external data is not read).
+
+    Returns:
+        ``{"inputs": [...], "outputs": [...]}``, each entry ``{name, dtype, shape}`` with a shape entry an int or
+        an axis name.
+    """
     import onnx
     from onnx import TensorProto
 
@@ -170,24 +178,18 @@ def _graph_io(path: Path) -> dict[str, list[dict[str, Any]]]:
     return {"inputs": describe(m.graph.input), "outputs": describe(m.graph.output)}
 
 
-def export_graphs(hf_model: Any, dec_spec: Any, enc_spec: Any, out: Path, opset: int,
+def export_graphs(hf_model: Any, family: Family, shape: ModelShape, out: Path, opset: int,
                   attention: str = "contrib") -> dict[str, Any]:
     """Trace and write encoder.onnx and decoder.onnx; return their manifest entries."""
     import torch
 
-    from .wrappers import EncoderWithCrossKV
-
-    cfg = hf_model.config
-    layers, heads, head_dim = dec_spec.dims(cfg.decoder)
-    names = io_names(layers)
-    step = dec_spec.step_factory(hf_model.decoder, cfg.decoder, attention=attention).eval()
-    encoder = EncoderWithCrossKV(hf_model, step).eval()
-    h, w = enc_spec.image_size(cfg.encoder)
-    seq = enc_spec.seq_len(cfg.encoder)
+    names = io_names(shape.num_layers)
+    encoder, step = family.graph_modules(hf_model, attention)
+    heads, head_dim, seq = shape.num_heads, shape.head_dim, shape.encoder_seq_len
     enc_io, dec_io = names["encoder"], names["decoder"]
 
     enc_out = enc_io["cross_k"] + enc_io["cross_v"] + [enc_io["pooled"]]
-    px = torch.randn(2, cfg.encoder.num_channels, h, w)
+    px = torch.randn(2, shape.num_channels, *shape.image_size)
     with torch.no_grad(), _quiet_torch_export():
         torch.onnx.export(encoder, (px,), str(out / "encoder.onnx"), input_names=[enc_io["pixel_values"]],
                           output_names=enc_out, opset_version=opset, dynamo=False, do_constant_folding=True,
@@ -212,7 +214,7 @@ def export_graphs(hf_model: Any, dec_spec: Any, enc_spec: Any, out: Path, opset:
     graphs = {}
     for part in ("encoder", "decoder"):
         path = out / f"{part}.onnx"
-        graphs[part] = {"file": path.name, "sha256": sha256_file(path), **_graph_io(path)}
+        graphs[part] = {"file": path.name, "sha256": sha256_file(path), **graph_io(path)}
     _assert_no_if(out / "decoder.onnx")
     return {"fp32": graphs}
 
@@ -264,7 +266,8 @@ def export_model(model: str, out: str | os.PathLike, *, opset: int = DEFAULT_OPS
         raise ExportError(f"attention must be one of {', '.join(ATTENTION_KINDS)}, got {attention!r}")
     out = Path(out)
     config = load_config(model)
-    enc_spec, dec_spec = resolve(config)
+    family = family_for(config)
+    shape = family.shape(config)
     stages = ["load checkpoint", "export graphs", "tokenizer + manifest"] + (["validate"] if validate else [])
     bar = tqdm(total=len(stages), desc="export", unit="stage", disable=not progress)
 
@@ -274,33 +277,28 @@ def export_model(model: str, out: str | os.PathLike, *, opset: int = DEFAULT_OPS
 
     try:
         bar.set_postfix_str(stages[0])
-        hf_model = load_checkpoint(model)
+        hf_model = load_checkpoint(family, model)
         special, gen = generation_settings(hf_model)
-        image = image_config(model, enc_spec, config.encoder)
+        image = image_config(model, shape)
         advance(stages[1])
         out.mkdir(parents=True, exist_ok=True)
-        graphs = export_graphs(hf_model, dec_spec, enc_spec, out, opset, attention)
+        graphs = export_graphs(hf_model, family, shape, out, opset, attention)
         advance(stages[2])
         tokenizer = save_tokenizer(model, out)
-        layers, heads, head_dim = dec_spec.dims(config.decoder)
         manifest = {
             "schema_version": SCHEMA_VERSION,
             "edgecap_version": __version__,
             "name": name or Path(model.rstrip("/")).name,
             "created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "source": {**_source_info(model, hf_model), "architecture": f"{enc_spec.model_type}+{dec_spec.model_type}"},
-            "architecture": {"encoder_type": enc_spec.model_type, "decoder_type": dec_spec.model_type,
-                             "num_layers": layers, "num_heads": heads, "head_dim": head_dim,
-                             "hidden_size": heads * head_dim, "vocab_size": int(config.decoder.vocab_size),
-                             "encoder_seq_len": enc_spec.seq_len(config.encoder),
-                             "encoder_hidden_size": int(config.encoder.hidden_size), "opset": opset,
-                             "attention": attention},
+            "source": {**_source_info(model, hf_model),
+                       "architecture": f"{shape.encoder_type}+{shape.decoder_type}"},
+            "architecture": {**shape.architecture(), "opset": opset, "attention": attention},
             "image": image,
             "tokenizer": tokenizer,
             "special_tokens": special,
             "generation": gen,
             "graphs": graphs,
-            "io": io_names(layers),
+            "io": io_names(shape.num_layers),
             "validation": {"status": "not run"},
         }
         write_manifest(out, manifest)
@@ -322,6 +320,7 @@ def export_model(model: str, out: str | os.PathLike, *, opset: int = DEFAULT_OPS
 
 
 def write_manifest(out: Path, manifest: dict[str, Any]) -> None:
+    """Write ``out/manifest.json`` atomically (a reader sees the old or the new file, never a part)."""
     tmp = out / (MANIFEST_FILE + ".tmp")
     tmp.write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n", encoding="utf-8")
     os.replace(tmp, out / MANIFEST_FILE)

@@ -84,11 +84,23 @@ def _synth_pairs(n: int, size: tuple[int, int], seed: int, canonical_share: floa
     return images, captions
 
 
-def _file_pairs(data: Path) -> list[tuple[Path, str]]:
+def caption_pairs(data: Path) -> list[tuple[Path, str]]:
+    """Read (image path, caption) pairs from a JSONL file or a folder.
+
+    Args:
+        data: a JSONL file of ``{"image": relative path, "caption": text}`` lines, or a folder holding
+            captions.jsonl or images with same-named .txt captions.
+
+    Returns:
+        The pairs, in file order (folders: sorted by image name).
+
+    Raises:
+        InputError: missing data, a malformed line (named by file:line), or no pairs.
+    """
     if data.is_dir():
         jsonl = data / "captions.jsonl"
         if jsonl.is_file():
-            return _file_pairs(jsonl)
+            return caption_pairs(jsonl)
         pairs = []
         for img in sorted(p for p in data.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS):
             txt = img.with_suffix(".txt")
@@ -121,7 +133,7 @@ def load_data(data: str, size: tuple[int, int], cfg: TrainConfig, progress: bool
         except ValueError:
             raise InputError(f"expected synth:N with an integer N, got {data!r}") from None
         return _synth_pairs(n, size, cfg.seed, cfg.canonical_share, progress)
-    pairs = _file_pairs(Path(data))
+    pairs = caption_pairs(Path(data))
     images = np.stack([resize(load_image(p), size[0], size[1], BILINEAR) for p, _ in pairs])
     return images, [c for _, c in pairs]
 

@@ -37,7 +37,7 @@ from edgecap.errors import ExportError, InputError
 from edgecap.manifest import load_manifest
 from edgecap.sources import IMAGE_EXTENSIONS
 
-from .exporter import _graph_io, sha256_file, write_manifest
+from .exporter import graph_io, sha256_file, write_manifest
 
 # Seeds for default calibration frames: below the held-out range, above what the demo recipe trains on.
 CALIB_SEED_START = 900_000_000
@@ -327,7 +327,7 @@ def quantize_dir(model_dir: str | os.PathLike, *, calib: str | None = None, cali
         quantize_dynamic_graph(d / "decoder.onnx", d / "decoder.int8.onnx")
     data = manifest.data
     data["graphs"]["int8"] = {part: {"file": f"{part}.int8.onnx", "sha256": sha256_file(d / f"{part}.int8.onnx"),
-                                     **_graph_io(d / f"{part}.int8.onnx")} for part in ("encoder", "decoder")}
+                                     **graph_io(d / f"{part}.int8.onnx")} for part in ("encoder", "decoder")}
     formats = {"static": "QDQ", "dynamic": "dynamic"}
     fmt = formats[encoder_mode] if encoder_mode == decoder_mode else \
         f"encoder {formats[encoder_mode]}, decoder {formats[decoder_mode]}"

@@ -1,87 +1,81 @@
-"""Architecture knowledge as data, one entry per Hugging Face model type (the optimum-style registry).
+"""The graph contract every model family exports to, and what a family must provide to be exported.
 
-An encoder spec says how to read image size, patch size and sequence length from the encoder config; a decoder
-spec says where the layer/head/width counts live and which torch step module implements the graph contract
-(see ARCHITECTURE.md: cross K/V computed once by the encoder graph; one decoder graph, no `If`, self-attention
-past of length >= 0, last-position logits). Adding BLIP or GIT means adding entries here and a step module,
-not touching the runtime: the manifest carries every name the runtime uses.
+The contract: the encoder graph computes the decoder's cross-attention K/V once per image; one decoder graph,
+no `If`, takes a self-attention past of length >= 0 and returns the last position's logits. The manifest carries
+every tensor name (:func:`io_names`) and the shape numbers (:class:`ModelShape`), so the runtime never guesses.
+A model family (:class:`Family`, one module per family in :mod:`edgecap_export.families`) maps a Hugging Face
+checkpoint onto this contract.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable
-
-from edgecap.errors import UnsupportedModelError
+from typing import Any, Protocol
 
 
 @dataclass(frozen=True)
-class EncoderSpec:
-    model_type: str
-    extra_tokens: int  # tokens besides the patches: [CLS] for ViT, [CLS] + distillation for DeiT
+class ModelShape:
+    """The numbers of one checkpoint that the export and the manifest's ``architecture`` section need.
 
-    def image_size(self, cfg: Any) -> tuple[int, int]:
-        size = cfg.image_size
-        return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+    Attributes:
+        encoder_type: the encoder's Hugging Face model type (e.g. "vit").
+        decoder_type: the decoder's model type (e.g. "gpt2").
+        num_layers: decoder layers (one cross K/V and one past K/V pair per layer).
+        num_heads: decoder attention heads.
+        head_dim: width of one head.
+        vocab_size: decoder vocabulary size.
+        image_size: (height, width) of the encoder's input.
+        num_channels: image channels of the encoder's input.
+        encoder_seq_len: encoder output positions (the cross K/V length).
+        encoder_hidden_size: width of the encoder's output.
+    """
 
-    def seq_len(self, cfg: Any) -> int:
-        h, w = self.image_size(cfg)
-        p = cfg.patch_size if isinstance(cfg.patch_size, int) else cfg.patch_size[0]
-        return (h // p) * (w // p) + self.extra_tokens
+    encoder_type: str
+    decoder_type: str
+    num_layers: int
+    num_heads: int
+    head_dim: int
+    vocab_size: int
+    image_size: tuple[int, int]
+    num_channels: int
+    encoder_seq_len: int
+    encoder_hidden_size: int
 
-
-@dataclass(frozen=True)
-class DecoderSpec:
-    model_type: str
-    layers_attr: str
-    heads_attr: str
-    hidden_attr: str
-    step_factory: Callable[..., Any]  # (hf_decoder_lm, decoder_config, attention=) -> torch.nn.Module implementing the step
-    unsupported: tuple[tuple[str, Any], ...] = ()  # (config attribute, the only supported value)
-
-    def dims(self, cfg: Any) -> tuple[int, int, int]:
-        layers, heads, hidden = (int(getattr(cfg, a)) for a in (self.layers_attr, self.heads_attr, self.hidden_attr))
-        return layers, heads, hidden // heads
-
-
-def _gpt2_step(lm: Any, cfg: Any, attention: str = "contrib") -> Any:
-    from .wrappers import GPT2CachedStep
-
-    return GPT2CachedStep(lm, attention=attention)
-
-
-ENCODERS: dict[str, EncoderSpec] = {
-    "vit": EncoderSpec("vit", extra_tokens=1),
-    "deit": EncoderSpec("deit", extra_tokens=2),
-}
-DECODERS: dict[str, DecoderSpec] = {
-    "gpt2": DecoderSpec("gpt2", "n_layer", "n_head", "n_embd", _gpt2_step,
-                        unsupported=(("add_cross_attention", True),)),
-}
-SUPPORTED_WRAPPERS = ("vision-encoder-decoder",)
+    def architecture(self) -> dict[str, Any]:
+        """The manifest's ``architecture`` entries (the exporter adds opset and attention)."""
+        return {"encoder_type": self.encoder_type, "decoder_type": self.decoder_type,
+                "num_layers": self.num_layers, "num_heads": self.num_heads, "head_dim": self.head_dim,
+                "hidden_size": self.num_heads * self.head_dim, "vocab_size": self.vocab_size,
+                "encoder_seq_len": self.encoder_seq_len, "encoder_hidden_size": self.encoder_hidden_size}
 
 
-def describe_supported() -> str:
-    return (f"vision-encoder-decoder with encoder in {{{', '.join(sorted(ENCODERS))}}} "
-            f"and decoder in {{{', '.join(sorted(DECODERS))}}}")
+class Family(Protocol):
+    """A model family: how to read, load and lower one kind of Hugging Face captioner.
 
+    ``model_types`` are the top-level ``config.model_type`` values the family handles.
+    """
 
-def resolve(config: Any) -> tuple[EncoderSpec, DecoderSpec]:
-    """Pick the specs for a checkpoint's config, or raise one line naming what was found and what is supported."""
-    model_type = getattr(config, "model_type", None)
-    if model_type not in SUPPORTED_WRAPPERS:
-        raise UnsupportedModelError(f"unsupported model type {model_type!r}: edgecap exports {describe_supported()}")
-    enc_type = config.encoder.model_type
-    dec_type = config.decoder.model_type
-    if enc_type not in ENCODERS or dec_type not in DECODERS:
-        raise UnsupportedModelError(f"unsupported vision-encoder-decoder ({enc_type} encoder + {dec_type} decoder): "
-                                    f"edgecap exports {describe_supported()}")
-    dec = DECODERS[dec_type]
-    for attr, value in dec.unsupported:
-        if getattr(config.decoder, attr, value) != value:
-            raise UnsupportedModelError(f"decoder config {attr}={getattr(config.decoder, attr)!r} is not supported "
-                                        f"(expected {value!r})")
-    return ENCODERS[enc_type], dec
+    name: str
+    model_types: tuple[str, ...]
+
+    def describe(self) -> str:
+        """What the family exports, for "unsupported" messages."""
+
+    def shape(self, config: Any) -> ModelShape:
+        """Check a config and read its numbers; raise UnsupportedModelError (one line) for what it cannot export."""
+
+    def load(self, model: str) -> Any:
+        """The checkpoint in eval mode, with plain (eager) attention so that the traced graphs are plain ops.
+
+        Raises:
+            OSError, ValueError: as transformers' ``from_pretrained`` does (the exporter turns them into one line).
+        """
+
+    def graph_modules(self, hf_model: Any, attention: str) -> tuple[Any, Any]:
+        """(encoder module, decoder step module): torch modules implementing the graph contract."""
+
+    def reference_cross_kv(self, hf_model: Any, pixel_values: Any, heads: int) -> tuple[list, list, Any]:
+        """transformers' own cross K/V per layer [B, heads, S, head_dim] and the pooled embedding, for parity."""
 
 
 def io_names(layers: int) -> dict[str, dict[str, Any]]:

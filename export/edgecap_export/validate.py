@@ -12,6 +12,8 @@ from typing import Any
 
 import numpy as np
 
+from .families import family_for
+
 ATOL = 1e-4
 RTOL = 1e-3
 PIXEL_ATOL = 1e-6
@@ -82,16 +84,13 @@ def validate_export(hf_model: Any, model: str, out: Path, *, progress: bool = Tr
 
     enc = cap.encode(px)
     with torch.no_grad():
-        enc_states = hf_model.encoder(pixel_values=torch.from_numpy(px)).last_hidden_state
-        ref_states = hf_model.enc_to_dec_proj(enc_states) if getattr(hf_model, "enc_to_dec_proj", None) else enc_states
-        heads = cap.manifest.num_heads
-        for i, block in enumerate(hf_model.decoder.transformer.h):
-            k, v = block.crossattention.c_attn(ref_states).split(ref_states.shape[-1], dim=2)
-            shape = (k.shape[0], k.shape[1], heads, -1)
-            _compare(f"encoder.cross_k.{i}", enc.cross_k[i], k.view(shape).transpose(1, 2).numpy(), results, mismatches)
-            _compare(f"encoder.cross_v.{i}", enc.cross_v[i], v.view(shape).transpose(1, 2).numpy(), results, mismatches)
+        ref_k, ref_v, ref_pooled = family_for(hf_model.config).reference_cross_kv(
+            hf_model, torch.from_numpy(px), cap.manifest.num_heads)
+        for i, (k, v) in enumerate(zip(ref_k, ref_v)):
+            _compare(f"encoder.cross_k.{i}", enc.cross_k[i], k.numpy(), results, mismatches)
+            _compare(f"encoder.cross_v.{i}", enc.cross_v[i], v.numpy(), results, mismatches)
         if enc.pooled is not None:
-            _compare("encoder.pooled", enc.pooled, enc_states.mean(dim=1).numpy(), results, mismatches)
+            _compare("encoder.pooled", enc.pooled, ref_pooled.numpy(), results, mismatches)
 
         # Decoder logits along a forced sequence, cached (one token per step) and uncached (all at once).
         start = cap.defaults.decoder_start_token_id

@@ -6,6 +6,7 @@ from typing import Any
 
 from . import synth
 from .captioner import Captioner
+from .errors import InputError
 
 
 def evaluate_synth(cap: Captioner, *, scenes: int = 500, start_seed: int = synth.HELD_OUT_SEED_START,
@@ -23,11 +24,18 @@ def evaluate_synth(cap: Captioner, *, scenes: int = 500, start_seed: int = synth
     Returns:
         {"scenes", "start_seed", "accuracy": {attribute: share}, "exact_reference": share of captions equal to
         the canonical reference, "captions": [...]}.
+
+    Raises:
+        InputError: ``scenes`` or ``batch_size`` below 1, or a start seed outside the held-out range.
     """
     from tqdm import tqdm
 
     if not synth.is_held_out_seed(start_seed):
-        raise ValueError(f"evaluation seeds must be >= {synth.HELD_OUT_SEED_START} (held out), got {start_seed}")
+        raise InputError(f"evaluation seeds must be >= {synth.HELD_OUT_SEED_START} (held out, never trained on), "
+                         f"got {start_seed}; omit the start seed to use the default")
+    for name, value in (("scenes", scenes), ("batch_size", batch_size)):
+        if value < 1:
+            raise InputError(f"{name} must be >= 1, got {value}")
     pairs, texts = [], []
     seeds = list(range(start_seed, start_seed + scenes))
     with tqdm(total=scenes, desc="evaluate", unit="scene", disable=not progress) as bar:

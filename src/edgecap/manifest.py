@@ -23,21 +23,28 @@ Schema (version 1), written by the export step::
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from pathlib import Path, PurePosixPath, PureWindowsPath
+from typing import Any, Callable
 
 from .errors import ManifestError, ModelError
+from .imaging import RESAMPLE_NAMES
 
 SCHEMA_VERSION = 1
 MANIFEST_FILE = "manifest.json"
 _REQUIRED = ("schema_version", "architecture", "image", "tokenizer", "special_tokens", "generation", "graphs", "io")
+_MISSING = object()
 
 
 @dataclass(frozen=True)
 class Manifest:
-    """A parsed, checked manifest; ``data`` is the raw dictionary."""
+    """A parsed, checked manifest; ``data`` is the raw dictionary.
+
+    Every section the runtime reads has been checked by :func:`load_manifest` (types, required keys, file entries
+    inside ``directory``), so readers index it without guarding against KeyError or TypeError.
+    """
 
     directory: Path
     data: dict[str, Any]
@@ -75,9 +82,17 @@ class Manifest:
 def load_manifest(directory: str | os.PathLike) -> Manifest:
     """Read and check ``DIR/manifest.json``.
 
+    Args:
+        directory: a model directory written by ``edgecap export``.
+
+    Returns:
+        The checked manifest.
+
     Raises:
         ModelError: the directory does not exist.
-        ManifestError: the manifest is missing, not JSON, of another schema version, or incomplete.
+        ManifestError: the manifest is missing, not JSON, of another schema version, incomplete, has a value of
+            the wrong type or range, or a file entry that is absolute, contains ``..`` or resolves (through
+            symlinks too) outside the directory. The message names the key.
     """
     d = Path(directory)
     if not d.is_dir():
@@ -99,11 +114,159 @@ def load_manifest(directory: str | os.PathLike) -> Manifest:
     missing = [k for k in _REQUIRED if k not in data]
     if missing:
         raise ManifestError(f"{path} lacks {missing}; re-run `edgecap export`")
-    layers = data["architecture"].get("num_layers")
-    for part, roles in (("encoder", ("cross_k", "cross_v")), ("decoder", ("past_k", "past_v", "present_k"))):
-        for role in roles:
-            names = data["io"].get(part, {}).get(role)
-            if not isinstance(names, list) or len(names) != layers:
-                raise ManifestError(f"{path}: io.{part}.{role} should list {layers} names (one per layer), "
-                                    f"found {names!r}; re-run `edgecap export`")
+    _Checker(path, d).check(data)
     return Manifest(d, data)
+
+
+# -- validation ----------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Rule:
+    """What one key must hold: ``expected`` is the wording of the error, ``ok`` the test of a present value."""
+
+    expected: str
+    ok: Callable[[Any], bool]
+    required: bool = True  # False: the key may be absent (the reader has a default)
+    nullable: bool = False  # True: the key may be null (the reader treats null as its default)
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return (isinstance(v, float) and math.isfinite(v)) or _is_int(v)
+
+
+def _token_ids(v: Any) -> bool:
+    return isinstance(v, list) and all(_is_int(t) and t >= 0 for t in v)
+
+
+def _three_numbers(v: Any) -> bool:
+    return isinstance(v, list) and len(v) == 3 and all(_is_number(x) for x in v)
+
+
+_POSITIVE_INT = _Rule("an integer >= 1", lambda v: _is_int(v) and v >= 1)
+_TOKEN_ID = _Rule("an integer >= 0", lambda v: _is_int(v) and v >= 0)
+_BOOL = _Rule("true or false", lambda v: isinstance(v, bool))
+_NAME = _Rule("a non-empty string", lambda v: isinstance(v, str) and bool(v))
+_FILE = _Rule("a file name relative to the model directory", lambda v: isinstance(v, str) and bool(v))
+_OPTIONAL_NON_NEGATIVE = _Rule("an integer >= 0", lambda v: _is_int(v) and v >= 0, required=False, nullable=True)
+_OPTIONAL_BOOL = _Rule("true or false", lambda v: isinstance(v, bool), required=False, nullable=True)
+
+# The keys the runtime reads from each section (captioner, imaging, generation defaults, pipeline provenance).
+_SECTIONS: dict[str, dict[str, _Rule]] = {
+    "architecture": {"num_layers": _POSITIVE_INT, "num_heads": _POSITIVE_INT, "head_dim": _POSITIVE_INT},
+    "image": {
+        "height": _POSITIVE_INT, "width": _POSITIVE_INT, "do_resize": _BOOL,
+        "resample": _Rule(f"one of the filter ids {sorted(RESAMPLE_NAMES)}",
+                          lambda v: _is_int(v) and v in RESAMPLE_NAMES),
+        "do_rescale": _BOOL, "rescale_factor": _Rule("a number", _is_number), "do_normalize": _BOOL,
+        "mean": _Rule("a list of 3 numbers", _three_numbers),
+        "std": _Rule("a list of 3 non-zero numbers", lambda v: _three_numbers(v) and all(x != 0 for x in v)),
+    },
+    "tokenizer": {
+        "file": _FILE,
+        "skip_special_tokens": _OPTIONAL_BOOL,
+        "clean_up_tokenization_spaces": _OPTIONAL_BOOL,
+    },
+    "special_tokens": {
+        "decoder_start_token_id": _TOKEN_ID,
+        "eos_token_id": _Rule("a list of integers >= 0", _token_ids, required=False, nullable=True),
+        "pad_token_id": _OPTIONAL_NON_NEGATIVE,
+    },
+    "generation": {
+        "max_new_tokens": _POSITIVE_INT,
+        "min_new_tokens": _OPTIONAL_NON_NEGATIVE, "min_length": _OPTIONAL_NON_NEGATIVE,
+        "no_repeat_ngram_size": _OPTIONAL_NON_NEGATIVE,
+        "num_beams": _Rule("an integer >= 1", lambda v: _is_int(v) and v >= 1, required=False, nullable=True),
+        "length_penalty": _Rule("a number", _is_number, required=False),
+        "early_stopping": _Rule('true, false or "never"', lambda v: v is True or v is False or v == "never",
+                                required=False),
+        "repetition_penalty": _Rule("a number > 0", lambda v: _is_number(v) and v > 0, required=False,
+                                    nullable=True),
+    },
+}
+_GRAPH_PARTS = ("encoder", "decoder")
+_IO_NAMES = {"encoder": ("pixel_values",), "decoder": ("input_ids", "logits")}
+_IO_LISTS = {"encoder": ("cross_k", "cross_v"),
+             "decoder": ("past_k", "past_v", "cross_k", "cross_v", "present_k", "present_v")}
+
+
+class _Checker:
+    """Checks a manifest's sections against the rules above; the first problem raises one ManifestError line."""
+
+    def __init__(self, path: Path, directory: Path):
+        self.path = path
+        self.directory = directory
+
+    def fail(self, key: str, expected: str, found: Any) -> ManifestError:
+        shown = "nothing" if found is _MISSING else repr(found)
+        if len(shown) > 60:
+            shown = shown[:57] + "..."
+        return ManifestError(f"{self.path} is malformed: {key} must be {expected}, found {shown}; "
+                             "re-run `edgecap export`")
+
+    def section(self, value: Any, key: str) -> dict[str, Any]:
+        if not isinstance(value, dict):
+            raise self.fail(key, "an object", value)
+        return value
+
+    def rules(self, section: dict[str, Any], key: str, rules: dict[str, _Rule]) -> None:
+        for name, rule in rules.items():
+            value = section.get(name, _MISSING)
+            if (value is _MISSING and not rule.required) or (value is None and rule.nullable):
+                continue
+            if value is _MISSING or value is None or not rule.ok(value):
+                raise self.fail(f"{key}.{name}", rule.expected, value)
+
+    def file(self, value: Any, key: str) -> None:
+        """A file entry must name a file inside the model directory: no absolute path, no ``..``, no symlink out."""
+        if not (isinstance(value, str) and value):
+            raise self.fail(key, _FILE.expected, value)
+        # PureWindowsPath splits on "/" too and sees drives and UNC roots: it catches both spellings
+        if PurePosixPath(value).is_absolute() or PureWindowsPath(value).anchor:
+            raise self.fail(key, "a path relative to the model directory", value)
+        if ".." in PureWindowsPath(value).parts:
+            raise self.fail(key, "a path without '..'", value)
+        root = self.directory.resolve()
+        target = (self.directory / value).resolve()
+        if root not in target.parents:
+            raise self.fail(key, f"a path that stays inside {root} (it resolves to {target})", value)
+
+    def check(self, data: dict[str, Any]) -> None:
+        for name, rules in _SECTIONS.items():
+            self.rules(self.section(data[name], name), name, rules)
+        self.file(data["tokenizer"]["file"], "tokenizer.file")
+        self.graphs(self.section(data["graphs"], "graphs"))
+        self.io(self.section(data["io"], "io"), data["architecture"]["num_layers"])
+
+    def graphs(self, graphs: dict[str, Any]) -> None:
+        if not graphs:
+            raise self.fail("graphs", "an object with at least one precision", graphs)
+        for precision, parts in graphs.items():
+            parts = self.section(parts, f"graphs.{precision}")
+            for part in _GRAPH_PARTS:
+                key = f"graphs.{precision}.{part}"
+                graph = self.section(parts.get(part, _MISSING), key)
+                self.file(graph.get("file", _MISSING), f"{key}.file")
+                self.rules(graph, key, {"sha256": _Rule("a string", lambda v: isinstance(v, str), required=False)})
+                for kind in ("inputs", "outputs"):
+                    tensors = graph.get(kind, _MISSING)
+                    if not isinstance(tensors, list) or not all(
+                            isinstance(t, dict) and isinstance(t.get("name"), str) for t in tensors):
+                        raise self.fail(f"{key}.{kind}", "a list of {name, dtype, shape} objects", tensors)
+
+    def io(self, io: dict[str, Any], layers: int) -> None:
+        for part in _GRAPH_PARTS:
+            roles = self.section(io.get(part, _MISSING), f"io.{part}")
+            self.rules(roles, f"io.{part}", dict.fromkeys(_IO_NAMES[part], _NAME))
+            for role in _IO_LISTS[part]:
+                names = roles.get(role)
+                if not isinstance(names, list) or len(names) != layers or not all(
+                        isinstance(n, str) and n for n in names):
+                    raise self.fail(f"io.{part}.{role}", f"a list of {layers} names (one per layer)", names)
+        pooled = io["encoder"].get("pooled")
+        if pooled is not None and not (isinstance(pooled, str) and pooled):
+            raise self.fail("io.encoder.pooled", "a non-empty string or null", pooled)

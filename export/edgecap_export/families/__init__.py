@@ -1,0 +1,43 @@
+"""The registry of model families edgecap can export, one module per family.
+
+Adding a family (Florence-2, BLIP, ...) is a new module here implementing :class:`edgecap_export.specs.Family` and
+one entry in :data:`FAMILIES`; the exporter, the parity check and the runtime do not change.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from edgecap.errors import UnsupportedModelError
+
+from ..specs import Family
+from .vision_encoder_decoder import VISION_ENCODER_DECODER
+
+FAMILIES: tuple[Family, ...] = (VISION_ENCODER_DECODER,)
+
+
+def describe_supported() -> str:
+    """Every exportable family, for one-line "unsupported" messages."""
+    return "; ".join(f.describe() for f in FAMILIES)
+
+
+def family_for(config: Any) -> Family:
+    """The family that handles a checkpoint's config.
+
+    Args:
+        config: a transformers config (``AutoConfig.from_pretrained``).
+
+    Returns:
+        The family whose ``model_types`` hold ``config.model_type``.
+
+    Raises:
+        UnsupportedModelError: no family handles it; the message lists what is supported.
+    """
+    model_type = getattr(config, "model_type", None)
+    for family in FAMILIES:
+        if model_type in family.model_types:
+            return family
+    raise UnsupportedModelError(f"unsupported model type {model_type!r}: edgecap exports {describe_supported()}")
+
+
+__all__ = ["FAMILIES", "describe_supported", "family_for"]
