@@ -14,12 +14,6 @@ ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = {"edgecap": ROOT / "src" / "edgecap", "edgecap_export": ROOT / "export" / "edgecap_export"}
 SOURCES = sorted(p for pkg in PACKAGES.values() for p in pkg.rglob("*.py"))
 
-# Files whose private imports belong to another slice of issue 11; strict, so the mark must go once they are fixed.
-PENDING = {
-    "src/edgecap/captioner.py": "imports generation._Stepper (generation.py and captioner.py belong to another slice)",
-}
-
-
 def _is_private(name: str) -> bool:
     return name.startswith("_") and not name.startswith("__")
 
@@ -67,10 +61,7 @@ def test_the_checker_finds_each_form_of_private_use() -> None:
                                     "line 7: exporter._first_line", "line 8: src._Reader"]
 
 
-@pytest.mark.parametrize("path", [
-    pytest.param(p, marks=pytest.mark.xfail(strict=True, reason=PENDING[str(p.relative_to(ROOT))]))
-    if str(p.relative_to(ROOT)) in PENDING else p
-    for p in SOURCES], ids=[str(p.relative_to(ROOT)) for p in SOURCES])
+@pytest.mark.parametrize("path", SOURCES, ids=[str(p.relative_to(ROOT)) for p in SOURCES])
 def test_modules_use_only_public_names_of_other_modules(path: Path) -> None:
     assert private_uses(path.read_text(encoding="utf-8")) == [], f"{path.relative_to(ROOT)} uses private names"
 

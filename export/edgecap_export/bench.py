@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import resource
 import statistics
 import sys
 import time
@@ -35,6 +34,15 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or "unknown"
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory (POSIX; NaN where the `resource` module does not exist)."""
+    try:
+        import resource
+    except ImportError:
+        return float("nan")
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def package_versions(*packages: str) -> dict[str, str]:
@@ -125,27 +133,12 @@ def _eager_runner(model: Any, processor: Any, images: list[np.ndarray], kw: dict
     return run
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--model", help="an exported directory (transformers eager is included if DIR/hf exists)")
-    src.add_argument("--vitgpt2-random", action="store_true",
-                     help="build, export and quantize a random model with vit-gpt2-image-captioning's dimensions")
-    p.add_argument("--workdir", default=str(ROOT / "engines" / "vitgpt2-random"),
-                   help="where the random ViT-GPT2 model is built and exported (default engines/vitgpt2-random)")
-    p.add_argument("--runs", type=int, default=10, help="timed runs per system and batch (after one warm-up)")
-    p.add_argument("--tokens", type=int, default=20, help="exactly this many new tokens")
-    p.add_argument("--batch", type=int, nargs="+", default=[1, 8], help="batch sizes (default 1 8)")
-    p.add_argument("--threads", type=int, default=None, help="threads for every system (default: all cores)")
-    p.add_argument("--settle-ms", type=float, default=200.0,
-                   help="pause before each timed call so the previous system's idle threads settle (default 200)")
-    p.add_argument("--systems", nargs="+", default=["eager", "fp32", "int8"], help="subset of eager fp32 int8")
-    p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "bench.json"),
-                   help="JSON report (a PNG plot is written next to it)")
-
-
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="edgecap bench", description=__doc__.split("\n\n")[0])
-    add_arguments(p)
+    from edgecap.cli.args import OneLineParser
+    from edgecap.cli.model import add_bench_arguments
+
+    p = OneLineParser(prog="edgecap bench", description=__doc__.split("\n\n")[0])
+    add_bench_arguments(p)
     return run(p.parse_args(argv))
 
 
@@ -160,7 +153,7 @@ def run(args: argparse.Namespace) -> int:
         from .exporter import export_model
         from .quantize import quantize_dir
 
-        work = Path(args.workdir)
+        work = Path(args.workdir or ROOT / "engines" / "vitgpt2-random")
         hf = build_vitgpt2_random(work / "hf")
         if not (work / "manifest.json").is_file():
             export_model(str(hf), work, name="vitgpt2-random")
@@ -236,11 +229,11 @@ def run(args: argparse.Namespace) -> int:
         "graphs": {"attention": m["architecture"].get("attention", "standard"), "int8_recipe": int8.get("recipe"),
                    "sha256": {f"{p}.{part}": g[part]["sha256"] for p, g in m["graphs"].items()
                               for part in ("encoder", "decoder") if part in g}},
-        "rss_mb": {**rss, "peak": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024},
+        "rss_mb": {**rss, "peak": peak_rss_mb()},
         "machine": {"cpu": cpu_model(), "threads": args.threads or "default", "python": platform.python_version()},
         "versions": versions,
     }
-    out = Path(args.out)
+    out = Path(args.out or ROOT / "benchmarks" / "results" / "bench.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
     plot(results, out.with_suffix(".png"))

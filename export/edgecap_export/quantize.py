@@ -103,7 +103,7 @@ class _Reader:
 def _decoder_feeds(cap: Any, pixel_values: np.ndarray, max_feeds: int) -> list[dict[str, np.ndarray]]:
     """Record the decoder's real inputs while the FP32 model captions the calibration frames."""
     feeds: list[dict[str, np.ndarray]] = []
-    sess = cap._decoder
+    sess = cap.decoder_session
     original = sess.run
 
     def recording_run(outputs, feed, *a, **k):

@@ -133,10 +133,10 @@ def _strip(row: np.ndarray, eos: tuple[int, ...]) -> list[int]:
 
 def _ort_logits(cap: Any, enc: Any, forced: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
     """Run the decoder graph step by step (cached) and once over the whole sequence (uncached)."""
-    cross_feeds, empty = cap._decoder_inputs(enc, beams=1)
+    cross_feeds, empty = cap.decoder_inputs(enc, beams=1)
     past, cached = empty, []
     for t in range(forced.shape[1]):
-        logits, past = cap._decoder_step(cross_feeds, forced[:, t:t + 1], past)
+        logits, past = cap.decoder_step(cross_feeds, forced[:, t:t + 1], past)
         cached.append(logits)
-    uncached, _ = cap._decoder_step(cross_feeds, forced, empty)
+    uncached, _ = cap.decoder_step(cross_feeds, forced, empty)
     return cached, uncached

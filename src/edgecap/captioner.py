@@ -12,7 +12,7 @@ import numpy as np
 
 from ._log import logger
 from .errors import InputError, ManifestError, ModelError
-from .generation import GenerationOptions, _Stepper, beam_search, greedy_search, strip_sequence
+from .generation import GenerationOptions, Stepper, beam_search, greedy_search, strip_sequence
 from .imaging import ImageConfig, preprocess
 from .manifest import Manifest, load_manifest
 from .models import resolve_model
@@ -238,15 +238,21 @@ class Captioner:
             (time.perf_counter() - t0) * 1e3
         return [Caption(self.decode_text(ids), ids, dict(timings), conf) for ids, conf in results]
 
-    def _decoder_inputs(self, enc: EncoderOutput, beams: int) -> tuple[dict[str, np.ndarray], list[np.ndarray]]:
-        """(the cross K/V feeds, repeated per beam, and an empty self-attention past) for one decode."""
+    @property
+    def decoder_session(self) -> Any:
+        """The ONNX Runtime session of the decoder graph (calibration records its real inputs)."""
+        return self._decoder
+
+    def decoder_inputs(self, enc: EncoderOutput, beams: int) -> tuple[dict[str, np.ndarray], list[np.ndarray]]:
+        """(the cross K/V feeds, repeated per beam, and an empty self-attention past) for one decode: the graph
+        contract's first step, for tools that drive the decoder themselves (export validation)."""
         io = self._dec_io
         cross = [np.repeat(x, beams, axis=0) if beams > 1 else x for x in enc.cross_k + enc.cross_v]
         rows = enc.batch * beams
         empty = np.zeros((rows, self.manifest.num_heads, 0, self.manifest.head_dim), dtype=np.float32)
         return dict(zip(list(io["cross_k"]) + list(io["cross_v"]), cross)), [empty] * (2 * self.manifest.num_layers)
 
-    def _decoder_step(self, cross_feeds: dict[str, np.ndarray], ids: np.ndarray,
+    def decoder_step(self, cross_feeds: dict[str, np.ndarray], ids: np.ndarray,
                       past: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
         """One decoder graph call: new ids [N, T] and the interleaved past K/V -> (last logits, present K/V)."""
         io = self._dec_io
@@ -260,16 +266,16 @@ class Captioner:
 
     def _decode(self, enc: EncoderOutput, opts: GenerationOptions, *, use_cache: bool,
                 timings: dict | None) -> tuple[np.ndarray, np.ndarray]:
-        cross_feeds, past0 = self._decoder_inputs(enc, opts.num_beams)
+        cross_feeds, past0 = self.decoder_inputs(enc, opts.num_beams)
         step_times: list[float] = []
 
         def run(ids: np.ndarray, past: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
             t = time.perf_counter()
-            out = self._decoder_step(cross_feeds, ids, past)
+            out = self.decoder_step(cross_feeds, ids, past)
             step_times.append((time.perf_counter() - t) * 1e3)
             return out
 
-        stepper = _Stepper(run, past0) if use_cache else _UncachedStepper(run, past0)
+        stepper = Stepper(run, past0) if use_cache else _UncachedStepper(run, past0)
         search = greedy_search if opts.num_beams == 1 else beam_search
         seqs, confidence = search(stepper, enc.batch, opts)
         if timings is not None and step_times:
@@ -318,7 +324,7 @@ class Captioner:
         return self.caption_batch([images], **options)[0]
 
 
-class _UncachedStepper(_Stepper):
+class _UncachedStepper(Stepper):
     """Feeds the whole history with an empty past at every step: the no-cache reference path."""
 
     def __init__(self, fn, empty_past):

@@ -78,7 +78,7 @@ class DecoderStep(Protocol):
 
 
 @dataclass
-class _Stepper:
+class Stepper:
     """Adapts a graph call ``fn(input_ids, past) -> (logits, present)`` into a stateful step with beam reordering."""
 
     fn: Callable[[np.ndarray, list[np.ndarray]], tuple[np.ndarray, list[np.ndarray]]]
@@ -138,7 +138,7 @@ def _topk(x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     return np.take_along_axis(x, idx, axis=-1), idx
 
 
-def greedy_search(step: _Stepper, batch: int, opts: GenerationOptions) -> tuple[np.ndarray, np.ndarray]:
+def greedy_search(step: Stepper, batch: int, opts: GenerationOptions) -> tuple[np.ndarray, np.ndarray]:
     """Greedy decoding.
 
     Returns:
@@ -168,7 +168,7 @@ def greedy_search(step: _Stepper, batch: int, opts: GenerationOptions) -> tuple[
     return seqs, logp_sum / np.maximum(counted, 1)
 
 
-def beam_search(step: _Stepper, batch: int, opts: GenerationOptions) -> tuple[np.ndarray, np.ndarray]:
+def beam_search(step: Stepper, batch: int, opts: GenerationOptions) -> tuple[np.ndarray, np.ndarray]:
     """Beam search over a cache already expanded to batch * num_beams rows.
 
     Returns:

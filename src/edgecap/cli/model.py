@@ -99,8 +99,7 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
     src.add_argument("--vitgpt2-random", action="store_true",
                      help="build, export and quantize a random model with vit-gpt2-image-captioning's dimensions")
     p.add_argument("--workdir", default=None,
-                   help="where the random ViT-GPT2 model is built and exported (default: engines/vitgpt2-random "
-                        "in the checkout)")
+                   help="where the random ViT-GPT2 model is built and exported (default: ./engines/vitgpt2-random)")
     p.add_argument("--runs", type=positive_int, default=10, help="timed runs per system and batch (after one warm-up)")
     p.add_argument("--tokens", type=positive_int, default=20, help="exactly this many new tokens")
     p.add_argument("--batch", type=positive_int, nargs="+", default=[1, 8], help="batch sizes (default 1 8)")
@@ -110,8 +109,7 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--systems", nargs="+", choices=("eager", "fp32", "int8"), default=["eager", "fp32", "int8"],
                    help="subset of eager fp32 int8")
     p.add_argument("--out", default=None,
-                   help="JSON report, a PNG plot is written next to it (default: benchmarks/results/bench.json in "
-                        "the checkout)")
+                   help="JSON report, a PNG plot is written next to it (default: ./benchmarks/results/bench.json)")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
