@@ -43,7 +43,7 @@ def test_run_checks_sources_before_it_loads_the_model(tmp_path, capsys):
     assert main(["run", str(tmp_path / "missing.mp4"), "--model", str(tmp_path / "no-model"),
                  "--db", str(tmp_path / "e.sqlite")]) == 2
     err = capsys.readouterr().err
-    assert "no such file" in err and "missing.mp4" in err and "model" not in err.split("no such file")[1]
+    assert "video file not found" in err and "missing.mp4" in err and "model" not in err.split("not found")[1]
     assert not (tmp_path / "e.sqlite").exists()
 
 

@@ -210,7 +210,7 @@ def check_source(spec: CameraSpec) -> None:
     except EdgecapError as exc:
         raise InputError(f"camera {spec.name!r}: {exc}") from None
     if kind == "file" and not os.path.isfile(spec.url):
-        raise InputError(f"camera {spec.name!r}: no such file: {mask_url(spec.url)}; expected a video file, a "
+        raise InputError(f"camera {spec.name!r}: video file not found: {mask_url(spec.url)}; expected a video file, a "
                          "folder of images, a stream URL or a webcam")
 
 
