@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import itertools
@@ -23,10 +22,10 @@ from datetime import datetime, timedelta, timezone
 import numpy as np
 import pytest
 
-from edgecap.errors import EdgecapError, InputError
+from cli_helpers import run_cli
+from edgecap.errors import InputError
 from edgecap.events import (MAX_CAPTION_CHARS, SCHEMA_VERSION, Event, EventSink, EventStore, EventStoreError,
                             JsonlSink, export, migrate, parse_time, save_jpeg, search, tail, thumbnail_dir)
-from edgecap.cli.events import register
 
 T0 = datetime(2024, 5, 1, 10, 0, tzinfo=timezone.utc)
 
@@ -792,20 +791,6 @@ def test_parse_time_rejects_anything_else(text):
 
 
 # -- CLI ---------------------------------------------------------------------------------------------------------
-
-def run_cli(argv, capsys) -> tuple[int, str, str]:
-    """What edgecap.cli.main does with a command: EdgecapError -> one line on stderr, exit 2."""
-    parser = argparse.ArgumentParser(prog="edgecap")
-    register(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(argv)
-    try:
-        code = args.func(args)
-    except EdgecapError as exc:
-        print(f"edgecap: error: {exc}", file=sys.stderr)
-        code = 2
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
 
 def test_cli_search_json_fields(timeline, capsys):
     code, out, _ = run_cli(["events", "search", "cars", "--db", str(timeline), "--json"], capsys)
