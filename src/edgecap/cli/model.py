@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 
 from ..errors import DependencyError, ParityError
-from .args import add_quiet, add_threads, positive_float, positive_int
+from .args import add_quiet, add_threads, non_negative_float, positive_float, positive_int
 
 
 def _require_export_extra() -> None:
@@ -104,7 +104,7 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tokens", type=positive_int, default=20, help="exactly this many new tokens")
     p.add_argument("--batch", type=positive_int, nargs="+", default=[1, 8], help="batch sizes (default 1 8)")
     add_threads(p, "threads for every system")
-    p.add_argument("--settle-ms", type=positive_float, default=200.0,
+    p.add_argument("--settle-ms", type=non_negative_float, default=200.0,
                    help="pause before each timed call so the previous system's idle threads settle (default 200)")
     p.add_argument("--systems", nargs="+", choices=("eager", "fp32", "int8"), default=["eager", "fp32", "int8"],
                    help="subset of eager fp32 int8")
