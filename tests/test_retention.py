@@ -45,9 +45,9 @@ def make_log(db: Path, specs, *, thumbs: bool = True) -> None:
             os.utime(db.parent / name, (stamp, stamp))
         events.append(Event(uid, "scene", "gate", days_ago(start), end=None if end is None else days_ago(end),
                             caption=f"a red car number {uid}", thumbnail=name, closed=closed))
-    with EventStore(db) as store:
+    with EventStore(db, max_pending=len(events) + 1) as store:  # all queued at once: none may be dropped
         for ack in [store.put(e) for e in events]:
-            ack.wait(30)
+            ack.wait(60)
 
 
 def uids(db: Path, **kw) -> set[str]:
