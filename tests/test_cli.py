@@ -28,6 +28,9 @@ from edgecap.cli import main
     (["quantize", "m", "--calib-frames", "0"], "--calib-frames: expected an integer >= 1"),
     (["finetune", "--data", "synth:4", "--out", "o", "--lr", "0"], "--lr: expected a number > 0"),
     (["bench", "--model", "m", "--runs", "0"], "--runs: expected an integer >= 1"),
+    (["events", "search", "--limit", "0"], "--limit: expected an integer >= 1"),
+    (["events", "tail", "--last", "-1"], "--last: expected an integer >= 0"),
+    (["events", "tail", "--poll", "0"], "--poll: expected a number > 0"),
     (["run", "--no-such-flag"], "unrecognized arguments: --no-such-flag"),
 ])
 def test_bad_flags_fail_with_one_line(argv, fragment, capsys):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 from typing import Callable, NoReturn
 
@@ -16,6 +17,14 @@ class OneLineParser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         print(f"edgecap: error: {message} (see `{self.prog} --help`)", file=sys.stderr)
         sys.exit(EXIT_USER_ERROR)
+
+
+def silence_stdout() -> None:
+    """After a BrokenPipeError (`edgecap ... | head`): point stdout at /dev/null, so the flush Python does at exit
+    has nowhere to fail and the command ends quietly."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
 
 
 def _number(kind: type, low: float, *, inclusive: bool) -> Callable[[str], float]:

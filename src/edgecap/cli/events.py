@@ -13,6 +13,7 @@ from typing import Callable, Iterable
 from ..errors import InputError
 from ..events import EXPORT_FORMATS, KINDS, Event, export, json_line, migrate, prune, search, tail
 from ..units import parse_duration
+from .args import non_negative_int, positive_float, positive_int, silence_stdout
 
 DEFAULT_DB = "events.sqlite"  # what `edgecap run` writes by default
 
@@ -25,7 +26,7 @@ def _pipe_safe(command: Callable[[argparse.Namespace], int]) -> Callable[[argpar
         try:
             return command(args)
         except BrokenPipeError:
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit-time flush cannot fail
+            silence_stdout()
             return 0
 
     return run
@@ -156,7 +157,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--until", metavar="T", help="events starting at or before T")
     s.add_argument("--kind", action="append", metavar="K",
                    help=f"only this kind; repeat for several ({', '.join(KINDS)})")
-    s.add_argument("--limit", type=int, default=50, help="most events shown (default 50)")
+    s.add_argument("--limit", type=positive_int, default=50, help="most events shown (default 50)")
     s.add_argument("--json", action="store_true",
                    help="one JSON object per line (id, uid, kind, camera, start, end, source_start_s, "
                         "source_end_s, caption, confidence, observations, thumbnail, details, closed)")
@@ -177,8 +178,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     _add_db(t)
     t.add_argument("--json", action="store_true", help="one JSON object per line")
     t.add_argument("--no-follow", action="store_true", help="print the backlog and exit")
-    t.add_argument("--last", type=int, default=10, help="events shown before following (default 10)")
-    t.add_argument("--poll", type=float, default=0.5, help="seconds between checks (default 0.5)")
+    t.add_argument("--last", type=non_negative_int, default=10, help="events shown before following (default 10)")
+    t.add_argument("--poll", type=positive_float, default=0.5, help="seconds between checks (default 0.5)")
     t.set_defaults(func=cmd_tail)
 
     m = actions.add_parser("migrate", help="upgrade an event database to this edgecap's schema",

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 from typing import Any
 
 from ..errors import InputError
-from .args import add_precision, add_threads, duration, positive_float, positive_int
+from .args import add_precision, add_threads, duration, positive_float, positive_int, silence_stdout
 
 
 def _cli_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -51,10 +49,7 @@ class _Console:
         except BrokenPipeError:
             self.closed = True
             self.stop.set()
-            # Python flushes stdout again at exit; point it at /dev/null so that flush has nowhere to fail
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, sys.stdout.fileno())
-            os.close(devnull)
+            silence_stdout()
 
 
 def cmd_run(args: argparse.Namespace) -> int:
