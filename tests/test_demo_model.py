@@ -26,7 +26,7 @@ def test_bundled_model_is_small_and_validated():
 
 
 def test_held_out_attribute_accuracy_at_least_90_percent(demo_cap):
-    # A fast sample of the README's 500-scene evaluation (seeds never used in training).
+    # A fast sample of docs/DEMO_MODEL.md's 500-scene evaluation (seeds never used in training).
     res = evaluate_synth(demo_cap, scenes=120, start_seed=synth.HELD_OUT_SEED_START + 50_000)
     low = {k: v for k, v in res["accuracy"].items() if v < 0.90}
     assert not low, f"attributes below 90%: {low}"
