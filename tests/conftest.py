@@ -65,3 +65,73 @@ def exported_factory(tmp_path_factory, checkpoint_factory):
 @pytest.fixture(scope="session")
 def tiny_export(exported_factory) -> Path:
     return exported_factory("vit-gpt2")
+
+
+# -- `edgecap serve`: logs written by `edgecap run` on generated clips, and servers on loopback ports -----------------
+
+@pytest.fixture(scope="session")
+def review_clips(tmp_path_factory) -> dict[str, Path]:
+    """Two generated camera clips (named by camera) for the review server's tests."""
+    from edgecap import synth
+
+    d = tmp_path_factory.mktemp("review-clips")
+    clips = {"gate": (12, 20.0), "yard": (21, 30.0)}
+    for name, (seed, duration) in clips.items():
+        synth.render_clip(d / f"{name}.mp4", seed=synth.HELD_OUT_SEED_START + seed, duration_s=duration)
+    return {name: d / f"{name}.mp4" for name in clips}
+
+
+@pytest.fixture(scope="session")
+def write_log():
+    """``write_log(db, *clips)``: `edgecap run` the clips into the database with the bundled demo model."""
+    import subprocess
+
+    def run(db: Path, *clips: Path) -> None:
+        proc = subprocess.run([sys.executable, "-m", "edgecap.cli", "run", *map(str, clips), "--db", str(db),
+                               "--interval", "1"], capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr
+
+    return run
+
+
+@pytest.fixture(scope="module")
+def start_server():
+    """``start_server(db, *options)`` -> the base URL (ending in /), the token (None with --no-auth) and the process
+    of an `edgecap serve` on a free loopback port; every server is stopped when the module ends."""
+    import queue
+    import re
+    import subprocess
+    import threading
+    from types import SimpleNamespace
+
+    procs: list[subprocess.Popen] = []
+
+    def start(db: Path, *options: str):
+        proc = subprocess.Popen([sys.executable, "-m", "edgecap.cli", "serve", "--db", str(db), "--port", "0",
+                                 "--poll", "0.2", *options], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True)
+        procs.append(proc)
+        lines: queue.Queue[str] = queue.Queue()
+        threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout], daemon=True).start()
+        for _ in range(120):  # at most 60 s
+            try:
+                line = lines.get(timeout=0.5)
+            except queue.Empty:
+                if proc.poll() is not None:
+                    raise AssertionError(f"edgecap serve exited: {proc.stderr.read()}") from None
+                continue
+            found = re.search(r"(http://\S+/)(?:\?token=(\S+))?", line)
+            if found:
+                return SimpleNamespace(base=found.group(1), token=found.group(2), proc=proc,
+                                       url=found.group(0))
+        proc.kill()
+        raise AssertionError("edgecap serve printed no URL within 60 s")
+
+    yield start
+    for proc in procs:
+        proc.terminate()
+    for proc in procs:
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()

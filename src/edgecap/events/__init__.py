@@ -9,7 +9,7 @@ Modules, by job (arrows are imports; none points back):
     mirror     JsonlSink (a sink alone, and the store's mirror)              -> model, sink, _writing
     store      EventStore, the writer thread                                 -> model, sink, schema, mirror, _writing
     thumbs     thumbnail_dir, save_jpeg                                      -> model
-    query      search, export, tail, fts_query                               -> model, schema
+    query      search, search_page, get_event, changes, cameras, export, tail -> model, schema
     retention  prune, PruneReport                                            -> model, schema, thumbs, _writing
 """
 
@@ -17,7 +17,8 @@ from .mirror import JsonlSink
 from .model import (ERROR, KINDS, PRUNE, MAX_CAPTION_CHARS, MAX_DETAIL_TEXT_CHARS, MAX_DETAILS_BYTES, MAX_NAME_CHARS,
                     MAX_PATH_CHARS, MAX_SEARCH_TERMS, SCENE, SYSTEM_KINDS, Event, EventStoreError, json_line,
                     parse_time)
-from .query import EXPORT_FORMATS, export, fts_query, search, tail
+from .query import (EXPORT_FORMATS, CameraSummary, cameras, changes, export, fts_query, get_event, search,
+                    search_page, tail)
 from .retention import PruneReport, prune
 from .schema import SCHEMA_VERSION, migrate
 from .sink import Ack, EventSink
@@ -25,8 +26,9 @@ from .store import EventStore
 from .thumbs import save_jpeg, thumbnail_dir
 
 __all__ = [
-    "Ack", "ERROR", "EXPORT_FORMATS", "Event", "EventSink", "EventStore", "EventStoreError", "JsonlSink", "KINDS",
-    "MAX_CAPTION_CHARS", "MAX_DETAILS_BYTES", "MAX_DETAIL_TEXT_CHARS", "MAX_NAME_CHARS", "MAX_PATH_CHARS",
-    "MAX_SEARCH_TERMS", "PRUNE", "PruneReport", "SCENE", "SCHEMA_VERSION", "SYSTEM_KINDS", "export", "fts_query", "json_line",
-    "migrate", "parse_time", "prune", "save_jpeg", "search", "tail", "thumbnail_dir",
+    "Ack", "CameraSummary", "ERROR", "EXPORT_FORMATS", "Event", "EventSink", "EventStore", "EventStoreError",
+    "JsonlSink", "KINDS", "MAX_CAPTION_CHARS", "MAX_DETAILS_BYTES", "MAX_DETAIL_TEXT_CHARS", "MAX_NAME_CHARS",
+    "MAX_PATH_CHARS", "MAX_SEARCH_TERMS", "PRUNE", "PruneReport", "SCENE", "SCHEMA_VERSION", "SYSTEM_KINDS",
+    "cameras", "changes", "export", "fts_query", "get_event", "json_line", "migrate", "parse_time", "prune",
+    "save_jpeg", "search", "search_page", "tail", "thumbnail_dir",
 ]

@@ -10,14 +10,17 @@ from __future__ import annotations
 import contextlib
 import csv
 import json
+import math
 import os
 import re
 import sqlite3
 import time
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Iterable, Iterator, TextIO
 
 from ..errors import InputError
+from ..sources.records import StatusKind
 from .model import (JSON_FIELDS, MAX_CAPTION_CHARS, MAX_NAME_CHARS, MAX_SEARCH_TERMS, Event, as_utc, clean_text,
                     json_line, parse_time)
 from .schema import SELECT, SELECT_WITH_UPDATED, open_reader, row_event
@@ -41,6 +44,36 @@ def _as_time(value: datetime | str) -> datetime:
     return parse_time(value) if isinstance(value, str) else as_utc(value, "time filter")
 
 
+def _filters(text: str | None, cameras: str | Iterable[str] | None, kinds: str | Iterable[str] | None,
+             since: datetime | str | None, until: datetime | str | None) -> tuple[list[str], list[Any]] | None:
+    """The WHERE terms and parameters of a search; None when the text holds no searchable word (nothing matches)."""
+    where: list[str] = []
+    params: list[Any] = []
+    if text is not None and text.strip():
+        query = fts_query(text)
+        if query is None:
+            return None
+        where.append("id IN (SELECT rowid FROM events_fts WHERE events_fts MATCH ?)")
+        params.append(query)
+    for column, values in (("camera", cameras), ("kind", kinds)):
+        if values is not None:
+            wanted = [clean_text(v, MAX_NAME_CHARS) for v in ([values] if isinstance(values, str) else values)]
+            where.append(f"{column} IN ({', '.join('?' * len(wanted))})")
+            params += wanted
+    if since is not None:
+        where.append("COALESCE(end_unix, start_unix) >= ?")
+        params.append(_as_time(since).timestamp())
+    if until is not None:
+        where.append("start_unix <= ?")
+        params.append(_as_time(until).timestamp())
+    return where, params
+
+
+def _check_limit(limit: int) -> None:
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        raise InputError(f"limit must be a positive integer, got {limit!r}")
+
+
 def search(db_path: str | os.PathLike, text: str | None = None, *, camera: str | None = None,
            since: datetime | str | None = None, until: datetime | str | None = None,
            kinds: str | Iterable[str] | None = None, limit: int = 50) -> list[Event]:
@@ -62,35 +95,121 @@ def search(db_path: str | os.PathLike, text: str | None = None, *, camera: str |
     Example:
         >>> search("events.sqlite", "red car", camera="gate", since="1d")
     """
-    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
-        raise InputError(f"limit must be a positive integer, got {limit!r}")
-    where: list[str] = []
-    params: list[Any] = []
-    if text is not None and text.strip():
-        query = fts_query(text)
-        if query is None:
-            return []
-        where.append("id IN (SELECT rowid FROM events_fts WHERE events_fts MATCH ?)")
-        params.append(query)
-    if camera is not None:
-        where.append("camera = ?")
-        params.append(clean_text(camera, MAX_NAME_CHARS))
-    if kinds is not None:
-        wanted = [clean_text(k, MAX_NAME_CHARS) for k in ([kinds] if isinstance(kinds, str) else kinds)]
-        where.append(f"kind IN ({', '.join('?' * len(wanted))})")
-        params += wanted
-    if since is not None:
-        where.append("COALESCE(end_unix, start_unix) >= ?")
-        params.append(_as_time(since).timestamp())
-    if until is not None:
-        where.append("start_unix <= ?")
-        params.append(_as_time(until).timestamp())
+    return search_page(db_path, text, cameras=camera, since=since, until=until, kinds=kinds, limit=limit)[0]
+
+
+def search_page(db_path: str | os.PathLike, text: str | None = None, *, cameras: str | Iterable[str] | None = None,
+                since: datetime | str | None = None, until: datetime | str | None = None,
+                kinds: str | Iterable[str] | None = None, limit: int = 50,
+                cursor: str | None = None) -> tuple[list[Event], str | None]:
+    """One page of ``search`` (newest first) and the cursor of the next page, by keyset: a page costs the same
+    however deep it is, and events written meanwhile neither repeat nor shift later pages.
+
+    Args:
+        db_path, text, since, until, kinds, limit: as for ``search``.
+        cameras: only these cameras (a name or several).
+        cursor: the ``next_cursor`` of the previous page; None for the first page.
+
+    Returns:
+        (events, next_cursor); next_cursor is None on the last page.
+
+    Raises:
+        EventStoreError: the database is missing, not an event log, or of another schema version.
+        InputError: a bad time, limit or cursor.
+    """
+    _check_limit(limit)
+    filters = _filters(text, cameras, kinds, since, until)
+    if filters is None:
+        return [], None
+    where, params = filters
+    if cursor is not None:
+        start, last_id = _read_cursor(cursor)
+        where.append("(start_unix < ? OR (start_unix = ? AND id < ?))")
+        params += [start, start, last_id]
     sql = f"{SELECT}{' WHERE ' + ' AND '.join(where) if where else ''} ORDER BY start_unix DESC, id DESC LIMIT ?"
     conn = open_reader(db_path)
     if conn is None:
-        return []  # no schema yet: no events yet
+        return [], None  # no schema yet: no events yet
     with contextlib.closing(conn):
-        return [row_event(row) for row in conn.execute(sql, (*params, limit))]
+        rows = conn.execute(sql, (*params, limit + 1)).fetchall()
+    events = [row_event(row) for row in rows[:limit]]
+    if len(rows) <= limit:
+        return events, None
+    last = rows[limit - 1]  # the stored start, not the Event's: a datetime keeps microseconds, the float more
+    return events, f"{last[4]!r}_{last[0]}"
+
+
+def _read_cursor(cursor: str) -> tuple[float, int]:
+    start, _, id_ = cursor.partition("_")
+    try:
+        value = float(start), int(id_)
+    except ValueError:
+        value = (math.nan, 0)
+    if not math.isfinite(value[0]):
+        raise InputError(f"bad cursor {cursor[:40]!r}: pass the next_cursor of the previous page unchanged")
+    return value
+
+
+def get_event(db_path: str | os.PathLike, event_id: int) -> Event | None:
+    """The event with this row id, or None (no such event, or no schema yet)."""
+    conn = open_reader(db_path)
+    if conn is None:
+        return None
+    with contextlib.closing(conn):
+        row = conn.execute(f"{SELECT} WHERE id = ?", (event_id,)).fetchone()
+    return None if row is None else row_event(row)
+
+
+def changes(db_path: str | os.PathLike, after: int | None, *, limit: int = 500) -> tuple[list[Event], int]:
+    """The events written (inserted or updated) since the change mark ``after``, oldest write first, and the new
+    mark. ``after=None`` takes the current mark and returns no events: follow from now on.
+
+    A row written several times since ``after`` comes once, in its newest state. With more than ``limit`` writes
+    pending, the oldest ``limit`` come now and the rest on the next call.
+    """
+    _check_limit(limit)
+    conn = open_reader(db_path)
+    if conn is None:
+        return [], 0  # no schema yet: every write once it exists is new
+    with contextlib.closing(conn):
+        if after is None:
+            return [], conn.execute("SELECT COALESCE(MAX(updated), 0) FROM events").fetchone()[0]
+        rows = conn.execute(f"{SELECT_WITH_UPDATED} WHERE updated > ? ORDER BY updated LIMIT ?",
+                            (after, limit)).fetchall()
+    return [row_event(row[:-1]) for row in rows], rows[-1][-1] if rows else after
+
+
+@dataclass(frozen=True)
+class CameraSummary:
+    """What the log says about one camera: its newest event, its newest status and an outage still open."""
+
+    camera: str
+    events: int
+    last_event: Event | None
+    last_status: Event | None
+    open_outage: Event | None
+
+
+def cameras(db_path: str | os.PathLike) -> list[CameraSummary]:
+    """Every camera of the log, by name, with its newest event, newest status and open outage (if any)."""
+    conn = open_reader(db_path)
+    if conn is None:
+        return []
+    statuses = tuple(str(k) for k in StatusKind)
+    marks = ", ".join("?" * len(statuses))
+    with contextlib.closing(conn):
+        names = conn.execute("SELECT camera, COUNT(*) FROM events GROUP BY camera ORDER BY camera").fetchall()
+
+        def newest(camera: str, extra: str = "", params: tuple = ()) -> Event | None:
+            row = conn.execute(f"{SELECT} WHERE camera = ?{extra} ORDER BY start_unix DESC, id DESC LIMIT 1",
+                               (camera, *params)).fetchone()
+            return None if row is None else row_event(row)
+
+        down = (str(StatusKind.SOURCE_DOWN),)
+        return [CameraSummary(camera=name, events=count, last_event=newest(name),
+                              last_status=newest(name, f" AND kind IN ({marks})", statuses),
+                              open_outage=newest(name, " AND kind = ? AND closed = 0", down))
+                for name, count in names]
 
 
 # A CSV cell starting with one of these is a formula to Excel, LibreOffice and Google Sheets (CSV injection).
