@@ -266,7 +266,7 @@ function renderCamera(camera, list) {
     if (cam.open_outage) badge.title = `down since ${fmtFull(cam.open_outage.start)}`;
     head.append(badge);
   }
-  head.append(el("span", "count", `${list.length} shown`));
+  head.append(el("span", "count", `${list.length} event${list.length === 1 ? "" : "s"}`));
   section.append(head, renderTimeline(camera, list));
   const grid = el("div", "cards");
   grid.append(...list.map(card));
@@ -399,10 +399,12 @@ async function openDetail(id, {scroll}) {
     fields.append(el("dt", "", name), el("dd", "", value));
   };
   const d = ev.details || {};
-  add("Start", fmtFull(ev.start));
-  add("End", ev.end && ev.end !== ev.start ? fmtFull(ev.end) : "");
-  add("Duration", fmtSpan(seconds(ev.start), seconds(ev.end)));
-  if (isFileEvent(ev)) add("In the file", `${fmtPos(ev.source_start_s)} to ${fmtPos(ev.source_end_s)} (${fmtSpan(ev.source_start_s, ev.source_end_s)})`);
+  // a file is read faster than real time: its own clock says how long a scene lasted, the wall clock when it was read
+  const file = isFileEvent(ev);
+  if (file) add("In the file", `${fmtPos(ev.source_start_s)} to ${fmtPos(ev.source_end_s)} (${fmtSpan(ev.source_start_s, ev.source_end_s)})`);
+  add(file ? "Read at" : "Start", fmtFull(ev.start));
+  add(file ? "Read until" : "End", ev.end && ev.end !== ev.start ? fmtFull(ev.end) : "");
+  if (!file) add("Duration", fmtSpan(seconds(ev.start), seconds(ev.end)));
   add("Status", ev.closed ? "closed" : "ongoing");
   if (ev.confidence !== null && ev.confidence !== undefined) {
     add("Confidence", `${ev.confidence.toFixed(3)} mean token log-prob (\u2248 ${(100 * Math.exp(ev.confidence)).toFixed(1)}% per token)`);
