@@ -82,13 +82,15 @@ def bind(host: str, port: int) -> socket.socket:
         InputError: the address cannot be used (taken, not local, not resolvable).
     """
     try:
-        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
-        sock = socket.socket(family, socket.SOCK_STREAM)
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        # proto as resolved (IPPROTO_TCP), not 0: asyncio turns Nagle off only for sockets that say TCP, and with
+        # Nagle on, every request after the first on a keep-alive connection waited 40 ms for a delayed ACK
+        sock = socket.socket(family, kind, proto)
     except (OSError, UnicodeError) as exc:
         raise InputError(f"cannot listen on {host}:{port}: {exc}; check --host") from None
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host, port))
+        sock.bind(address)
         sock.listen(128)
     except OSError as exc:
         sock.close()

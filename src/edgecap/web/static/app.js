@@ -2,7 +2,8 @@
 // output, camera names are user input) reaches the page through textContent or an attribute setter, never HTML.
 "use strict";
 
-const PAGE = 200;
+const PAGE = 500;         // the API's largest page: most logs under review fit on one
+const LIVE_PAGE = 100;    // what a live refresh fetches: the newest events, merged into those shown
 const REFRESH_MS = 250;   // live writes are gathered this long before the first page is fetched again
 const SEARCH_MS = 250;    // typing pauses this long before a search
 
@@ -140,10 +141,14 @@ function scheduleRefresh() {
     refreshTimer = null;
     const generation = state.generation;
     const params = filterParams();
-    params.set("limit", String(PAGE));
+    params.set("limit", String(LIVE_PAGE));
     try {
       const [page, outages] = await Promise.all([api(`/api/events?${params}`), loadOutages(), loadCameras()]);
       if (generation !== state.generation) return;
+      if (page.next_cursor && state.events.size && !page.events.some((ev) => state.events.has(ev.id))) {
+        loadFirstPage();  // more arrived than one refresh holds: start over rather than leave a gap
+        return;
+      }
       for (const ev of page.events) {
         if (!state.events.has(ev.id)) state.fresh.add(ev.id);
         state.events.set(ev.id, ev);
