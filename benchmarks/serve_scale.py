@@ -16,6 +16,7 @@ import os
 import platform
 import random
 import re
+import sqlite3
 import statistics
 import subprocess
 import sys
@@ -116,6 +117,7 @@ def main(argv: list[str] | None = None) -> int:
                 "/api/events?limit=100",                                  # the first page, any kind
                 "/api/events?limit=500&kind=scene",                       # the page's first page
                 "/api/events?limit=100&kind=scene&q=red",                 # one common word
+                "/api/events?limit=500&kind=scene&q=red",                 # the same, as the page asks
                 f"/api/events?limit=100&kind=scene&q={quote('red dog')}",  # two words
                 f"/api/events?limit=100&q={quote('yellow truck camera:cam-3')}",  # words + camera
                 "/api/events?limit=100&q=zebra",                          # no match
@@ -128,7 +130,9 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             server.terminate()
             server.wait(timeout=30)
-        report = {"events": args.events, "db_bytes": db.stat().st_size, "build_s": build_s and round(build_s, 1),
+        with contextlib.closing(sqlite3.connect(f"{db.absolute().as_uri()}?mode=ro", uri=True)) as conn:
+            count = conn.execute("SELECT COUNT(*) FROM events").fetchone()[0]
+        report = {"events": count, "db_bytes": db.stat().st_size, "build_s": build_s and round(build_s, 1),
                   "repeat": args.repeat,
                   "machine": {"cpu": cpu_model(), "logical_cpus": os.cpu_count(), "loadavg_1m": os.getloadavg()[0]},
                   "requests": rows}

@@ -38,18 +38,16 @@ def make_log(folder: Path) -> Path:
     captioner = Captioner(demo_model_dir())
     now = datetime.now(timezone.utc).replace(microsecond=0)
     with EventStore(db) as store:
-        start = now - timedelta(minutes=50)
-        for i, seed in enumerate((5, 17, 23, 42, 61)):
+        spans = ((-55, -50), (-49, -41), (-34, -22), (-21, -12), (-11, -3))  # minutes from now
+        for i, (seed, (a, b)) in enumerate(zip((5, 17, 23, 42, 61), spans)):
             image, _ = synth.render_scene(seed)
             caption = captioner.caption_batch([image])[0]
             thumb = save_jpeg(thumbnail_dir(db) / f"lobby-{i}.jpg", image)
-            end = start + timedelta(minutes=4 + 3 * i)
-            store.put(Event(f"lobby-{i}", "scene", "lobby", start, end, caption=caption.text,
-                            confidence=caption.confidence, observations=3 + i, thumbnail=str(thumb),
-                            details={"model": "demo", "precision": "fp32", "ms": caption.timings}))
-            start = end + timedelta(minutes=1 if i != 1 else 6)
-        store.put(Event("lobby-down-1", "source_down", "lobby", now - timedelta(minutes=33),
-                      now - timedelta(minutes=28), details={"attempts": 4, "last_error": "connection refused"}))
+            store.put(Event(f"lobby-{i}", "scene", "lobby", now + timedelta(minutes=a), now + timedelta(minutes=b),
+                            caption=caption.text, confidence=caption.confidence, observations=3 + i,
+                            thumbnail=str(thumb), details={"model": "demo", "precision": "fp32", "ms": caption.timings}))
+        store.put(Event("lobby-down-1", "source_down", "lobby", now - timedelta(minutes=40),
+                        now - timedelta(minutes=35), details={"attempts": 4, "last_error": "connection refused"}))
         store.put(Event("lobby-down-2", "source_down", "lobby", now - timedelta(minutes=2), closed=False,
                         details={"attempts": 2, "last_error": "rtsp://lobby.local/stream: timed out"}))
     return db

@@ -258,6 +258,32 @@ def test_a_cursor_page_does_not_shift_when_newer_events_arrive(tmp_path):
     assert [e.uid for e in first + second] == [f"e{i}" for i in range(5, -1, -1)] and end is None
 
 
+@pytest.mark.parametrize("window", [2, 4096])
+def test_full_text_pages_are_exact_when_starts_do_not_follow_ids(tmp_path, monkeypatch, window):
+    """Full-text pages look among the newest ids first (fast on a large log); a row written late with an early start,
+    or early with a late one, must still land where its start puts it, on every page."""
+    monkeypatch.setattr("edgecap.events.query._FIRST_WINDOW", window)
+    db = tmp_path / "ev.sqlite"
+    rng = np.random.default_rng(0)
+    t0 = datetime(2024, 5, 1, tzinfo=timezone.utc)
+    offsets = np.arange(120.0)
+    offsets[rng.choice(120, 25, replace=False)] = rng.uniform(0, 120, 25)  # a fifth out of id order
+    words = ("red car", "blue car", "red dog", "green bus")
+    put_events(db, *(Event(f"e{i}", "scene", "cam", t0 + timedelta(seconds=float(s)), caption=words[i % 4])
+                     for i, s in enumerate(offsets)))
+    for text in ("red", "car", "red dog", "bus", "zebra"):
+        everything = [(ev.start, ev.id) for ev in search(db, limit=1000) if all(w in ev.caption for w in text.split())]
+        expected = [i for _, i in sorted(everything, reverse=True)]
+        for limit in (1, 7, 50):
+            walked, cursor = [], None
+            for _ in range(len(expected) + 2):
+                page, cursor = search_page(db, text, limit=limit, cursor=cursor)
+                walked += [ev.id for ev in page]
+                if cursor is None:
+                    break
+            assert walked == expected, (text, limit)
+
+
 @pytest.mark.parametrize("query", ["limit=0", "limit=501", "limit=x", "since=yesterdayish", "cursor=bogus"])
 def test_bad_parameters_get_400_with_a_message(server, query):
     status, _, body = request(server, f"/api/events?{query}")

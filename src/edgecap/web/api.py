@@ -137,11 +137,11 @@ class Api:
         return path if ok else None
 
     def cameras(self, request: Request) -> Response:
-        """Each camera: how many events, its newest event and status, its open outage, and a state."""
+        """Each camera: its newest event and status, its open outage, and a state."""
         out = []
         for cam in cameras(self.db):
             status = cam.last_status.kind if cam.last_status is not None else None
-            out.append({"camera": cam.camera, "events": cam.events,
+            out.append({"camera": cam.camera,
                         "state": "down" if cam.open_outage is not None else status or "unknown",
                         "last_event": None if cam.last_event is None else event_json(cam.last_event),
                         "open_outage": None if cam.open_outage is None else event_json(cam.open_outage)})

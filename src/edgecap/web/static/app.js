@@ -173,7 +173,8 @@ function connectLive() {
   const live = $("#live");
   const setLive = (name, label) => { live.dataset.state = name; $(".label", live).textContent = label; };
   const source = new EventSource("/api/stream");
-  source.onopen = () => setLive("live", "live");
+  // a write between the first page and the stream's start would be missed: look again once connected
+  source.onopen = () => { setLive("live", "live"); scheduleRefresh(); };
   source.onerror = () => setLive("connecting", source.readyState === EventSource.CLOSED ? "offline" : "reconnecting");
   source.onmessage = (message) => {
     let ev;
@@ -247,9 +248,10 @@ function render() {
 
   const scenes = events.filter((ev) => ev.kind === "scene").length;
   const q = $("#search").q.value.trim();
+  const what = scenes === events.length ? "scene events" : "events";
   $("#summary").textContent = events.length
-    ? `${events.length}${state.cursor ? "+" : ""} ${scenes === events.length ? "scene" : ""} events on `
-      + `${byCamera.size} camera${byCamera.size === 1 ? "" : "s"}${q ? ` matching \u201c${q}\u201d` : ""}`
+    ? `${events.length}${state.cursor ? "+" : ""} ${what} on ${byCamera.size} camera${byCamera.size === 1 ? "" : "s"}`
+      + (q ? ` matching \u201c${q}\u201d` : "")
     : "";
   const empty = $("#empty");
   empty.hidden = events.length > 0;
