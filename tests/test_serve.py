@@ -410,3 +410,16 @@ def test_the_listening_socket_is_tcp_so_keep_alive_requests_are_not_delayed():
     sock = bind("127.0.0.1", 0)
     with sock:
         assert sock.proto == socket.IPPROTO_TCP
+
+
+def test_without_the_web_extra_serve_says_what_to_install(log):
+    code = ("import sys; sys.modules['starlette'] = None; from edgecap.cli import main; "
+            f"sys.exit(main(['serve', '--db', {str(log)!r}, '--port', '0']))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "pip install 'edgecap[web]'" in proc.stderr
+    assert len(proc.stderr.splitlines()) == 1
+
+
+def test_a_port_in_use_fails_with_one_line(log, server):
+    proc = serve_cli("--db", str(log), "--port", str(urlsplit(server.base).port))
+    assert proc.returncode == 2 and "choose another --port" in proc.stderr and len(proc.stderr.splitlines()) == 1
