@@ -45,7 +45,8 @@ def make_log(folder: Path) -> Path:
             thumb = save_jpeg(thumbnail_dir(db) / f"lobby-{i}.jpg", image)
             store.put(Event(f"lobby-{i}", "scene", "lobby", now + timedelta(minutes=a), now + timedelta(minutes=b),
                             caption=caption.text, confidence=caption.confidence, observations=3 + i,
-                            thumbnail=str(thumb), details={"model": "demo", "precision": "fp32", "ms": caption.timings}))
+                            thumbnail=str(thumb),
+                            details={"model": "demo", "precision": "fp32", "ms": caption.timings}))
         store.put(Event("lobby-down-1", "source_down", "lobby", now - timedelta(minutes=40),
                         now - timedelta(minutes=35), details={"attempts": 4, "last_error": "connection refused"}))
         store.put(Event("lobby-down-2", "source_down", "lobby", now - timedelta(minutes=2), closed=False,

@@ -13,7 +13,7 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Iterable
 
 from anyio import to_thread
 from starlette.requests import Request
@@ -40,7 +40,7 @@ class Query:
     kinds: tuple[str, ...]
 
 
-def parse_query(q: str, *, cameras: list[str] = (), kinds: list[str] = ()) -> Query:
+def parse_query(q: str, *, cameras: Iterable[str] = (), kinds: Iterable[str] = ()) -> Query:
     """Split the search box into caption words and ``camera:``/``kind:`` tokens; URL filters add to the tokens.
 
     Example:

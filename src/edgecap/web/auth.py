@@ -18,7 +18,7 @@ import time
 from collections import deque
 from http.cookies import SimpleCookie
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, Iterable
 from urllib.parse import parse_qsl, urlencode
 
 from ..errors import InputError
@@ -218,7 +218,7 @@ def _cookie(scope: Scope, name: str) -> str | None:
     return jar[name].value if name in jar else None
 
 
-async def _plain(send: Send, status: int, text: str, headers: list[tuple[bytes, bytes]] = ()) -> None:
+async def _plain(send: Send, status: int, text: str, headers: Iterable[tuple[bytes, bytes]] = ()) -> None:
     body = (text + "\n").encode()
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"text/plain; charset=utf-8"),
