@@ -7,10 +7,13 @@ import http.client
 import json
 import queue
 import re
+import signal
 import stat
 import subprocess
 import sys
 import threading
+import urllib.error
+import urllib.request
 import uuid
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -423,3 +426,35 @@ def test_without_the_web_extra_serve_says_what_to_install(log):
 def test_a_port_in_use_fails_with_one_line(log, server):
     proc = serve_cli("--db", str(log), "--port", str(urlsplit(server.base).port))
     assert proc.returncode == 2 and "choose another --port" in proc.stderr and len(proc.stderr.splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_run_with_serve_reviews_the_log_while_it_writes(tmp_path):
+    """`edgecap run --serve`: the page and API of `edgecap serve`, from the process that writes the log."""
+    clip = tmp_path / "clip.mp4"
+    synth.render_clip(clip, seed=synth.HELD_OUT_SEED_START + 9, duration_s=40)
+    proc = subprocess.Popen([sys.executable, "-m", "edgecap", "run", str(clip), "--realtime", "--db",
+                             str(tmp_path / "e.sqlite"), "--serve", "--port", "0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()
+        assert "review page at http://127.0.0.1:" in line, line + proc.stderr.read()
+        url = line.split("review page at ", 1)[1].strip()
+        base, token = url.split("/?token=")
+        request = urllib.request.Request(f"{base}/api/events?kind=scene",
+                                         headers={"Authorization": f"Bearer {token}"})
+        events = []
+        for _ in range(120):  # bounded: up to a minute for the first scene to be written
+            with urllib.request.urlopen(request, timeout=10) as response:
+                events = json.load(response)["events"]
+            if events:
+                break
+            proc.stdout.readline()  # wait for the next printed scene (or the end)
+        assert events and events[0]["camera"] == "clip" and events[0]["thumbnail_url"]
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(f"{base}/api/events", timeout=10)
+        assert refused.value.code == 401
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err

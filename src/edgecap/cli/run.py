@@ -7,6 +7,7 @@ from typing import Any
 
 from ..errors import InputError
 from .args import add_precision, add_threads, duration, positive_float, positive_int, silence_stdout
+from .serve import add_server_arguments
 
 
 def _cli_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -24,6 +25,8 @@ def _site(args: argparse.Namespace):
     retention = RetentionConfig(older_than=args.retain)
     site = load_config(args.config, defaults=options, retention=retention) if args.config else SiteConfig([], retention)
     cameras = site.cameras
+    if args.serve:
+        from .. import web  # noqa: F401  (a missing web extra fails here, before any model loads)
     taken = {c.name for c in cameras}
     for src in args.sources:
         cameras.append(camera_spec(default_camera_name(src, taken), src, options, where=mask_url(src)))
@@ -50,6 +53,19 @@ class _Console:
             self.closed = True
             self.stop.set()
             silence_stdout()
+
+
+def _start_server(args: argparse.Namespace, console: _Console):
+    """The review page of `edgecap serve`, served from this process while it writes (the store's schema exists by
+    now, so the page never sees a half-made log)."""
+    from pathlib import Path
+
+    from ..web import BackgroundServer
+    from .serve import prepare
+
+    app, sock, url = prepare(args, Path(args.db))
+    console.print(f"edgecap run: review page at {url}")
+    return BackgroundServer(app, sock).start()
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -83,6 +99,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         rt = Runtime(cap, site.cameras, store, options=options, on_scene=show)
         pruner = Pruner(args.db, site.retention, thumbnails=thumbs, record=store.put) if site.retention.enabled \
             else None
+        server = _start_server(args, console) if args.serve else None
         try:
             if pruner:
                 pruner.start()
@@ -90,6 +107,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         finally:
             if pruner:
                 pruner.stop()
+            if server:
+                server.stop()
     for name, c in rt.stats.per_camera.items():
         console.print(f"[{name}] sampled {c['sampled']}, gated out {c['gated_out']}, captioned {c['captioned']}, "
                       f"dropped {c['dropped']}, decode errors {c['decode_errors']}, reconnects {c['reconnects']}"
@@ -126,6 +145,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_precision(p)
     p.add_argument("--max-batch", type=positive_int, default=8, help="most frames per captioner batch (default 8)")
     add_threads(p)
+    p.add_argument("--serve", action="store_true",
+                   help="also serve the review page of `edgecap serve` from this process (prints its URL)")
+    add_server_arguments(p)
     p.add_argument("--retain", type=duration, default=None, metavar="AGE",
                    help="delete events (and thumbnails) older than AGE as the run goes, e.g. 30d, 12h (default: keep "
                         "everything; a --config file's [retention] table overrides it and can also cap the size)")

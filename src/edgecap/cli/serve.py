@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from ..errors import InputError
@@ -19,12 +18,10 @@ def _port(text: str) -> int:
     return int(text)
 
 
-def cmd_serve(args: argparse.Namespace) -> int:
+def prepare(args: argparse.Namespace, db: Path):
+    """The application and its listening socket for ``args`` (serve's options), and the URL to print."""
     from .. import web
 
-    db = Path(args.db)
-    if not db.is_file():
-        raise InputError(f"event database not found: {db}; run `edgecap run ... --db {db}` first or fix --db")
     if args.no_auth:
         if args.token_file:
             raise InputError("--no-auth and --token-file exclude each other; choose one")
@@ -34,15 +31,34 @@ def cmd_serve(args: argparse.Namespace) -> int:
         token = web.load_or_create_token(args.token_file) if args.token_file else web.new_token()
     sock = web.bind(args.host, args.port)
     port = sock.getsockname()[1]
-    app = web.create_app(db, token=token, port=port, thumbnails=args.thumbnails, poll_s=args.poll)
+    app = web.create_app(db, token=token, port=port, thumbnails=getattr(args, "thumbnails", None),
+                         poll_s=getattr(args, "poll", 0.5))
     host = f"[{args.host}]" if ":" in args.host else args.host
-    url = f"http://{host}:{port}/" + ("" if token is None else f"?token={token}")
+    return app, sock, f"http://{host}:{port}/" + ("" if token is None else f"?token={token}")
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .. import web
+
+    db = Path(args.db)
+    if not db.is_file():
+        raise InputError(f"event database not found: {db}; run `edgecap run ... --db {db}` first or fix --db")
+    app, sock, url = prepare(args, db)
     print(f"edgecap serve: reviewing {db} at\n    {url}\n(Ctrl-C stops)", flush=True)
     try:
         web.run(app, sock)
     finally:
         sock.close()
     return 0
+
+
+def add_server_arguments(p: argparse.ArgumentParser) -> None:
+    """Where and how the page listens (`edgecap serve`, `edgecap run --serve`)."""
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=_port, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT}; 0: any free one)")
+    p.add_argument("--token-file", metavar="FILE",
+                   help="keep the token in FILE (created with mode 0600), so the URL survives restarts")
+    p.add_argument("--no-auth", action="store_true", help="no token (accepted only on a loopback --host)")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -55,11 +71,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "Authorization: Bearer TOKEN for scripts.",
                        epilog="example: edgecap serve --db events.sqlite --token-file ~/.edgecap-token")
     p.add_argument("--db", default=DEFAULT_DB, help=f"event database (default: ./{DEFAULT_DB}, as `edgecap run`)")
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
-    p.add_argument("--port", type=_port, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT}; 0: any free one)")
-    p.add_argument("--token-file", metavar="FILE",
-                   help="keep the token in FILE (created with mode 0600), so the URL survives restarts")
-    p.add_argument("--no-auth", action="store_true", help="no token (accepted only on a loopback --host)")
+    add_server_arguments(p)
     p.add_argument("--thumbnails", metavar="DIR",
                    help="the thumbnail folder (default: thumbnails/ next to the database, as `edgecap run`)")
     p.add_argument("--poll", type=positive_float, default=0.5, help="seconds between checks for live updates "

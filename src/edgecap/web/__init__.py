@@ -17,7 +17,7 @@ except ImportError as exc:
     raise DependencyError(f"`edgecap serve` needs the web extra, which is not installed ({exc.name} is missing): "
                           "pip install 'edgecap[web]'") from None
 
-from .app import bind, check_no_auth, create_app, run
+from .app import BackgroundServer, bind, check_no_auth, create_app, run
 from .auth import load_or_create_token, new_token
 
-__all__ = ["bind", "check_no_auth", "create_app", "load_or_create_token", "new_token", "run"]
+__all__ = ["BackgroundServer", "bind", "check_no_auth", "create_app", "load_or_create_token", "new_token", "run"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import socket
+import threading
 from pathlib import Path
 
 from starlette.applications import Starlette
@@ -106,10 +107,34 @@ def check_no_auth(host: str) -> None:
                          f"--host {host}; drop --no-auth and use the printed token")
 
 
-def run(app: ASGIApp, sock: socket.socket) -> None:
-    """Serve ``app`` on ``sock`` until SIGINT or SIGTERM (open live streams are closed after one second)."""
+def _server(app: ASGIApp):
     import uvicorn
 
     config = uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=1,
                             lifespan="off", server_header=False)
-    uvicorn.Server(config).run(sockets=[sock])
+    return uvicorn.Server(config)
+
+
+def run(app: ASGIApp, sock: socket.socket) -> None:
+    """Serve ``app`` on ``sock`` until SIGINT or SIGTERM (open live streams are closed after one second)."""
+    _server(app).run(sockets=[sock])
+
+
+class BackgroundServer:
+    """Serve ``app`` on ``sock`` from a daemon thread, beside other work (``edgecap run --serve``): the process's
+    signals stay with its main thread, and `stop` ends the server."""
+
+    def __init__(self, app: ASGIApp, sock: socket.socket):
+        self._server = _server(app)
+        self._sock = sock
+        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [sock]}, name="edgecap-serve",
+                                        daemon=True)
+
+    def start(self) -> BackgroundServer:
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._server.should_exit = True
+        self._thread.join(timeout)
+        self._sock.close()
