@@ -250,3 +250,55 @@ def test_default_length_is_transformers_default(checkpoint_factory, exported_fac
         want = _hf_ids(model, processor, px, prompt, cap.defaults.eos_token_id)
         assert cap.generate(px, prompt) == want
         assert max(len(ids) for ids in want) == len(cap.prompts.prefix(prompt)) - 1 + 20
+
+
+def _weight_matmuls(graph) -> list:  # noqa: ANN001
+    inits = {i.name for i in graph.initializer}
+    return [n for n in graph.node if n.op_type in ("MatMul", "Gemm") and n.input[1] in inits]
+
+
+def test_int8_dynamic_quantizes_every_weight_matmul(exported_factory, tmp_path):
+    import shutil
+
+    onnx = pytest.importorskip("onnx")
+    from edgecap_export.quantize import quantize_dir
+
+    d = tmp_path / "model"
+    shutil.copytree(exported_factory("blip"), d)
+    # random weights: the gate's verdict means nothing here, as for `edgecap bench`
+    report = quantize_dir(d, calib_frames=4, eval_frames=4, accept_quality_drop=True, progress=False)
+    assert report["frames"] == 4
+    integer = {"MatMulInteger", "DynamicQuantizeMatMul", "MatMulIntegerToFloat"}
+    for part in ("encoder", "decoder"):
+        fp32, int8 = (onnx.load(str(d / f"{part}{s}.onnx")).graph for s in ("", ".int8"))
+        assert _weight_matmuls(fp32) and not _weight_matmuls(int8), part
+        assert integer & {n.op_type for n in int8.node}, part
+    cap = Captioner(d, precision="int8")
+    out = cap.caption(_images(0, 1)[0], prompt="a photography of", max_new_tokens=4, min_new_tokens=4)
+    assert len(out.token_ids) == len(cap.prompts.prefix("a photography of")) - 1 + 4
+
+
+@pytest.mark.slow
+def test_int8_static_qdq_on_standard_graphs(exported_factory, tmp_path):
+    import shutil
+
+    onnx = pytest.importorskip("onnx")
+    from edgecap_export.quantize import quantize_dir
+
+    d = tmp_path / "model"
+    shutil.copytree(exported_factory("blip", "standard"), d)
+    quantize_dir(d, calib_frames=6, eval_frames=4, encoder_mode="static", decoder_mode="static",
+                 accept_quality_drop=True, progress=False)
+    for part in ("encoder", "decoder"):
+        g = onnx.load(str(d / f"{part}.int8.onnx")).graph
+        inits = {i.name for i in g.initializer}
+        producers = {o: n for n in g.node for o in n.output}
+        weight_mm = [n for n in g.node if n.op_type in ("MatMul", "Gemm") and (
+            producers.get(n.input[1]) is not None and producers[n.input[1]].op_type == "DequantizeLinear"
+            and producers[n.input[1]].input[0] in inits)]
+        assert weight_mm, part
+        assert all(producers.get(n.input[0]) is not None and producers[n.input[0]].op_type == "DequantizeLinear"
+                   for n in weight_mm), part
+        assert not _weight_matmuls(g), part  # no weight MatMul left in float
+    cap = Captioner(d, precision="int8")
+    assert len(cap.caption(_images(1, 1)[0], max_new_tokens=4, min_new_tokens=4).token_ids) == 4
