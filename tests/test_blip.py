@@ -170,6 +170,10 @@ def test_max_length_counts_the_prompt_as_in_transformers(checkpoint_factory, exp
         assert cap.generate(px, prompt) == _hf_ids(model, processor, px, prompt, eos, max_length=9)
     with pytest.raises(InputError, match="max_length"):
         cap.generate(px, "a photography of a red car on the street at night")
+    # a caller's max_length is a total too, over the model's default of 20 new tokens
+    default = Captioner(exported_factory("blip"))
+    for prompt in PROMPTS:
+        assert default.generate(px, prompt, max_length=7) == _hf_ids(model, processor, px, prompt, eos, max_length=7)
 
 
 def test_unsupported_prompts_fail_with_one_line(exported_factory, tiny_export):
@@ -302,3 +306,20 @@ def test_int8_static_qdq_on_standard_graphs(exported_factory, tmp_path):
         assert not _weight_matmuls(g), part  # no weight MatMul left in float
     cap = Captioner(d, precision="int8")
     assert len(cap.caption(_images(1, 1)[0], max_new_tokens=4, min_new_tokens=4).token_ids) == 4
+
+
+@pytest.mark.slow
+def test_bench_runs_blip_side_by_side_with_transformers(checkpoint_factory, exported_factory, tmp_path):
+    import shutil
+
+    from edgecap_export.bench import main
+
+    d = tmp_path / "model"
+    shutil.copytree(exported_factory("blip"), d)
+    shutil.copytree(checkpoint_factory("blip"), d / "hf")
+    out = tmp_path / "bench.json"
+    assert main(["--model", str(d), "--runs", "2", "--tokens", "3", "--batch", "2", "--systems", "eager", "fp32",
+                 "--out", str(out), "--settle-ms", "0"]) == 0
+    report = json.loads(out.read_text())
+    assert set(report["results"]) == {"transformers_eager/batch2", "edgecap_fp32/batch2"}
+    assert report["speedups"]["edgecap_fp32_vs_eager/batch2"] > 0

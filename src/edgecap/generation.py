@@ -55,8 +55,8 @@ class GenerationOptions:
             return self.max_new_tokens
         budget = int(self.max_length or 0) - prefix_len
         if budget < 1:
-            raise InputError(f"the prompt fills the model's max_length ({self.max_length} tokens with the start "
-                             f"token, the prompt has {prefix_len}); pass max_new_tokens or shorten the prompt")
+            raise InputError(f"the decoder prefix (start token and prompt) is {prefix_len} tokens, max_length is "
+                             f"{self.max_length}: nothing left to generate; pass max_new_tokens or shorten the prompt")
         return budget
 
     def updated(self, **overrides: Any) -> "GenerationOptions":
@@ -65,7 +65,10 @@ class GenerationOptions:
         unknown = sorted(set(overrides) - names)
         if unknown:
             raise InputError(f"unknown generation option(s) {unknown}; expected some of {sorted(names)}")
-        opts = replace(self, **{k: v for k, v in overrides.items() if v is not None})
+        given = {k: v for k, v in overrides.items() if v is not None}
+        if "max_length" in given and "max_new_tokens" not in given:
+            given["max_new_tokens"] = None  # the caller asked for a total length, as transformers' max_length=
+        opts = replace(self, **given)
         if isinstance(opts.eos_token_id, int):
             opts = replace(opts, eos_token_id=(opts.eos_token_id,))
         opts.check()
@@ -76,6 +79,8 @@ class GenerationOptions:
             raise InputError("set max_new_tokens (or max_length): the model records neither")
         if self.max_new_tokens is not None and self.max_new_tokens < 1:
             raise InputError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.max_length is not None and self.max_length < 2:
+            raise InputError(f"max_length must be >= 2 (the start token and one more), got {self.max_length}")
         if self.num_beams < 1:
             raise InputError(f"num_beams must be >= 1, got {self.num_beams}")
         if self.min_new_tokens < 0 or self.min_length < 0 or self.no_repeat_ngram_size < 0:
