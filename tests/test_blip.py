@@ -120,6 +120,24 @@ def test_prompt_prefix_is_what_generate_starts_from(prompt, checkpoint_factory, 
     assert cap.prompts.prefix(None) == [bos]
 
 
+def test_prompt_ignores_padding_and_truncation_in_tokenizer_json(checkpoint_factory, exported_factory, tmp_path):
+    # The processor, called without padding/truncation, turns both off whatever tokenizer.json says.
+    import shutil
+
+    _, processor = _hf("blip", checkpoint_factory)
+    d = tmp_path / "m"
+    shutil.copytree(exported_factory("blip"), d)
+    tok = json.loads((d / "tokenizer.json").read_text())
+    tok["padding"] = {"strategy": {"Fixed": 16}, "direction": "Right", "pad_to_multiple_of": None, "pad_id": 0,
+                      "pad_type_id": 0, "pad_token": "[PAD]"}
+    tok["truncation"] = {"direction": "Right", "max_length": 3, "strategy": "LongestFirst", "stride": 0}
+    (d / "tokenizer.json").write_text(json.dumps(tok))
+    cap = Captioner(d)
+    prompt = "a picture of the street"
+    want = [cap.defaults.decoder_start_token_id] + processor(text=prompt)["input_ids"][1:-1]
+    assert cap.prompts.prefix(prompt) == want
+
+
 def test_one_prompt_per_image_decodes_each_as_alone(checkpoint_factory, exported_factory):
     model, processor = _hf("blip", checkpoint_factory)
     cap = Captioner(exported_factory("blip"))

@@ -125,8 +125,8 @@ class Captioner:
             raise ManifestError(f"{self.manifest.directory / 'manifest.json'} is incomplete or malformed "
                                 f"({exc.__class__.__name__}: {exc}); re-run `edgecap export`") from None
         self._tokenizer = self._load_tokenizer(m)
-        self.prompts = PromptEncoder(str(m.get("name") or self.manifest.directory.name),
-                                     self.defaults.decoder_start_token_id, m.get("prompt"), self._tokenizer)
+        self.prompts = PromptEncoder.for_model(str(m.get("name") or self.manifest.directory.name),
+                                               self.defaults.decoder_start_token_id, m.get("prompt"), self._tokenizer)
         self._enc_io = self.manifest.io("encoder")
         self._dec_io = self.manifest.io("decoder")
         enc_path = self.manifest.graph_path(precision, "encoder")

@@ -32,6 +32,19 @@ class PromptEncoder:
     spec: dict[str, Any] | None
     tokenizer: Any
 
+    @classmethod
+    def for_model(cls, model: str, start_token_id: int, spec: dict[str, Any] | None,
+                  tokenizer: Any) -> "PromptEncoder":
+        """An encoder over a copy of ``tokenizer`` with padding and truncation off: a processor called without
+        ``padding``/``truncation`` turns off whatever tokenizer.json configures, so prompts tokenize the same way."""
+        if spec is not None:
+            from tokenizers import Tokenizer
+
+            tokenizer = Tokenizer.from_str(tokenizer.to_str())
+            tokenizer.no_padding()
+            tokenizer.no_truncation()
+        return cls(model, start_token_id, spec, tokenizer)
+
     @property
     def accepts_prompts(self) -> bool:
         return self.spec is not None
