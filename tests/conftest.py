@@ -21,6 +21,14 @@ ARCHS = {
 }
 
 
+# BLIP checkpoints (tests/test_blip.py): the default tiny one, and one with other sizes everywhere.
+BLIP_ARCHS = {
+    "blip": dict(),
+    "blip-wide": dict(image_size=48, patch_size=16, enc_layers=3, enc_hidden=48, enc_heads=4, dec_layers=3,
+                      dec_hidden=36, dec_heads=3, vocab_size=140, seed=1),
+}
+
+
 def _quiet_transformers() -> None:
     import transformers
 
@@ -30,16 +38,17 @@ def _quiet_transformers() -> None:
 
 @pytest.fixture(scope="session")
 def checkpoint_factory(tmp_path_factory):
-    """Build (and cache) a save_pretrained checkpoint for an ARCHS key."""
+    """Build (and cache) a save_pretrained checkpoint for an ARCHS or BLIP_ARCHS key."""
     pytest.importorskip("torch")
     _quiet_transformers()
-    from tiny_models import build_model
+    from tiny_models import build_blip, build_model
 
     cache: dict[str, Path] = {}
 
     def make(name: str) -> Path:
         if name not in cache:
-            cache[name] = build_model(tmp_path_factory.mktemp(f"ckpt-{name}"), **ARCHS[name])
+            build, kwargs = (build_blip, BLIP_ARCHS[name]) if name in BLIP_ARCHS else (build_model, ARCHS[name])
+            cache[name] = build(tmp_path_factory.mktemp(f"ckpt-{name}"), **kwargs)
         return cache[name]
 
     return make
@@ -47,7 +56,8 @@ def checkpoint_factory(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def exported_factory(tmp_path_factory, checkpoint_factory):
-    """Export (with validation) and cache the edgecap directory of an ARCHS key, with either attention lowering."""
+    """Export (with validation) and cache the edgecap directory of an ARCHS or BLIP_ARCHS key, with either
+    attention lowering."""
     from edgecap_export import export_model
 
     cache: dict[tuple[str, str], Path] = {}

@@ -59,3 +59,66 @@ def build_model(out: Path, *, encoder: str = "vit", image_size: int = 32, patch_
     tok.save_pretrained(out)
     ViTImageProcessorPil(size={"height": image_size, "width": image_size}, resample=resample).save_pretrained(out)
     return out
+
+
+BERT_SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[DEC]"]
+
+
+def build_bert_tokenizer(vocab_size: int):
+    """A BERT-style WordPiece tokenizer trained in code (lower-casing, [CLS] x [SEP] template) holding the special
+    tokens BLIP's processor and generate use: [PAD] 0, [UNK], [CLS], [SEP], [MASK] and [DEC] (BLIP's bos)."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import BertTokenizerFast
+
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.decoder = decoders.WordPiece()
+    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=BERT_SPECIALS, show_progress=False)
+    corpus = [" ".join(WORDS[(i * 7 + j) % len(WORDS)] for j in range(8)) for i in range(200)]
+    corpus += ["a photography of", "a picture of the"]
+    tok.train_from_iterator(corpus, trainer)
+    cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+    tok.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+                                                       special_tokens=[("[CLS]", cls), ("[SEP]", sep)])
+    return BertTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", sep_token="[SEP]", pad_token="[PAD]",
+                             cls_token="[CLS]", mask_token="[MASK]", bos_token="[DEC]")
+
+
+def build_blip(out: Path, *, image_size: int = 32, patch_size: int = 8, enc_layers: int = 2, enc_hidden: int = 32,
+               enc_heads: int = 2, dec_layers: int = 2, dec_hidden: int = 32, dec_heads: int = 2,
+               vocab_size: int = 120, seed: int = 0, sep_boost: float = 1.3) -> Path:
+    """save_pretrained a random-weight BlipForConditionalGeneration + BlipProcessor (Pillow image processor,
+    BERT-style tokenizer) into ``out``. BLIP's generate reads the text decoder's generation config, which
+    save_pretrained does not hold, so there are no generation settings to pass."""
+    import torch
+    from transformers import (BlipConfig, BlipForConditionalGeneration, BlipImageProcessorPil, BlipProcessor,
+                              BlipTextConfig, BlipVisionConfig)
+
+    torch.manual_seed(seed)
+    tok = build_bert_tokenizer(vocab_size)
+    ids = {name: tok.convert_tokens_to_ids(name) for name in BERT_SPECIALS}
+    # BlipVisionConfig initialises with std 1e-10: every image would look the same to the decoder
+    vision = BlipVisionConfig(image_size=image_size, patch_size=patch_size, num_hidden_layers=enc_layers,
+                              hidden_size=enc_hidden, num_attention_heads=enc_heads, intermediate_size=enc_hidden * 2,
+                              initializer_range=0.5)
+    text = BlipTextConfig(vocab_size=len(tok), hidden_size=dec_hidden, num_hidden_layers=dec_layers,
+                          num_attention_heads=dec_heads, intermediate_size=dec_hidden * 2, max_position_embeddings=64,
+                          encoder_hidden_size=enc_hidden, bos_token_id=ids["[DEC]"], pad_token_id=ids["[PAD]"],
+                          sep_token_id=ids["[SEP]"],
+                          eos_token_id=ids["[CLS]"])  # as published: eos is not what ends a caption, [SEP] is
+    cfg = BlipConfig(vision_config=vision.to_dict(), text_config=text.to_dict())
+    model = BlipForConditionalGeneration(cfg).eval()
+    # As for the GPT-2 models: decisive logits, and [SEP] boosted so that some captions end early; the
+    # cross-attention outputs are scaled up so that the image, not only the text so far, picks the next token.
+    with torch.no_grad():
+        head = model.text_decoder.cls.predictions.decoder
+        head.weight.mul_(40.0)
+        head.weight[ids["[SEP]"]].mul_(sep_boost)
+        for layer in model.text_decoder.bert.encoder.layer:
+            layer.crossattention.output.dense.weight.mul_(30.0)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    processor = BlipProcessor(BlipImageProcessorPil(size={"height": image_size, "width": image_size}), tok)
+    processor.save_pretrained(out)
+    return out

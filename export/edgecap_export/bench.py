@@ -2,6 +2,8 @@
 
     edgecap bench --vitgpt2-random                # ViT-B/16 224 + GPT-2 124M, random weights
     edgecap bench --model runs/demo --runs 20     # any exported directory (eager if DIR/hf exists)
+    python -c "from edgecap_export.bench import prepare_random; prepare_random('blip-base', 'engines/blip-random')"
+    edgecap bench --model engines/blip-random     # ViT-B/16 384 + BERT-base decoder (blip-image-captioning-base)
     python benchmarks/bench.py ...                # the same, from a checkout
 
 Exactly --tokens new tokens (min = max), greedy, batch sizes --batch (default 1 and 8). For each system and batch:
@@ -105,6 +107,59 @@ def build_vitgpt2_random(out: Path, seed: int = 0) -> Path:
     return out
 
 
+def build_blip_random(out: Path, seed: int = 0) -> Path:
+    """save_pretrained a random-weight model with Salesforce/blip-image-captioning-base's architecture and token
+    ids ([PAD] 0, [CLS] 101, [SEP] 102, [DEC] 30522 as bos), with a BlipProcessor."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+    from transformers import (BertTokenizerFast, BlipConfig, BlipForConditionalGeneration, BlipImageProcessorPil,
+                              BlipProcessor)
+
+    if (out / "config.json").is_file():
+        return out
+    torch.manual_seed(seed)
+    specials = {"[PAD]": 0, "[UNK]": 100, "[CLS]": 101, "[SEP]": 102, "[MASK]": 103, "[DEC]": 30522}
+    words = ["a", "photography", "picture", "of", "the", "street", "car", "person", "at", "night"]
+    vocab = {f"[unused{i}]": i for i in range(30524)}
+    vocab = {**{k: i for k, i in vocab.items() if i not in specials.values() and i - 1000 not in range(len(words))},
+             **specials, **{w: 1000 + i for i, w in enumerate(words)}}
+    tok = Tokenizer(models.WordPiece(vocab=vocab, unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.decoder = decoders.WordPiece()
+    tok.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 101),
+                                                                                                ("[SEP]", 102)])
+    tokenizer = BertTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", sep_token="[SEP]", pad_token="[PAD]",
+                                  cls_token="[CLS]", mask_token="[MASK]", bos_token="[DEC]")
+    cfg = BlipConfig(vision_config={"image_size": 384, "patch_size": 16, "initializer_range": 0.02},
+                     text_config={"vocab_size": 30524, "bos_token_id": 30522, "pad_token_id": 0,
+                                  "sep_token_id": 102, "eos_token_id": 2})
+    BlipForConditionalGeneration(cfg).eval().save_pretrained(out)
+    BlipProcessor(BlipImageProcessorPil(), tokenizer).save_pretrained(out)
+    return out
+
+
+RANDOM_ARCHS: dict[str, Callable[[Path], Path]] = {"vitgpt2-base": build_vitgpt2_random,
+                                                   "blip-base": build_blip_random}
+
+
+def prepare_random(arch: str, workdir: str | Path, *, int8: bool = True) -> Path:
+    """Build a random-weight checkpoint of ``arch`` in WORKDIR/hf, export it to WORKDIR (validated) and quantize
+    it (the quality gate accepted: random weights say nothing about quality); returns WORKDIR."""
+    from edgecap.manifest import load_manifest
+
+    from .exporter import export_model
+    from .quantize import quantize_dir
+
+    work = Path(workdir)
+    hf = RANDOM_ARCHS[arch](work / "hf")
+    if not (work / "manifest.json").is_file():
+        export_model(str(hf), work, name=work.name)
+    if int8 and "int8" not in load_manifest(work).precisions:
+        quantize_dir(work, accept_quality_drop=True, calib_frames=32, eval_frames=8)
+    return work
+
+
 def _edgecap_runner(cap: Any, images: list[np.ndarray], kw: dict) -> Callable[[], dict[str, float]]:
     def run() -> dict[str, float]:
         timings: dict[str, float] = {}
@@ -150,16 +205,8 @@ def run(args: argparse.Namespace) -> int:
     from edgecap.manifest import load_manifest
 
     if args.vitgpt2_random:
-        from .exporter import export_model
-        from .quantize import quantize_dir
-
-        work = Path(args.workdir or ROOT / "engines" / "vitgpt2-random")
-        hf = build_vitgpt2_random(work / "hf")
-        if not (work / "manifest.json").is_file():
-            export_model(str(hf), work, name="vitgpt2-random")
-        model_dir = work
-        if "int8" in args.systems and "int8" not in load_manifest(work).precisions:
-            quantize_dir(work, accept_quality_drop=True, calib_frames=32, eval_frames=8)
+        model_dir = prepare_random("vitgpt2-base", args.workdir or ROOT / "engines" / "vitgpt2-random",
+                                   int8="int8" in args.systems)
     else:
         model_dir = Path(args.model)
     manifest = load_manifest(model_dir)  # the manifest alone: a Captioner would load both graphs to read it
@@ -180,12 +227,15 @@ def run(args: argparse.Namespace) -> int:
         elif system == "eager" and hf_dir.is_dir():
             import torch
             import transformers
-            from transformers import AutoImageProcessor, VisionEncoderDecoderModel
+            from transformers import AutoImageProcessor
+
+            from .exporter import load_config
+            from .families import family_for
 
             transformers.logging.set_verbosity_error()
             if args.threads:
                 torch.set_num_threads(args.threads)
-            model = VisionEncoderDecoderModel.from_pretrained(hf_dir).eval()
+            model = family_for(load_config(str(hf_dir))).load(str(hf_dir))  # eager attention, eval mode
             try:
                 proc = AutoImageProcessor.from_pretrained(hf_dir, backend="pil")
             except TypeError:

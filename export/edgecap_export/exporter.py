@@ -21,6 +21,9 @@ from .families import family_for
 from .specs import Family, ModelShape, io_names
 
 DEFAULT_OPSET = 17
+# transformers' generate makes this many new tokens when the generation config sets neither max_new_tokens nor
+# max_length (transformers 5 leaves both unset by default).
+DEFAULT_NEW_TOKENS = 20
 # Generation settings whose processors the runtime does not implement: refuse rather than say different words.
 _UNSUPPORTED_GENERATION = ("bad_words_ids", "forced_bos_token_id", "forced_eos_token_id", "suppress_tokens",
                            "begin_suppress_tokens", "sequence_bias", "exponential_decay_length_penalty",
@@ -73,16 +76,31 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0][:200] if text else type(exc).__name__
 
 
-def image_config(model: str, shape: ModelShape) -> dict[str, Any]:
-    """The preprocessing recipe, read from preprocessor_config.json (falling back to the encoder's size)."""
+def _read_checkpoint_json(model: str, name: str) -> dict[str, Any]:
     from transformers.utils import cached_file
 
-    h, w = shape.image_size
     try:
-        path = cached_file(model, "preprocessor_config.json")
-        pc = json.loads(Path(path).read_text()) if path else {}
+        path = cached_file(model, name)
+        data = json.loads(Path(path).read_text()) if path else {}
     except (OSError, ValueError):
-        pc = {}
+        data = {}
+    return data if isinstance(data, dict) else {}
+
+
+def image_processor_settings(model: str) -> dict[str, Any]:
+    """The image processor's settings as the checkpoint holds them: preprocessor_config.json, or (transformers 5
+    processors save it so) the ``image_processor`` entry of processor_config.json; {} when neither exists."""
+    pc = _read_checkpoint_json(model, "preprocessor_config.json")
+    if not pc:
+        nested = _read_checkpoint_json(model, "processor_config.json").get("image_processor")
+        pc = nested if isinstance(nested, dict) else {}
+    return pc
+
+
+def image_config(model: str, shape: ModelShape) -> dict[str, Any]:
+    """The preprocessing recipe, read from the checkpoint's image processor settings."""
+    h, w = shape.image_size
+    pc = image_processor_settings(model)
     if not pc:
         raise ExportError(f"{model} has no preprocessor_config.json; save the image processor with the model "
                           "(processor.save_pretrained(dir)) so edgecap knows the resize and normalisation")
@@ -108,26 +126,26 @@ def image_config(model: str, shape: ModelShape) -> dict[str, Any]:
     }
 
 
-def generation_settings(hf_model: Any) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(special_tokens, generation defaults) as transformers' generate would resolve them."""
-    gc = hf_model.generation_config
+def generation_settings(family: Family, hf_model: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(special_tokens, generation defaults) as transformers' generate would resolve them for the family."""
+    gc = family.generation_config(hf_model)
     for attr in _UNSUPPORTED_GENERATION:
         if getattr(gc, attr, None) not in (None, [], 0):
             raise UnsupportedModelError(f"generation setting {attr}={getattr(gc, attr)!r} is not supported by the "
                                         "edgecap runtime; remove it from generation_config.json")
     if getattr(gc, "num_beam_groups", 1) not in (None, 1):
         raise UnsupportedModelError("group beam search (num_beam_groups > 1) is not supported")
-    eos = gc.eos_token_id
-    eos = [] if eos is None else ([int(eos)] if isinstance(eos, int) else [int(t) for t in eos])
-    start = gc.decoder_start_token_id if gc.decoder_start_token_id is not None else gc.bos_token_id
-    if start is None:
-        raise ExportError("the model has no decoder_start_token_id (nor bos_token_id); set it in the config")
-    pad = gc.pad_token_id if gc.pad_token_id is not None else (eos[0] if eos else None)
-    special = {"decoder_start_token_id": int(start), "eos_token_id": eos,
-               "pad_token_id": None if pad is None else int(pad),
-               "bos_token_id": None if gc.bos_token_id is None else int(gc.bos_token_id)}
-    max_new = gc.max_new_tokens if gc.max_new_tokens is not None else (gc.max_length or 20) - 1
-    gen = {"max_new_tokens": int(max_new), "min_new_tokens": int(gc.min_new_tokens or 0),
+    special = family.special_tokens(hf_model)
+    max_length = None
+    if gc.max_new_tokens is not None:
+        max_new: int | None = int(gc.max_new_tokens)
+    elif gc.max_length is None:
+        max_new = DEFAULT_NEW_TOKENS
+    elif family.prompt_spec(hf_model) is None:
+        max_new = int(gc.max_length) - 1  # the prefix is the start token alone
+    else:  # max_length counts a prompt's tokens too: the runtime subtracts each prefix's length
+        max_new, max_length = None, int(gc.max_length)
+    gen = {"max_new_tokens": max_new, "max_length": max_length, "min_new_tokens": int(gc.min_new_tokens or 0),
            "min_length": int(gc.min_length or 0), "num_beams": int(gc.num_beams or 1),
            "length_penalty": float(gc.length_penalty if gc.length_penalty is not None else 1.0),
            "early_stopping": gc.early_stopping if gc.early_stopping is not None else False,
@@ -242,7 +260,7 @@ def _source_info(model: str, hf_model: Any) -> dict[str, Any]:
 
 def export_model(model: str, out: str | os.PathLike, *, opset: int = DEFAULT_OPSET, validate: bool = True,
                  name: str | None = None, progress: bool = True, attention: str = "contrib") -> Path:
-    """Export a Hugging Face VisionEncoderDecoder captioner to an edgecap model directory.
+    """Export a Hugging Face captioner (a family of :mod:`edgecap_export.families`) to an edgecap model directory.
 
     Args:
         model: a hub id or a directory written by ``save_pretrained`` (with tokenizer and image processor).
@@ -278,7 +296,7 @@ def export_model(model: str, out: str | os.PathLike, *, opset: int = DEFAULT_OPS
     try:
         bar.set_postfix_str(stages[0])
         hf_model = load_checkpoint(family, model)
-        special, gen = generation_settings(hf_model)
+        special, gen = generation_settings(family, hf_model)
         image = image_config(model, shape)
         advance(stages[1])
         out.mkdir(parents=True, exist_ok=True)
@@ -289,6 +307,7 @@ def export_model(model: str, out: str | os.PathLike, *, opset: int = DEFAULT_OPS
             "schema_version": SCHEMA_VERSION,
             "edgecap_version": __version__,
             "name": name or Path(model.rstrip("/")).name,
+            "family": family.name,
             "created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "source": {**_source_info(model, hf_model),
                        "architecture": f"{shape.encoder_type}+{shape.decoder_type}"},
@@ -297,6 +316,7 @@ def export_model(model: str, out: str | os.PathLike, *, opset: int = DEFAULT_OPS
             "tokenizer": tokenizer,
             "special_tokens": special,
             "generation": gen,
+            **({"prompt": prompt} if (prompt := family.prompt_spec(hf_model)) else {}),
             "graphs": graphs,
             "io": io_names(shape.num_layers),
             "validation": {"status": "not run"},

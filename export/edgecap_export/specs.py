@@ -52,11 +52,13 @@ class ModelShape:
 class Family(Protocol):
     """A model family: how to read, load and lower one kind of Hugging Face captioner.
 
-    ``model_types`` are the top-level ``config.model_type`` values the family handles.
+    ``model_types`` are the top-level ``config.model_type`` values the family handles; ``validation_prompts`` the
+    prompt forms the export's parity grid runs (None: unconditional).
     """
 
     name: str
     model_types: tuple[str, ...]
+    validation_prompts: tuple[str | None, ...]
 
     def describe(self) -> str:
         """What the family exports, for "unsupported" messages."""
@@ -74,8 +76,26 @@ class Family(Protocol):
     def graph_modules(self, hf_model: Any, attention: str) -> tuple[Any, Any]:
         """(encoder module, decoder step module): torch modules implementing the graph contract."""
 
+    def generation_config(self, hf_model: Any) -> Any:
+        """The GenerationConfig the checkpoint's ``generate`` actually uses."""
+
+    def special_tokens(self, hf_model: Any) -> dict[str, Any]:
+        """The manifest's ``special_tokens``: decoder_start_token_id, eos_token_id (a list: the ids that end a
+        caption as generate stops), pad_token_id, bos_token_id."""
+
+    def prompt_spec(self, hf_model: Any) -> dict[str, Any] | None:
+        """The manifest's ``prompt`` section (see :mod:`edgecap.manifest`), or None for a model without prompts."""
+
     def reference_cross_kv(self, hf_model: Any, pixel_values: Any, heads: int) -> tuple[list, list, Any]:
         """transformers' own cross K/V per layer [B, heads, S, head_dim] and the pooled embedding, for parity."""
+
+    def reference_logits(self, hf_model: Any, pixel_values: Any, ids: Any) -> Any:
+        """transformers' logits [B, T, V] for decoder ids [B, T] that start with the decoder start token."""
+
+    def reference_generate(self, hf_model: Any, model: str, pixel_values: Any, prompt: str | None,
+                           **kw: Any) -> tuple[Any, int]:
+        """transformers' ``generate`` output [B, L] for a prompt (None: unconditional), and the length of the
+        prefix it started from (start token and prompt)."""
 
 
 def io_names(layers: int) -> dict[str, dict[str, Any]]:

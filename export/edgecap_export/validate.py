@@ -1,8 +1,9 @@
 """Parity of an exported directory with transformers: preprocessing, encoder and decoder outputs, and tokens.
 
 Tolerances (fp32): |ort - torch| <= ATOL + RTOL * |torch| for the cross K/V, pooled embedding and logits. Tokens
-must be identical for greedy search and for beam search at batch 1 and 3 on distinct images; that is the check
-that matters: an export that says different words is a bug.
+must be identical for greedy search and for beam search at batch 1 and 3 on distinct images, for every prompt form
+the family supports (unconditional, and a caption prefix for BLIP); that is the check that matters: an export that
+says different words is a bug. A prompt's prefix ids must equal the ones transformers' generate starts from.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from edgecap.generation import strip_sequence
 
 from .families import family_for
 
@@ -83,8 +86,9 @@ def validate_export(hf_model: Any, model: str, out: Path, *, progress: bool = Tr
     px = px_ref if px_ref is not None else px_ours
 
     enc = cap.encode(px)
+    family = family_for(hf_model.config)
     with torch.no_grad():
-        ref_k, ref_v, ref_pooled = family_for(hf_model.config).reference_cross_kv(
+        ref_k, ref_v, ref_pooled = family.reference_cross_kv(
             hf_model, torch.from_numpy(px), cap.manifest.num_heads)
         for i, (k, v) in enumerate(zip(ref_k, ref_v)):
             _compare(f"encoder.cross_k.{i}", enc.cross_k[i], k.numpy(), results, mismatches)
@@ -96,7 +100,7 @@ def validate_export(hf_model: Any, model: str, out: Path, *, progress: bool = Tr
         start = cap.defaults.decoder_start_token_id
         vocab = cap.manifest.data["architecture"]["vocab_size"]
         forced = np.concatenate([np.full((3, 1), start), np.random.default_rng(0).integers(0, vocab, (3, 5))], 1)
-        ref_logits = hf_model(pixel_values=torch.from_numpy(px), decoder_input_ids=torch.from_numpy(forced)).logits
+        ref_logits = family.reference_logits(hf_model, torch.from_numpy(px), torch.from_numpy(forced))
     ref_logits = ref_logits.numpy()
     cached, uncached = _ort_logits(cap, enc, forced)
     for t in range(forced.shape[1]):
@@ -105,30 +109,31 @@ def validate_export(hf_model: Any, model: str, out: Path, *, progress: bool = Tr
 
     defaults = cap.defaults
     beam_n = defaults.num_beams if defaults.num_beams > 1 else 3
-    grid = [(b, mode) for b in (1, 3) for mode in ("greedy", "beam")]
+    new_tokens = defaults.new_tokens(1)
+    grid = [(prompt, b, mode) for prompt in family.validation_prompts for b in (1, 3) for mode in ("greedy", "beam")]
     tokens: dict[str, Any] = {}
-    for b, mode in tqdm(grid, desc="parity", unit="case", disable=not progress, leave=False):
-        kw = {"num_beams": 1 if mode == "greedy" else beam_n, "max_new_tokens": defaults.max_new_tokens}
+    for prompt, b, mode in tqdm(grid, desc="parity", unit="case", disable=not progress, leave=False):
+        kw = {"num_beams": 1 if mode == "greedy" else beam_n, "max_new_tokens": new_tokens}
         with torch.no_grad():
-            ref = hf_model.generate(pixel_values=torch.from_numpy(px[:b]), **kw).numpy()
-        ref_ids = [_strip(row, defaults.eos_token_id) for row in ref]
-        ours = cap.generate(px[:b], **kw)
+            ref, prompt_len = family.reference_generate(hf_model, model, torch.from_numpy(px[:b]), prompt, **kw)
+        ref = ref.numpy()
+        ref_ids = [strip_sequence(row, defaults.eos_token_id, prompt_len) for row in ref]
+        ours = cap.generate(px[:b], prompt, **kw)
         same = ours == ref_ids
-        tokens[f"{mode}.batch{b}"] = {"identical": same, "num_beams": kw["num_beams"],
-                                      "tokens": sum(len(r) for r in ours)}
+        case = f"{mode}.batch{b}" if prompt is None else f"{mode}.batch{b}.prompt"
+        tokens[case] = {"identical": same, "num_beams": kw["num_beams"], "tokens": sum(len(r) for r in ours)}
         if not same:
             bad = next(i for i, (a, r) in enumerate(zip(ours, ref_ids)) if a != r)
-            mismatches.append(f"generate {mode} batch {b}: image {bad} edgecap {ours[bad][:12]} vs transformers "
+            mismatches.append(f"generate {case}: image {bad} edgecap {ours[bad][:12]} vs transformers "
                               f"{ref_ids[bad][:12]}")
+        if prompt is not None and b == 1 and mode == "greedy":
+            prefix, ref_prefix = cap.prompts.prefix(prompt), [int(t) for t in ref[0, :prompt_len]]
+            results["prompt.prefix_ids"] = {"prompt": prompt, "ok": prefix == ref_prefix, "ids": prefix}
+            if prefix != ref_prefix:
+                mismatches.append(f"prompt {prompt!r}: edgecap prefix {prefix} vs transformers {ref_prefix}")
     return {"passed": not mismatches, "mismatches": mismatches, "atol": ATOL, "rtol": RTOL,
             "outputs": results, "generate": tokens, "images": len(images),
             "reference_preprocess": px_ref is not None}
-
-
-def _strip(row: np.ndarray, eos: tuple[int, ...]) -> list[int]:
-    from edgecap.generation import strip_sequence
-
-    return strip_sequence(row, eos)
 
 
 def _ort_logits(cap: Any, enc: Any, forced: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:

@@ -23,12 +23,12 @@ import torch
 from torch import nn
 
 
-def _split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
+def split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
     b, t, _ = x.shape
     return x.view(b, t, heads, -1).transpose(1, 2)
 
 
-def _merge_heads(x: torch.Tensor) -> torch.Tensor:
+def merge_heads(x: torch.Tensor) -> torch.Tensor:
     b, h, t, d = x.shape
     return x.transpose(1, 2).reshape(b, t, h * d)
 
@@ -41,7 +41,7 @@ def _linear(conv1d: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return torch.matmul(x, conv1d.weight) + conv1d.bias
 
 
-def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scaling: float,
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scaling: float,
             mask: torch.Tensor | None = None) -> torch.Tensor:
     w = torch.matmul(q, k.transpose(-1, -2)) * scaling
     if mask is not None:
@@ -49,17 +49,17 @@ def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scaling: float,
     return torch.matmul(torch.softmax(w, dim=-1), v)
 
 
-class _SelfAttentionMHA(torch.autograd.Function):
+class SelfAttentionMHA(torch.autograd.Function):
     """Causal self-attention over past + new K/V; exported as one com.microsoft.MultiHeadAttention node."""
 
     @staticmethod
     def forward(ctx, q, k, v, past_k, past_v, heads: int, scale: float):  # noqa: ANN001 - autograd signature
-        k = torch.cat([past_k, _split_heads(k, heads)], dim=2)
-        v = torch.cat([past_v, _split_heads(v, heads)], dim=2)
+        k = torch.cat([past_k, split_heads(k, heads)], dim=2)
+        v = torch.cat([past_v, split_heads(v, heads)], dim=2)
         new, total = q.shape[1], k.shape[2]
         positions = torch.arange(new) + (total - new)
         causal = torch.arange(total).unsqueeze(0) <= positions.unsqueeze(1)
-        return _merge_heads(_attend(_split_heads(q, heads), k, v, scale, causal)), k, v
+        return merge_heads(attend(split_heads(q, heads), k, v, scale, causal)), k, v
 
     @staticmethod
     def symbolic(g, q, k, v, past_k, past_v, heads: int, scale: float):  # noqa: ANN001
@@ -72,15 +72,15 @@ class _SelfAttentionMHA(torch.autograd.Function):
         return out, present_k, present_v
 
 
-class _AttentionMHA(torch.autograd.Function):
+class AttentionMHA(torch.autograd.Function):
     """Non-causal attention of [B, T, D] queries; K/V either [B, S, D] (self-attention) or precomputed
     [B, heads, S, head_dim] (cross-attention). Exported as one com.microsoft.MultiHeadAttention node."""
 
     @staticmethod
     def forward(ctx, q, k, v, heads: int, scale: float):  # noqa: ANN001
         if k.dim() == 3:
-            k, v = _split_heads(k, heads), _split_heads(v, heads)
-        return _merge_heads(_attend(_split_heads(q, heads), k, v, scale))
+            k, v = split_heads(k, heads), split_heads(v, heads)
+        return merge_heads(attend(split_heads(q, heads), k, v, scale))
 
     @staticmethod
     def symbolic(g, q, k, v, heads: int, scale: float):  # noqa: ANN001
@@ -109,7 +109,7 @@ def _vit_forward(encoder: nn.Module, pixel_values: torch.Tensor) -> torch.Tensor
         biases = [p.bias if p.bias is not None else torch.zeros(width) for p in (attn.q_proj, attn.k_proj, attn.v_proj)]
         qkv = nn.functional.linear(layer.layernorm_before(hidden), weight, torch.cat(biases))
         q, k, v = qkv.split(width, dim=2)
-        hidden = attn.o_proj(_AttentionMHA.apply(q, k, v, heads, float(attn.scaling))) + hidden
+        hidden = attn.o_proj(AttentionMHA.apply(q, k, v, heads, float(attn.scaling))) + hidden
         hidden = layer.mlp(layer.layernorm_after(hidden)) + hidden
     return encoder.layernorm(hidden)
 
@@ -155,24 +155,24 @@ class GPT2CachedStep(nn.Module):
         ks, vs = [], []
         for block in self.t.h:
             k, v = _linear(block.crossattention.c_attn, states).split(self.embed, dim=2)
-            ks.append(_split_heads(k, self.heads))
-            vs.append(_split_heads(v, self.heads))
+            ks.append(split_heads(k, self.heads))
+            vs.append(split_heads(v, self.heads))
         return ks, vs
 
     def _self_attention(self, attn: nn.Module, x: torch.Tensor, past_k: torch.Tensor, past_v: torch.Tensor,
                         causal: torch.Tensor):
         q, k, v = _linear(attn.c_attn, x).split(self.embed, dim=2)
         if self.attention == "contrib":
-            return _SelfAttentionMHA.apply(q, k, v, past_k, past_v, self.heads, float(attn.scaling))
-        k = torch.cat([past_k, _split_heads(k, self.heads)], dim=2)
-        v = torch.cat([past_v, _split_heads(v, self.heads)], dim=2)
-        return _merge_heads(_attend(_split_heads(q, self.heads), k, v, attn.scaling, causal)), k, v
+            return SelfAttentionMHA.apply(q, k, v, past_k, past_v, self.heads, float(attn.scaling))
+        k = torch.cat([past_k, split_heads(k, self.heads)], dim=2)
+        v = torch.cat([past_v, split_heads(v, self.heads)], dim=2)
+        return merge_heads(attend(split_heads(q, self.heads), k, v, attn.scaling, causal)), k, v
 
     def _cross_attention(self, xattn: nn.Module, x: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         q = _linear(xattn.q_attn, x)
         if self.attention == "contrib":
-            return _AttentionMHA.apply(q, k, v, self.heads, float(xattn.scaling))
-        return _merge_heads(_attend(_split_heads(q, self.heads), k, v, xattn.scaling))
+            return AttentionMHA.apply(q, k, v, self.heads, float(xattn.scaling))
+        return merge_heads(attend(split_heads(q, self.heads), k, v, xattn.scaling))
 
     def forward(self, input_ids: torch.Tensor, *caches: torch.Tensor):
         n = self.layers

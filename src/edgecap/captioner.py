@@ -16,6 +16,7 @@ from .generation import GenerationOptions, Stepper, beam_search, greedy_search, 
 from .imaging import ImageConfig, preprocess
 from .manifest import Manifest, load_manifest
 from .models import resolve_model
+from .prompting import PromptArg, PromptEncoder
 
 PRECISIONS = ("fp32", "int8")
 
@@ -25,17 +26,21 @@ class Caption:
     """One image's caption.
 
     Attributes:
-        text: the decoded caption.
-        token_ids: generated ids without the decoder start token, cut after the first EOS.
+        text: the decoded caption (it starts with the prompt's text when the prompt is the caption's start, as
+            BLIP's processor decodes it).
+        token_ids: the ids generate returns without the decoder start token (the prompt's ids included),
+            cut after the first EOS.
         timings: milliseconds per stage for the batch this caption was part of
             (preprocess, encoder, decoder_first, decoder_rest, total).
         confidence: mean log-probability of the generated tokens (0 is certain; lower is less sure).
+        prompt: the prompt the caption was generated from (None: unconditional).
     """
 
     text: str
     token_ids: list[int]
     timings: dict[str, float] = field(default_factory=dict)
     confidence: float | None = None
+    prompt: str | None = None
 
 
 @dataclass(frozen=True)
@@ -120,6 +125,8 @@ class Captioner:
             raise ManifestError(f"{self.manifest.directory / 'manifest.json'} is incomplete or malformed "
                                 f"({exc.__class__.__name__}: {exc}); re-run `edgecap export`") from None
         self._tokenizer = self._load_tokenizer(m)
+        self.prompts = PromptEncoder.for_model(str(m.get("name") or self.manifest.directory.name),
+                                               self.defaults.decoder_start_token_id, m.get("prompt"), self._tokenizer)
         self._enc_io = self.manifest.io("encoder")
         self._dec_io = self.manifest.io("decoder")
         enc_path = self.manifest.graph_path(precision, "encoder")
@@ -137,7 +144,9 @@ class Captioner:
     def _default_options(m: dict) -> GenerationOptions:
         g, s = m["generation"], m["special_tokens"]
         return GenerationOptions(
-            max_new_tokens=int(g["max_new_tokens"]), decoder_start_token_id=int(s["decoder_start_token_id"]),
+            max_new_tokens=None if g["max_new_tokens"] is None else int(g["max_new_tokens"]),
+            max_length=None if g.get("max_length") is None else int(g["max_length"]),
+            decoder_start_token_id=int(s["decoder_start_token_id"]),
             eos_token_id=tuple(int(t) for t in s.get("eos_token_id") or ()),
             pad_token_id=None if s.get("pad_token_id") is None else int(s["pad_token_id"]),
             min_new_tokens=int(g.get("min_new_tokens") or 0), min_length=int(g.get("min_length") or 0),
@@ -186,34 +195,56 @@ class Captioner:
         n = self.manifest.num_layers
         return EncoderOutput(outs[:n], outs[n:2 * n], outs[2 * n] if io.get("pooled") else None)
 
+    def _checked_prompts(self, prompt: PromptArg, batch: int) -> list[str | None]:
+        """One prompt per image, each already turned into a prefix once so that a bad one fails before any work."""
+        prompts = self.prompts.per_image(prompt, batch)
+        for p in set(prompts):
+            self.prompts.prefix(p)
+        return prompts
+
     def options(self, **overrides: Any) -> GenerationOptions:
         """The model's generation defaults with ``overrides`` (None values ignored) applied."""
         return self.defaults.updated(**overrides)
 
-    def generate(self, pixel_values: np.ndarray, *, use_cache: bool = True, _timings: dict | None = None,
-                 **options: Any) -> list[list[int]]:
+    def generate(self, pixel_values: np.ndarray, prompt: PromptArg = None, *, use_cache: bool = True,
+                 _timings: dict | None = None, **options: Any) -> list[list[int]]:
         """Generate token ids for a batch of pixel values.
 
         Args:
             pixel_values: float32 [B, 3, H, W] from `preprocess`.
+            prompt: None (unconditional), one prompt for every image, or a list with one prompt (or None) per
+                image; a model without a ``prompt`` section in its manifest takes none (InputError).
             use_cache: False recomputes the whole sequence every step (a reference path for tests).
             **options: any `GenerationOptions` field (max_new_tokens, num_beams, no_repeat_ngram_size, ...).
 
         Returns:
-            One list of ids per image, as transformers returns them minus the leading decoder start token,
-            cut after the first EOS (the padding removed).
+            One list of ids per image, as transformers returns them minus the leading decoder start token (so
+            a prompt's ids come first), cut after the first EOS (the padding removed).
         """
         opts = self.options(**options)
+        px = self._check_pixels(pixel_values)
+        prompts = self._checked_prompts(prompt, px.shape[0])
         t0 = time.perf_counter()
-        enc = self.encode(pixel_values)
+        enc = self.encode(px)
         if _timings is not None:
             _timings["encoder"] = (time.perf_counter() - t0) * 1e3
-        return [ids for ids, _ in self._generate_encoded(enc, opts, use_cache=use_cache, timings=_timings)]
+        return [ids for ids, _ in self._generate_encoded(enc, opts, prompts, use_cache=use_cache, timings=_timings)]
 
-    def _generate_encoded(self, enc: EncoderOutput, opts: GenerationOptions, *, use_cache: bool = True,
-                          timings: dict | None = None) -> list[tuple[list[int], float]]:
-        seqs, confidence = self._decode(enc, opts, use_cache=use_cache, timings=timings)
-        return [(strip_sequence(row, opts.eos_token_id), float(c)) for row, c in zip(seqs, confidence)]
+    def _generate_encoded(self, enc: EncoderOutput, opts: GenerationOptions, prompts: list[str | None], *,
+                          use_cache: bool = True, timings: dict | None = None) -> list[tuple[list[int], float]]:
+        """Decode each group of images that share a prefix as one batch (transformers batches prompts of one
+        length; separate groups need no padding, so each row decodes as it would alone)."""
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for row, p in enumerate(prompts):
+            groups.setdefault(tuple(self.prompts.prefix(p)), []).append(row)
+        results: list[tuple[list[int], float]] = [([], 0.0)] * enc.batch
+        for prefix, rows in groups.items():
+            sub = enc if len(rows) == enc.batch else enc.select(rows)
+            seqs, confidence = self._decode(sub, opts, np.asarray([prefix] * len(rows), dtype=np.int64),
+                                            use_cache=use_cache, timings=timings)
+            for row, seq, c in zip(rows, seqs, confidence):
+                results[row] = (strip_sequence(seq, opts.eos_token_id, len(prefix)), float(c))
+        return results
 
     def encode_images(self, images: Sequence[Any], *, timings: dict[str, float] | None = None) -> EncoderOutput:
         """Preprocess and encode images (recording preprocess/encoder ms in ``timings``); see `caption_encoded`."""
@@ -226,17 +257,28 @@ class Captioner:
             timings["encoder"] = (time.perf_counter() - t1) * 1e3
         return enc
 
-    def caption_encoded(self, enc: EncoderOutput, *, timings: dict[str, float] | None = None,
-                        **options: Any) -> list[Caption]:
-        """Decode captions for an `encode_images` result (lets a caller look at the pooled embeddings first)."""
-        return self._captions(enc, self.options(**options), {} if timings is None else timings)
+    def caption_encoded(self, enc: EncoderOutput, prompt: PromptArg = None, *,
+                        timings: dict[str, float] | None = None, **options: Any) -> list[Caption]:
+        """Decode captions for an `encode_images` result (lets a caller look at the pooled embeddings first).
 
-    def _captions(self, enc: EncoderOutput, opts: GenerationOptions, timings: dict[str, float]) -> list[Caption]:
+        Args:
+            enc: the encoder output of a batch.
+            prompt: see `generate`.
+            timings: filled with milliseconds per stage.
+            **options: generation options, see `generate`.
+        """
+        opts = self.options(**options)
+        prompts = self._checked_prompts(prompt, enc.batch)
+        return self._captions(enc, opts, prompts, {} if timings is None else timings)
+
+    def _captions(self, enc: EncoderOutput, opts: GenerationOptions, prompts: list[str | None],
+                  timings: dict[str, float]) -> list[Caption]:
         t0 = time.perf_counter()
-        results = self._generate_encoded(enc, opts, timings=timings)
+        results = self._generate_encoded(enc, opts, prompts, timings=timings)
         timings["total"] = timings.get("preprocess", 0.0) + timings.get("encoder", 0.0) + \
             (time.perf_counter() - t0) * 1e3
-        return [Caption(self.decode_text(ids), ids, dict(timings), conf) for ids, conf in results]
+        return [Caption(self.decode_text(ids), ids, dict(timings), conf, p)
+                for (ids, conf), p in zip(results, prompts)]
 
     @property
     def decoder_session(self) -> Any:
@@ -264,7 +306,7 @@ class Captioner:
         outs = self._decoder.run(self._dec_outputs, feeds)
         return outs[0], outs[1:]
 
-    def _decode(self, enc: EncoderOutput, opts: GenerationOptions, *, use_cache: bool,
+    def _decode(self, enc: EncoderOutput, opts: GenerationOptions, prefix: np.ndarray, *, use_cache: bool,
                 timings: dict | None) -> tuple[np.ndarray, np.ndarray]:
         cross_feeds, past0 = self.decoder_inputs(enc, opts.num_beams)
         step_times: list[float] = []
@@ -277,11 +319,11 @@ class Captioner:
 
         stepper = Stepper(run, past0) if use_cache else _UncachedStepper(run, past0)
         search = greedy_search if opts.num_beams == 1 else beam_search
-        seqs, confidence = search(stepper, enc.batch, opts)
-        if timings is not None and step_times:
-            timings["decoder_first"] = step_times[0]
-            timings["decoder_rest"] = float(sum(step_times[1:]))
-            timings["decoder_steps"] = len(step_times)
+        seqs, confidence = search(stepper, prefix, opts)
+        if timings is not None and step_times:  # several prefix groups add up
+            timings["decoder_first"] = timings.get("decoder_first", 0.0) + step_times[0]
+            timings["decoder_rest"] = timings.get("decoder_rest", 0.0) + float(sum(step_times[1:]))
+            timings["decoder_steps"] = timings.get("decoder_steps", 0) + len(step_times)
         return seqs, confidence
 
     def decode_text(self, token_ids: Sequence[int]) -> str:
@@ -301,27 +343,32 @@ class Captioner:
         return {"model": self.manifest.data.get("name"), "precision": self.precision,
                 "model_sha256": str(graph.get("sha256", ""))[:16]}
 
-    def caption_batch(self, images: Sequence[Any], **options: Any) -> list[Caption]:
+    def caption_batch(self, images: Sequence[Any], prompt: PromptArg = None, **options: Any) -> list[Caption]:
         """Caption a list of images as one batch; one Caption per image, in order.
 
         Args:
             images: HxWx3 uint8 RGB arrays, PIL images or paths.
+            prompt: see `generate`.
             **options: generation options, see `generate`.
         """
-        opts = self.options(**options)  # bad options fail before any work
+        images = list(images)
+        opts = self.options(**options)  # bad options and prompts fail before any work
+        prompts = self._checked_prompts(prompt, len(images))
         timings: dict[str, float] = {}
-        return self._captions(self.encode_images(list(images), timings=timings), opts, timings)
+        return self._captions(self.encode_images(images, timings=timings), opts, prompts, timings)
 
-    def caption(self, images: Sequence[Any] | Any, **options: Any) -> Caption | list[Caption]:
+    def caption(self, images: Sequence[Any] | Any, prompt: PromptArg = None,
+                **options: Any) -> Caption | list[Caption]:
         """Caption one image (returns a Caption) or a list of images (returns a list, one batch).
 
         Args:
             images: an image or a list of images (HxWx3 uint8 RGB arrays, PIL images or paths).
+            prompt: see `generate` (with one image, a string).
             **options: generation options, see `generate`.
         """
         if isinstance(images, (list, tuple)):
-            return self.caption_batch(images, **options)
-        return self.caption_batch([images], **options)[0]
+            return self.caption_batch(images, prompt, **options)
+        return self.caption_batch([images], prompt, **options)[0]
 
 
 class _UncachedStepper(Stepper):

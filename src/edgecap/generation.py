@@ -21,7 +21,7 @@ class GenerationOptions:
     """Decoding settings; defaults come from the model's generation config recorded in the manifest.
 
     Attributes:
-        max_new_tokens: tokens to generate at most (the decoder start token is not counted).
+        max_new_tokens: tokens to generate at most (the prefix is not counted); None defers to ``max_length``.
         min_new_tokens: EOS is forbidden until this many tokens were generated.
         min_length: EOS is forbidden while the sequence (start token included) is shorter than this.
         num_beams: 1 for greedy search, more for beam search.
@@ -32,9 +32,11 @@ class GenerationOptions:
         eos_token_id: ids that end a sequence.
         pad_token_id: id written after a sequence ended.
         decoder_start_token_id: the first decoder input id.
+        max_length: the checkpoint's cap on the whole sequence, prefix included (transformers' ``max_length``);
+            it applies only when ``max_new_tokens`` is None, as in transformers.
     """
 
-    max_new_tokens: int
+    max_new_tokens: int | None
     decoder_start_token_id: int
     eos_token_id: tuple[int, ...] = ()
     pad_token_id: int | None = None
@@ -45,6 +47,17 @@ class GenerationOptions:
     early_stopping: bool | str = False
     no_repeat_ngram_size: int = 0
     repetition_penalty: float = 1.0
+    max_length: int | None = None
+
+    def new_tokens(self, prefix_len: int) -> int:
+        """The token budget after a decoder prefix of ``prefix_len`` ids (start token and prompt)."""
+        if self.max_new_tokens is not None:
+            return self.max_new_tokens
+        budget = int(self.max_length or 0) - prefix_len
+        if budget < 1:
+            raise InputError(f"the decoder prefix (start token and prompt) is {prefix_len} tokens, max_length is "
+                             f"{self.max_length}: nothing left to generate; pass max_new_tokens or shorten the prompt")
+        return budget
 
     def updated(self, **overrides: Any) -> "GenerationOptions":
         """Return a copy with the given non-None overrides applied and checked."""
@@ -52,15 +65,22 @@ class GenerationOptions:
         unknown = sorted(set(overrides) - names)
         if unknown:
             raise InputError(f"unknown generation option(s) {unknown}; expected some of {sorted(names)}")
-        opts = replace(self, **{k: v for k, v in overrides.items() if v is not None})
+        given = {k: v for k, v in overrides.items() if v is not None}
+        if "max_length" in given and "max_new_tokens" not in given:
+            given["max_new_tokens"] = None  # the caller asked for a total length, as transformers' max_length=
+        opts = replace(self, **given)
         if isinstance(opts.eos_token_id, int):
             opts = replace(opts, eos_token_id=(opts.eos_token_id,))
         opts.check()
         return opts
 
     def check(self) -> None:
-        if self.max_new_tokens < 1:
+        if self.max_new_tokens is None and self.max_length is None:
+            raise InputError("set max_new_tokens (or max_length): the model records neither")
+        if self.max_new_tokens is not None and self.max_new_tokens < 1:
             raise InputError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.max_length is not None and self.max_length < 2:
+            raise InputError(f"max_length must be >= 2 (the start token and one more), got {self.max_length}")
         if self.num_beams < 1:
             raise InputError(f"num_beams must be >= 1, got {self.num_beams}")
         if self.min_new_tokens < 0 or self.min_length < 0 or self.no_repeat_ngram_size < 0:
@@ -97,8 +117,9 @@ def _neg_inf_like_eos(scores: np.ndarray, eos: tuple[int, ...]) -> None:
     scores[:, list(eos)] = -np.inf
 
 
-def process_scores(seqs: np.ndarray, scores: np.ndarray, opts: GenerationOptions) -> np.ndarray:
-    """Apply transformers' logits processors, in its order, to scores [N, V] given sequences [N, L] (in place)."""
+def process_scores(seqs: np.ndarray, scores: np.ndarray, opts: GenerationOptions, prompt_len: int = 1) -> np.ndarray:
+    """Apply transformers' logits processors, in its order, to scores [N, V] given sequences [N, L] (in place);
+    the first ``prompt_len`` ids of each sequence are the decoder prefix (start token and prompt)."""
     cur_len = seqs.shape[1]
     if opts.repetition_penalty != 1.0:
         rows = np.repeat(np.arange(seqs.shape[0]), cur_len)
@@ -116,7 +137,7 @@ def process_scores(seqs: np.ndarray, scores: np.ndarray, opts: GenerationOptions
     if opts.eos_token_id:
         if opts.min_length > 0 and cur_len < opts.min_length:
             _neg_inf_like_eos(scores, opts.eos_token_id)
-        if opts.min_new_tokens > 0 and cur_len - 1 < opts.min_new_tokens:
+        if opts.min_new_tokens > 0 and cur_len - prompt_len < opts.min_new_tokens:
             _neg_inf_like_eos(scores, opts.eos_token_id)
     return scores
 
@@ -138,24 +159,30 @@ def _topk(x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     return np.take_along_axis(x, idx, axis=-1), idx
 
 
-def greedy_search(step: Stepper, batch: int, opts: GenerationOptions) -> tuple[np.ndarray, np.ndarray]:
+def greedy_search(step: Stepper, prefix: np.ndarray, opts: GenerationOptions) -> tuple[np.ndarray, np.ndarray]:
     """Greedy decoding.
 
+    Args:
+        step: the cached decoder step; its first call gets the whole prefix (a prefill), later calls one token.
+        prefix: [batch, P] decoder prefix: the start token, then the prompt's ids if any.
+        opts: decoding settings.
+
     Returns:
-        (sequences [batch, L] starting with the decoder start token, mean log-probability per sequence of the
-        tokens it generated, under the model's unprocessed distribution: a confidence in (-inf, 0]).
+        (sequences [batch, L] starting with the prefix, mean log-probability per sequence of the tokens it
+        generated, under the model's unprocessed distribution: a confidence in (-inf, 0]).
     """
-    seqs = np.full((batch, 1), opts.decoder_start_token_id, dtype=np.int64)
+    seqs = np.asarray(prefix, dtype=np.int64)
+    batch, prompt_len = seqs.shape
     eos = np.asarray(opts.eos_token_id, dtype=np.int64)
     pad = opts.pad_token_id if opts.pad_token_id is not None else (int(eos[0]) if eos.size else 0)
     unfinished = np.ones(batch, dtype=bool)
     logp_sum = np.zeros(batch, dtype=np.float64)
     counted = np.zeros(batch, dtype=np.int64)
     rows = np.arange(batch)
-    for _ in range(opts.max_new_tokens):
-        logits = step(seqs[:, -1:]).astype(np.float32, copy=True)
+    for t in range(opts.new_tokens(prompt_len)):
+        logits = step(seqs if t == 0 else seqs[:, -1:]).astype(np.float32, copy=True)
         raw_logp = _log_softmax(logits)
-        scores = process_scores(seqs, logits, opts)
+        scores = process_scores(seqs, logits, opts, prompt_len)
         nxt = scores.argmax(axis=-1).astype(np.int64)
         logp_sum += np.where(unfinished, raw_logp[rows, nxt], 0.0)
         counted += unfinished
@@ -168,8 +195,13 @@ def greedy_search(step: Stepper, batch: int, opts: GenerationOptions) -> tuple[n
     return seqs, logp_sum / np.maximum(counted, 1)
 
 
-def beam_search(step: Stepper, batch: int, opts: GenerationOptions) -> tuple[np.ndarray, np.ndarray]:
+def beam_search(step: Stepper, prefix: np.ndarray, opts: GenerationOptions) -> tuple[np.ndarray, np.ndarray]:
     """Beam search over a cache already expanded to batch * num_beams rows.
+
+    Args:
+        step: the cached decoder step; its first call gets the whole prefix (a prefill), later calls one token.
+        prefix: [batch, P] decoder prefix: the start token, then the prompt's ids if any.
+        opts: decoding settings.
 
     Returns:
         (the best sequence per item [batch, L], its mean token log-probability, recovered from the
@@ -179,8 +211,10 @@ def beam_search(step: Stepper, batch: int, opts: GenerationOptions) -> tuple[np.
     eos = np.asarray(opts.eos_token_id, dtype=np.int64)
     keep = max(2, 1 + eos.size) * k
     top_mask = np.arange(keep) < k
-    max_length = 1 + opts.max_new_tokens
-    cur_len, prompt_len = 1, 1
+    prefix = np.asarray(prefix, dtype=np.int64)
+    batch, prompt_len = prefix.shape
+    max_length = prompt_len + opts.new_tokens(prompt_len)
+    cur_len = prompt_len
     if eos.size:
         # transformers: `pad_token_id or eos_token_id[0]` -- a pad id of 0 falls through to EOS.
         fill = opts.pad_token_id if opts.pad_token_id else int(eos[0])
@@ -189,7 +223,7 @@ def beam_search(step: Stepper, batch: int, opts: GenerationOptions) -> tuple[np.
     f32 = np.float32
     big = f32(-1.0e9)
     running = np.full((batch, k, max_length), fill, dtype=np.int64)
-    running[:, :, 0] = opts.decoder_start_token_id
+    running[:, :, :prompt_len] = prefix[:, None, :]
     sequences = running.copy()
     running_scores = np.zeros((batch, k), dtype=f32)
     running_scores[:, 1:] = big
@@ -201,8 +235,8 @@ def beam_search(step: Stepper, batch: int, opts: GenerationOptions) -> tuple[np.
     batch_offset = (np.arange(batch) * k)[:, None]
     while True:
         flat = running[:, :, :cur_len].reshape(batch * k, cur_len)
-        logits = step(flat[:, -1:]).astype(f32, copy=False)
-        log_probs = process_scores(flat, _log_softmax(logits), opts)
+        logits = step(flat if cur_len == prompt_len else flat[:, -1:]).astype(f32, copy=False)
+        log_probs = process_scores(flat, _log_softmax(logits), opts, prompt_len)
         vocab = log_probs.shape[-1]
         acc = (log_probs.reshape(batch, k, vocab) + running_scores[:, :, None]).reshape(batch, k * vocab)
         topk_lp, topk_ix = _topk(acc, keep)
@@ -254,10 +288,17 @@ def beam_search(step: Stepper, batch: int, opts: GenerationOptions) -> tuple[np.
     return sequences[:, 0, :length], mean_logp
 
 
-def strip_sequence(row: np.ndarray, eos: tuple[int, ...]) -> list[int]:
-    """Drop the decoder start token and everything after the first EOS (the padding transformers adds)."""
-    out: list[int] = []
-    for t in row[1:].tolist():
+def strip_sequence(row: np.ndarray, eos: tuple[int, ...], prompt_len: int = 1) -> list[int]:
+    """Drop the decoder start token and everything after the first generated EOS (the padding transformers adds).
+
+    Args:
+        row: one sequence as generate returns it: the prefix of ``prompt_len`` ids (start token and prompt), then
+            the generated ids and padding.
+        eos: ids that end a sequence.
+        prompt_len: the prefix length; the prompt's ids are kept as they are (an EOS among them ends nothing).
+    """
+    out = [int(t) for t in row[1:prompt_len]]
+    for t in row[prompt_len:].tolist():
         out.append(int(t))
         if t in eos:
             break

@@ -2,7 +2,7 @@
 
 Schema (version 1), written by the export step::
 
-    schema_version, edgecap_version, name, created_utc
+    schema_version, edgecap_version, name, created_utc, family (the export family; absent before BLIP)
     source:        {model, revision, weights_sha256, architecture}
     architecture:  {encoder_type, decoder_type, num_layers, num_heads, head_dim, hidden_size, vocab_size,
                     encoder_seq_len, encoder_hidden_size}
@@ -10,8 +10,12 @@ Schema (version 1), written by the export step::
                     mean, std}
     tokenizer:     {file, skip_special_tokens, clean_up_tokenization_spaces}
     special_tokens:{decoder_start_token_id, eos_token_id: [..], pad_token_id, bos_token_id}
-    generation:    {max_new_tokens, min_new_tokens, min_length, num_beams, length_penalty, early_stopping,
-                    no_repeat_ngram_size, repetition_penalty}
+    generation:    {max_new_tokens (null: max_length counts the prefix), max_length, min_new_tokens, min_length,
+                    num_beams, length_penalty, early_stopping, no_repeat_ngram_size, repetition_penalty}
+    prompt:        optional; absent: the model takes no prompt. {kind: "prefix", add_special_tokens, first_token_id,
+                   drop_last, max_positions}: the prompt is tokenized (with the tokenizer's special tokens when
+                   add_special_tokens), its first id replaced by first_token_id and, with drop_last, its last id
+                   dropped; the result is the decoder's prefix (BLIP's conditional captioning)
     graphs:        {<precision>: {encoder: GRAPH, decoder: GRAPH}}  with GRAPH = {file, sha256, inputs, outputs}
                    and each input/output {name, dtype, shape} (a shape entry is an int or an axis name)
     io:            roles -> graph names: encoder {pixel_values, cross_k[], cross_v[], pooled}
@@ -177,7 +181,8 @@ _SECTIONS: dict[str, dict[str, _Rule]] = {
         "pad_token_id": _OPTIONAL_NON_NEGATIVE,
     },
     "generation": {
-        "max_new_tokens": _POSITIVE_INT,
+        "max_new_tokens": _Rule("an integer >= 1", lambda v: _is_int(v) and v >= 1, nullable=True),
+        "max_length": _Rule("an integer >= 2", lambda v: _is_int(v) and v >= 2, required=False, nullable=True),
         "min_new_tokens": _OPTIONAL_NON_NEGATIVE, "min_length": _OPTIONAL_NON_NEGATIVE,
         "no_repeat_ngram_size": _OPTIONAL_NON_NEGATIVE,
         "num_beams": _Rule("an integer >= 1", lambda v: _is_int(v) and v >= 1, required=False, nullable=True),
@@ -187,6 +192,12 @@ _SECTIONS: dict[str, dict[str, _Rule]] = {
         "repetition_penalty": _Rule("a number > 0", lambda v: _is_number(v) and v > 0, required=False,
                                     nullable=True),
     },
+}
+# The prompt forms the runtime implements (the manifest's ``prompt.kind``) and the keys each one reads.
+PROMPT_KINDS = ("prefix",)
+_PROMPT_RULES: dict[str, dict[str, _Rule]] = {
+    "prefix": {"add_special_tokens": _BOOL, "first_token_id": _TOKEN_ID, "drop_last": _BOOL,
+               "max_positions": _POSITIVE_INT},
 }
 _GRAPH_PARTS = ("encoder", "decoder")
 _IO_NAMES = {"encoder": ("pixel_values",), "decoder": ("input_ids", "logits")}
@@ -238,9 +249,21 @@ class _Checker:
     def check(self, data: dict[str, Any]) -> None:
         for name, rules in _SECTIONS.items():
             self.rules(self.section(data[name], name), name, rules)
+        generation = data["generation"]
+        if generation["max_new_tokens"] is None and generation.get("max_length") is None:
+            raise self.fail("generation.max_new_tokens", "an integer >= 1 when generation.max_length is absent",
+                            None)
+        if data.get("prompt") is not None:
+            self.prompt(self.section(data["prompt"], "prompt"))
         self.file(data["tokenizer"]["file"], "tokenizer.file")
         self.graphs(self.section(data["graphs"], "graphs"))
         self.io(self.section(data["io"], "io"), data["architecture"]["num_layers"])
+
+    def prompt(self, prompt: dict[str, Any]) -> None:
+        kind = prompt.get("kind", _MISSING)
+        if kind not in PROMPT_KINDS:
+            raise self.fail("prompt.kind", f"one of {list(PROMPT_KINDS)}", kind)
+        self.rules(prompt, "prompt", _PROMPT_RULES[kind])
 
     def graphs(self, graphs: dict[str, Any]) -> None:
         if not graphs:

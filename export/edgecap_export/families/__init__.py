@@ -1,7 +1,8 @@
 """The registry of model families edgecap can export, one module per family.
 
-Adding a family (Florence-2, BLIP, ...) is a new module here implementing :class:`edgecap_export.specs.Family` and
-one entry in :data:`FAMILIES`; the exporter, the parity check and the runtime do not change.
+Adding a family (Florence-2, ...) is a new module here implementing :class:`edgecap_export.specs.Family` and one
+entry in :data:`FAMILIES`; the exporter and the parity check read everything family-specific through it, and the
+runtime reads it from the manifest (special tokens, generation settings, the ``prompt`` section).
 """
 
 from __future__ import annotations
@@ -11,9 +12,10 @@ from typing import Any
 from edgecap.errors import UnsupportedModelError
 
 from ..specs import Family
+from .blip import BLIP
 from .vision_encoder_decoder import VISION_ENCODER_DECODER
 
-FAMILIES: tuple[Family, ...] = (VISION_ENCODER_DECODER,)
+FAMILIES: tuple[Family, ...] = (VISION_ENCODER_DECODER, BLIP)
 
 
 def describe_supported() -> str:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from edgecap.errors import UnsupportedModelError
+from edgecap.errors import ExportError, UnsupportedModelError
 
 from ..specs import ModelShape
 
@@ -66,6 +66,7 @@ class VisionEncoderDecoder:
 
     name = "vision-encoder-decoder"
     model_types = ("vision-encoder-decoder",)
+    validation_prompts: tuple[str | None, ...] = (None,)
 
     def describe(self) -> str:
         return (f"vision-encoder-decoder with encoder in {{{', '.join(sorted(ENCODERS))}}} "
@@ -105,6 +106,31 @@ class VisionEncoderDecoder:
         _enc, dec = self.specs(hf_model.config)
         step = dec.step_factory(hf_model.decoder, attention=attention).eval()
         return EncoderWithCrossKV(hf_model, step).eval(), step
+
+    def generation_config(self, hf_model: Any) -> Any:
+        return hf_model.generation_config
+
+    def special_tokens(self, hf_model: Any) -> dict[str, Any]:
+        gc = hf_model.generation_config
+        eos = gc.eos_token_id
+        eos = [] if eos is None else ([int(eos)] if isinstance(eos, int) else [int(t) for t in eos])
+        start = gc.decoder_start_token_id if gc.decoder_start_token_id is not None else gc.bos_token_id
+        if start is None:
+            raise ExportError("the model has no decoder_start_token_id (nor bos_token_id); set it in the config")
+        pad = gc.pad_token_id if gc.pad_token_id is not None else (eos[0] if eos else None)
+        return {"decoder_start_token_id": int(start), "eos_token_id": eos,
+                "pad_token_id": None if pad is None else int(pad),
+                "bos_token_id": None if gc.bos_token_id is None else int(gc.bos_token_id)}
+
+    def prompt_spec(self, hf_model: Any) -> None:
+        return None  # captions are unconditional
+
+    def reference_logits(self, hf_model: Any, pixel_values: Any, ids: Any) -> Any:
+        return hf_model(pixel_values=pixel_values, decoder_input_ids=ids).logits
+
+    def reference_generate(self, hf_model: Any, model: str, pixel_values: Any, prompt: str | None,
+                           **kw: Any) -> tuple[Any, int]:
+        return hf_model.generate(pixel_values=pixel_values, **kw), 1
 
     def reference_cross_kv(self, hf_model: Any, pixel_values: Any, heads: int) -> tuple[list, list, Any]:
         states = hf_model.encoder(pixel_values=pixel_values).last_hidden_state

@@ -17,7 +17,8 @@ def cmd_caption(args: argparse.Namespace) -> int:
     failed = 0
     for path in args.images:
         try:
-            out = cap.caption_batch([path], num_beams=args.beams, max_new_tokens=args.max_new_tokens)[0]
+            out = cap.caption_batch([path], args.prompt, num_beams=args.beams,
+                                    max_new_tokens=args.max_new_tokens)[0]
         except EdgecapError as exc:
             if len(args.images) == 1:
                 raise
@@ -25,8 +26,11 @@ def cmd_caption(args: argparse.Namespace) -> int:
             failed += 1
             continue
         if args.json:
-            print(json.dumps({"path": path, "text": out.text, "token_ids": out.token_ids,
-                              "milliseconds": round(out.timings.get("total", 0.0), 2)}, ensure_ascii=False))
+            row = {"path": path, "text": out.text, "token_ids": out.token_ids,
+                   "milliseconds": round(out.timings.get("total", 0.0), 2)}
+            if out.prompt is not None:
+                row["prompt"] = out.prompt
+            print(json.dumps(row, ensure_ascii=False))
         else:
             print(f"{path}\t{out.text}")
     return 1 if failed else 0
@@ -102,9 +106,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--beams", type=positive_int, default=None,
                    help="beam count (default: the model's generation config)")
     p.add_argument("--max-new-tokens", type=positive_int, default=None, help="token budget (default: the model's)")
+    p.add_argument("--prompt", default=None,
+                   help='prompt for models that take one, e.g. BLIP\'s caption start "a photography of" '
+                        "(default: none, an unconditional caption)")
     add_precision(p)
     add_threads(p)
-    p.add_argument("--json", action="store_true", help="print JSON lines: path, text, token_ids, milliseconds")
+    p.add_argument("--json", action="store_true", help="print JSON lines: path, text, token_ids, milliseconds (and prompt, if given)")
     p.set_defaults(func=cmd_caption)
 
     p = sub.add_parser("evaluate", help="attribute accuracy on held-out synthetic scenes",

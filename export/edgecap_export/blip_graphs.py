@@ -1,0 +1,120 @@
+"""BLIP (``BlipForConditionalGeneration``) as the graph contract: the ViT with every decoder layer's cross K/V, and
+one cached step of the BERT-style text decoder.
+
+Written over the checkpoint's own weights and LayerNorm/activation modules, as :mod:`edgecap_export.wrappers` does
+for GPT-2, with the same two attention lowerings. BLIP's text decoder is post-LayerNorm BERT: each sub-layer adds
+its input and normalises after, and the embeddings are normalised (word + absolute position) before the first
+layer. Positions continue from the past length, so a prompt's prefill and the steps after it see the positions
+transformers gives them.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .wrappers import ATTENTION_KINDS, AttentionMHA, SelfAttentionMHA, attend, merge_heads, split_heads
+
+
+def _fused_linear(layers: list[nn.Linear], x: torch.Tensor) -> torch.Tensor:
+    """Several Linear layers over the same input as one MatMul (their outputs concatenated)."""
+    weight = torch.cat([m.weight for m in layers], dim=0)
+    return nn.functional.linear(x, weight, torch.cat([m.bias for m in layers]))
+
+
+class BlipEncoderWithCrossKV(nn.Module):
+    """pixel_values -> (cross_k.0..L-1, cross_v.0..L-1, pooled): BLIP's ViT (post-LayerNorm output, which the
+    decoder cross-attends to) and each text layer's cross-attention K/V, once per image. ``pooled`` is the mean of
+    the ViT's output over positions, the embedding the runtime's change gate compares."""
+
+    def __init__(self, model: nn.Module, step: "BlipCachedStep"):
+        super().__init__()
+        self.vision = model.vision_model
+        self.step = step
+
+    def _vit(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        hidden = self.vision.embeddings(pixel_values)
+        for layer in self.vision.encoder.layers:
+            attn = layer.self_attn
+            width = attn.embed_dim
+            # qkv is laid out [3, heads, head_dim] along its output: split at the width gives q, k, v
+            q, k, v = attn.qkv(layer.layer_norm1(hidden)).split(width, dim=2)
+            if self.step.attention == "contrib":
+                a = AttentionMHA.apply(q, k, v, attn.num_heads, float(attn.scale))
+            else:
+                a = merge_heads(attend(split_heads(q, attn.num_heads), split_heads(k, attn.num_heads),
+                                       split_heads(v, attn.num_heads), attn.scale))
+            hidden = attn.projection(a) + hidden
+            hidden = layer.mlp(layer.layer_norm2(hidden)) + hidden
+        return self.vision.post_layernorm(hidden)
+
+    def forward(self, pixel_values: torch.Tensor):
+        states = self._vit(pixel_values)
+        ks, vs = self.step.cross_kv(states)
+        return (*ks, *vs, states.mean(dim=1))
+
+
+class BlipCachedStep(nn.Module):
+    """(input_ids, past_k/v per layer, cross_k/v per layer) -> (last logits, present_k/v per layer)."""
+
+    def __init__(self, text_decoder: nn.Module, attention: str = "contrib"):
+        super().__init__()
+        if attention not in ATTENTION_KINDS:
+            raise ValueError(f"attention must be one of {ATTENTION_KINDS}, got {attention!r}")
+        self.attention = attention
+        self.bert = text_decoder.bert
+        self.head = text_decoder.cls
+        cfg = text_decoder.config
+        self.layers = cfg.num_hidden_layers
+        self.heads = cfg.num_attention_heads
+        self.width = cfg.hidden_size
+        self.scale = float((cfg.hidden_size // cfg.num_attention_heads) ** -0.5)
+
+    def cross_kv(self, states: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        ks, vs = [], []
+        for layer in self.bert.encoder.layer:
+            xa = layer.crossattention.self
+            k, v = _fused_linear([xa.key, xa.value], states).split(self.width, dim=2)
+            ks.append(split_heads(k, self.heads))
+            vs.append(split_heads(v, self.heads))
+        return ks, vs
+
+    def _self_attention(self, sa: nn.Module, x: torch.Tensor, past_k: torch.Tensor, past_v: torch.Tensor,
+                        causal: torch.Tensor | None):
+        q, k, v = _fused_linear([sa.query, sa.key, sa.value], x).split(self.width, dim=2)
+        if self.attention == "contrib":
+            return SelfAttentionMHA.apply(q, k, v, past_k, past_v, self.heads, self.scale)
+        k = torch.cat([past_k, split_heads(k, self.heads)], dim=2)
+        v = torch.cat([past_v, split_heads(v, self.heads)], dim=2)
+        return merge_heads(attend(split_heads(q, self.heads), k, v, self.scale, causal)), k, v
+
+    def _cross_attention(self, xa: nn.Module, x: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        q = xa.query(x)
+        if self.attention == "contrib":
+            return AttentionMHA.apply(q, k, v, self.heads, self.scale)
+        return merge_heads(attend(split_heads(q, self.heads), k, v, self.scale))
+
+    def forward(self, input_ids: torch.Tensor, *caches: torch.Tensor):
+        n = self.layers
+        past, cross = caches[: 2 * n], caches[2 * n:]
+        past_len = past[0].shape[2]
+        positions = torch.arange(input_ids.shape[1], device=input_ids.device) + past_len
+        emb = self.bert.embeddings
+        hidden = emb.LayerNorm(emb.word_embeddings(input_ids) + emb.position_embeddings(positions).unsqueeze(0))
+        causal = None
+        if self.attention == "standard":
+            key_pos = torch.arange(past_len + input_ids.shape[1], device=input_ids.device)
+            causal = key_pos.unsqueeze(0) <= positions.unsqueeze(1)  # [T, P+T]
+        presents = []
+        for i, layer in enumerate(self.bert.encoder.layer):
+            a, k, v = self._self_attention(layer.attention.self, hidden, past[2 * i], past[2 * i + 1], causal)
+            presents += [k, v]
+            out = layer.attention.output
+            hidden = out.LayerNorm(out.dense(a) + hidden)
+            a = self._cross_attention(layer.crossattention.self, hidden, cross[i], cross[n + i])
+            out = layer.crossattention.output
+            hidden = out.LayerNorm(out.dense(a) + hidden)
+            inner = layer.intermediate.intermediate_act_fn(layer.intermediate.dense(hidden))
+            hidden = layer.output.LayerNorm(layer.output.dense(inner) + hidden)
+        logits = self.head(hidden[:, -1, :])
+        return (logits, *presents)

@@ -1,0 +1,84 @@
+"""Prompts -> decoder prefixes, as the checkpoint's processor and ``generate`` build them.
+
+The manifest's ``prompt`` section says how (see :mod:`edgecap.manifest`); a model without one takes no prompt.
+Kind ``"prefix"`` (BLIP): the prompt is the start of the caption. BLIP's processor tokenizes it with the
+tokenizer's template (``[CLS] text [SEP]``) and ``BlipForConditionalGeneration.generate`` replaces the first id
+with the decoder's bos (``[DEC]``) and drops the last one, so the decoder continues the text.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+from .errors import InputError
+
+PromptArg = str | Sequence[str | None] | None
+
+
+@dataclass(frozen=True)
+class PromptEncoder:
+    """Turns prompts into decoder prefixes (lists of token ids, start token first).
+
+    Attributes:
+        model: the model's display name, for messages.
+        start_token_id: the decoder start token: the whole prefix when there is no prompt.
+        spec: the manifest's ``prompt`` section, or None when the model takes no prompt.
+        tokenizer: a ``tokenizers.Tokenizer``.
+    """
+
+    model: str
+    start_token_id: int
+    spec: dict[str, Any] | None
+    tokenizer: Any
+
+    @classmethod
+    def for_model(cls, model: str, start_token_id: int, spec: dict[str, Any] | None,
+                  tokenizer: Any) -> "PromptEncoder":
+        """An encoder over a copy of ``tokenizer`` with padding and truncation off: a processor called without
+        ``padding``/``truncation`` turns off whatever tokenizer.json configures, so prompts tokenize the same way."""
+        if spec is not None:
+            from tokenizers import Tokenizer
+
+            tokenizer = Tokenizer.from_str(tokenizer.to_str())
+            tokenizer.no_padding()
+            tokenizer.no_truncation()
+        return cls(model, start_token_id, spec, tokenizer)
+
+    @property
+    def accepts_prompts(self) -> bool:
+        return self.spec is not None
+
+    def per_image(self, prompt: PromptArg, batch: int) -> list[str | None]:
+        """One prompt (or None) per image: a string applies to every image, a list gives one per image."""
+        if prompt is None or isinstance(prompt, str):
+            prompts: list[str | None] = [prompt] * batch
+        elif isinstance(prompt, (list, tuple)):
+            prompts = list(prompt)
+            if len(prompts) != batch:
+                raise InputError(f"expected one prompt per image ({batch}), got {len(prompts)} prompts")
+        else:
+            raise InputError(f"expected the prompt as a string or a list of strings, got {type(prompt).__name__}")
+        for p in prompts:
+            if p is not None and not isinstance(p, str):
+                raise InputError(f"expected each prompt as a string or None, got {type(p).__name__}")
+        if self.spec is None and any(p is not None for p in prompts):
+            raise InputError(f"{self.model} takes no prompt (it captions unconditionally); drop the prompt")
+        return prompts
+
+    def prefix(self, prompt: str | None) -> list[int]:
+        """The decoder prefix for one prompt (None: the start token alone)."""
+        if prompt is None or self.spec is None:
+            return [self.start_token_id]
+        spec = self.spec
+        ids = [int(spec["first_token_id"])] + list(
+            self.tokenizer.encode(prompt, add_special_tokens=bool(spec["add_special_tokens"])).ids)[1:]
+        if spec["drop_last"]:
+            ids = ids[:-1]
+        if not ids:
+            raise InputError(f"the prompt {prompt!r} leaves no token once the model's prompt rule applies; "
+                             "use a longer prompt or none")
+        if len(ids) >= int(spec["max_positions"]):
+            raise InputError(f"the prompt is {len(ids)} tokens, the model's decoder holds {spec['max_positions']} "
+                             "positions in all; shorten the prompt")
+        return ids

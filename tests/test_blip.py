@@ -1,0 +1,343 @@
+"""BLIP (BlipForConditionalGeneration): export, preprocessing, prompts and token-identical generation."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from conftest import BLIP_ARCHS
+
+torch = pytest.importorskip("torch")
+
+from edgecap import Captioner  # noqa: E402
+from edgecap.errors import InputError  # noqa: E402
+from edgecap.generation import strip_sequence  # noqa: E402
+
+PROMPTS = [None, "a photography of", "a picture of the"]
+FAST = ("blip", "contrib")
+
+
+def _images(seed: int, n: int) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [rng.integers(0, 256, (40 + 9 * i, 50 + 5 * i, 3), dtype=np.uint8) for i in range(n)]
+
+
+def _hf(arch, checkpoint_factory):
+    from transformers import AutoProcessor, BlipForConditionalGeneration
+
+    path = checkpoint_factory(arch)
+    return BlipForConditionalGeneration.from_pretrained(path).eval(), AutoProcessor.from_pretrained(path)
+
+
+def _hf_ids(model, processor, px: np.ndarray, prompt: str | None, eos, **kw) -> list[list[int]]:
+    """What transformers returns, as the runtime's contract states it: the leading [DEC] dropped, cut after the
+    first [SEP] the model generated, padding removed."""
+    inputs = {"pixel_values": torch.from_numpy(px)}
+    prompt_len = 1
+    if prompt is not None:
+        inputs["input_ids"] = processor(text=[prompt] * len(px), return_tensors="pt")["input_ids"]
+        prompt_len = inputs["input_ids"].shape[1] - 1
+    with torch.no_grad():
+        out = model.generate(**inputs, **kw).numpy()
+    return [strip_sequence(r, eos, prompt_len) for r in out]
+
+
+def _slow_unless(fast: bool, *values, **param):  # noqa: ANN002, ANN003, ANN202
+    return pytest.param(*values, marks=() if fast else pytest.mark.slow, **param)
+
+
+DECODING = [("greedy", dict(num_beams=1)), ("beam3", dict(num_beams=3)),
+            ("beam3-ngram2-lenpen", dict(num_beams=3, no_repeat_ngram_size=2, length_penalty=0.6)),
+            ("greedy-minnew", dict(num_beams=1, min_new_tokens=3, repetition_penalty=1.3))]
+GRID = [_slow_unless((arch, attention) == FAST and batch == 3 and case in ("greedy", "beam3"),
+                     arch, attention, case, kw, batch, prompt, id=f"{arch}-{attention}-{case}-b{batch}-{prompt}")
+        for arch in sorted(BLIP_ARCHS) for attention in ("contrib", "standard") for case, kw in DECODING
+        for batch in (1, 3) for prompt in PROMPTS[:2]]
+
+
+@pytest.mark.parametrize("arch,attention,case,kw,batch,prompt", GRID)
+def test_generate_matches_transformers(arch, attention, case, kw, batch, prompt, checkpoint_factory,
+                                       exported_factory):
+    model, processor = _hf(arch, checkpoint_factory)
+    cap = Captioner(exported_factory(arch, attention))
+    px = cap.preprocess(_images(batch, batch))
+    kw = dict(kw, max_new_tokens=12)
+    assert cap.generate(px, prompt, **kw) == _hf_ids(model, processor, px, prompt, cap.defaults.eos_token_id, **kw)
+
+
+def test_the_grid_exercises_early_sep_and_image_dependence(exported_factory):
+    # Parity would be weak if every caption ran to the limit or all images gave one caption.
+    cap = Captioner(exported_factory("blip"))
+    px = cap.preprocess(_images(7, 8))
+    unconditional = cap.generate(px, max_new_tokens=12)
+    prompted = cap.generate(px, "a photography of", max_new_tokens=12, num_beams=3)
+    assert min(len(ids) for ids in unconditional) < 12 and len({tuple(i) for i in unconditional}) >= 3
+    assert len({tuple(i) for i in prompted}) >= 2
+
+
+@pytest.mark.parametrize("arch,attention", [_slow_unless((a, att) == FAST, a, att)
+                                             for a in sorted(BLIP_ARCHS) for att in ("contrib", "standard")])
+def test_export_records_blip_manifest_and_passing_validation(arch, attention, checkpoint_factory,
+                                                             exported_factory):
+    out = exported_factory(arch, attention)
+    m = json.loads((out / "manifest.json").read_text())
+    text = json.loads((checkpoint_factory(arch) / "config.json").read_text())["text_config"]
+    # transformers 5 keeps the image processor inside processor_config.json: the manifest holds what is there
+    pc = json.loads((checkpoint_factory(arch) / "processor_config.json").read_text())["image_processor"]
+    assert not (checkpoint_factory(arch) / "preprocessor_config.json").exists()
+    assert m["family"] == "blip" and m["architecture"]["attention"] == attention
+    assert (m["image"]["mean"], m["image"]["std"], m["image"]["resample_name"]) == (
+        pc["image_mean"], pc["image_std"], "bicubic")
+    assert m["special_tokens"]["decoder_start_token_id"] == text["bos_token_id"]
+    assert m["special_tokens"]["eos_token_id"] == [text["sep_token_id"]] != [text["eos_token_id"]]
+    assert m["prompt"] == {"kind": "prefix", "add_special_tokens": True, "first_token_id": text["bos_token_id"],
+                           "drop_last": True, "max_positions": text["max_position_embeddings"]}
+    v = m["validation"]
+    assert v["passed"] and not v["mismatches"]
+    assert set(v["generate"]) == {f"{mode}.batch{b}{p}" for mode in ("greedy", "beam") for b in (1, 3)
+                                  for p in ("", ".prompt")}
+    assert v["outputs"]["prompt.prefix_ids"]["ok"]
+    assert v["outputs"]["preprocess.pixel_values"]["max_abs_diff"] <= 1e-4
+
+
+def test_preprocess_equals_the_processor(checkpoint_factory, exported_factory):
+    _, processor = _hf("blip", checkpoint_factory)
+    cap = Captioner(exported_factory("blip"))
+    images = _images(3, 4) + [np.full((500, 20, 3), 200, np.uint8)]
+    ref = processor(images=images, return_tensors="np")["pixel_values"]
+    assert np.max(np.abs(cap.preprocess(images) - ref)) <= 1e-4
+
+
+@pytest.mark.parametrize("prompt", ["a photography of", "A Picture of THE", "", "street at night"])
+def test_prompt_prefix_is_what_generate_starts_from(prompt, checkpoint_factory, exported_factory):
+    _, processor = _hf("blip", checkpoint_factory)
+    cap = Captioner(exported_factory("blip"))
+    ids = processor(text=prompt)["input_ids"]
+    bos = cap.defaults.decoder_start_token_id
+    assert cap.prompts.prefix(prompt) == [bos] + ids[1:-1]
+    assert cap.prompts.prefix(None) == [bos]
+
+
+def test_prompt_ignores_padding_and_truncation_in_tokenizer_json(checkpoint_factory, exported_factory, tmp_path):
+    # The processor, called without padding/truncation, turns both off whatever tokenizer.json says.
+    import shutil
+
+    _, processor = _hf("blip", checkpoint_factory)
+    d = tmp_path / "m"
+    shutil.copytree(exported_factory("blip"), d)
+    tok = json.loads((d / "tokenizer.json").read_text())
+    tok["padding"] = {"strategy": {"Fixed": 16}, "direction": "Right", "pad_to_multiple_of": None, "pad_id": 0,
+                      "pad_type_id": 0, "pad_token": "[PAD]"}
+    tok["truncation"] = {"direction": "Right", "max_length": 3, "strategy": "LongestFirst", "stride": 0}
+    (d / "tokenizer.json").write_text(json.dumps(tok))
+    cap = Captioner(d)
+    prompt = "a picture of the street"
+    want = [cap.defaults.decoder_start_token_id] + processor(text=prompt)["input_ids"][1:-1]
+    assert cap.prompts.prefix(prompt) == want
+
+
+def test_one_prompt_per_image_decodes_each_as_alone(checkpoint_factory, exported_factory):
+    model, processor = _hf("blip", checkpoint_factory)
+    cap = Captioner(exported_factory("blip"))
+    px = cap.preprocess(_images(11, 3))
+    prompts = [None, "a photography of", "a picture of the"]
+    for kw in (dict(num_beams=1), dict(num_beams=3)):
+        got = cap.generate(px, prompts, max_new_tokens=10, **kw)
+        want = [_hf_ids(model, processor, px[i:i + 1], p, cap.defaults.eos_token_id, max_new_tokens=10, **kw)[0]
+                for i, p in enumerate(prompts)]
+        assert got == want
+
+
+def test_captions_carry_the_prompt_and_decode_as_the_processor(checkpoint_factory, exported_factory):
+    _, processor = _hf("blip", checkpoint_factory)
+    cap = Captioner(exported_factory("blip"))
+    images = _images(5, 2)
+    caps = cap.caption(images, prompt="a photography of", max_new_tokens=8)
+    plain = cap.caption(images[0], max_new_tokens=8)
+    for c in caps:
+        assert c.prompt == "a photography of"
+        assert c.text == processor.decode(c.token_ids, skip_special_tokens=True)
+        assert c.text.startswith("a photography of")
+    assert plain.prompt is None and plain.text == processor.decode(plain.token_ids, skip_special_tokens=True)
+
+
+@pytest.mark.parametrize("num_beams", [1, 3])
+def test_prefill_then_steps_equals_uncached_decoding(num_beams, exported_factory):
+    cap = Captioner(exported_factory("blip"))
+    px = cap.preprocess(_images(2, 3))
+    kw = dict(num_beams=num_beams, max_new_tokens=10, no_repeat_ngram_size=2)
+    assert cap.generate(px, "a photography of", use_cache=True, **kw) == \
+        cap.generate(px, "a photography of", use_cache=False, **kw)
+
+
+def test_max_length_counts_the_prompt_as_in_transformers(checkpoint_factory, exported_factory, tmp_path):
+    import shutil
+
+    model, processor = _hf("blip", checkpoint_factory)
+    d = tmp_path / "m"
+    shutil.copytree(exported_factory("blip"), d)
+    m = json.loads((d / "manifest.json").read_text())
+    m["generation"].update(max_new_tokens=None, max_length=9)
+    (d / "manifest.json").write_text(json.dumps(m))
+    cap = Captioner(d)
+    px = cap.preprocess(_images(4, 3))
+    eos = cap.defaults.eos_token_id
+    for prompt in PROMPTS:
+        assert cap.generate(px, prompt) == _hf_ids(model, processor, px, prompt, eos, max_length=9)
+    with pytest.raises(InputError, match="max_length"):
+        cap.generate(px, "a photography of a red car on the street at night")
+    # a caller's max_length is a total too, over the model's default of 20 new tokens
+    default = Captioner(exported_factory("blip"))
+    for prompt in PROMPTS:
+        assert default.generate(px, prompt, max_length=7) == _hf_ids(model, processor, px, prompt, eos, max_length=7)
+
+
+def test_unsupported_prompts_fail_with_one_line(exported_factory, tiny_export):
+    blip = Captioner(exported_factory("blip"))
+    px = blip.preprocess(_images(0, 2))
+    cases = [(Captioner(tiny_export), "a photography of", "takes no prompt"),
+             (blip, ["a photography of"], "one prompt per image"),
+             (blip, 3, "string"), (blip, ["ok", 4], "string"),
+             (blip, " ".join(["street"] * 80), "positions")]
+    for cap, prompt, message in cases:
+        with pytest.raises(InputError, match=message) as err:
+            cap.generate(px, prompt, max_new_tokens=3)
+        assert "\n" not in str(err.value)
+    with pytest.raises(InputError, match="takes no prompt"):
+        Captioner(tiny_export).caption(np.zeros((8, 8, 3), np.uint8), prompt="a")
+
+
+def test_caption_cli_prompt(exported_factory, tmp_path, capsys):
+    from PIL import Image
+
+    from cli_helpers import run_cli
+
+    img = tmp_path / "x.png"
+    Image.fromarray(_images(1, 1)[0]).save(img)
+    code, out, err = run_cli(["caption", str(exported_factory("blip")), str(img), "--prompt", "a photography of",
+                              "--json", "--max-new-tokens", "6"], capsys)
+    assert code == 0, err
+    row = json.loads(out)
+    assert row["prompt"] == "a photography of" and row["text"].startswith("a photography of")
+
+
+def test_blip_graph_contract_and_lowerings(exported_factory):
+    onnx = pytest.importorskip("onnx")
+    layers = json.loads((exported_factory("blip") / "manifest.json").read_text())["architecture"]["num_layers"]
+
+    def ops(attention: str, part: str) -> list[str]:
+        path = exported_factory("blip", attention) / f"{part}.onnx"
+        return [n.op_type for n in onnx.load(str(path), load_external_data=False).graph.node]
+
+    dec, enc = ops("contrib", "decoder"), ops("contrib", "encoder")
+    assert not {"If", "Loop", "Scan"} & set(dec)
+    assert dec.count("MultiHeadAttention") == 2 * layers and "Softmax" not in dec
+    assert enc.count("MultiHeadAttention") == 2 and "Softmax" not in enc  # one per ViT layer
+    for part in ("encoder", "decoder"):
+        std = ops("standard", part)
+        assert "MultiHeadAttention" not in std and "Softmax" in std
+
+
+def test_runtime_isolation_covers_blip(exported_factory):
+    import subprocess
+    import sys
+    import textwrap
+
+    from test_runtime_isolation import BLOCK
+
+    code = BLOCK.format(blocked=("torch", "transformers", "onnx", "edgecap_export")) + textwrap.dedent(f"""
+        import numpy as np
+        from edgecap import Captioner
+        cap = Captioner({str(exported_factory("blip"))!r})
+        out = cap.caption(np.zeros((20, 20, 3), np.uint8), prompt="a photography of", max_new_tokens=4,
+                          num_beams=2)
+        assert out.prompt == "a photography of"
+        leaked = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "transformers", "onnx"))
+        assert not leaked, leaked
+        print("ok")
+    """)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "ok"
+
+
+def test_default_length_is_transformers_default(checkpoint_factory, exported_factory):
+    # No max_new_tokens nor max_length in the generation config: transformers makes 20 new tokens after any prefix.
+    model, processor = _hf("blip", checkpoint_factory)
+    cap = Captioner(exported_factory("blip"))
+    px = cap.preprocess(_images(9, 3))
+    for prompt in PROMPTS:
+        want = _hf_ids(model, processor, px, prompt, cap.defaults.eos_token_id)
+        assert cap.generate(px, prompt) == want
+        assert max(len(ids) for ids in want) == len(cap.prompts.prefix(prompt)) - 1 + 20
+
+
+def _weight_matmuls(graph) -> list:  # noqa: ANN001
+    inits = {i.name for i in graph.initializer}
+    return [n for n in graph.node if n.op_type in ("MatMul", "Gemm") and n.input[1] in inits]
+
+
+def test_int8_dynamic_quantizes_every_weight_matmul(exported_factory, tmp_path):
+    import shutil
+
+    onnx = pytest.importorskip("onnx")
+    from edgecap_export.quantize import quantize_dir
+
+    d = tmp_path / "model"
+    shutil.copytree(exported_factory("blip"), d)
+    # random weights: the gate's verdict means nothing here, as for `edgecap bench`
+    report = quantize_dir(d, calib_frames=4, eval_frames=4, accept_quality_drop=True, progress=False)
+    assert report["frames"] == 4
+    integer = {"MatMulInteger", "DynamicQuantizeMatMul", "MatMulIntegerToFloat"}
+    for part in ("encoder", "decoder"):
+        fp32, int8 = (onnx.load(str(d / f"{part}{s}.onnx")).graph for s in ("", ".int8"))
+        assert _weight_matmuls(fp32) and not _weight_matmuls(int8), part
+        assert integer & {n.op_type for n in int8.node}, part
+    cap = Captioner(d, precision="int8")
+    out = cap.caption(_images(0, 1)[0], prompt="a photography of", max_new_tokens=4, min_new_tokens=4)
+    assert len(out.token_ids) == len(cap.prompts.prefix("a photography of")) - 1 + 4
+
+
+@pytest.mark.slow
+def test_int8_static_qdq_on_standard_graphs(exported_factory, tmp_path):
+    import shutil
+
+    onnx = pytest.importorskip("onnx")
+    from edgecap_export.quantize import quantize_dir
+
+    d = tmp_path / "model"
+    shutil.copytree(exported_factory("blip", "standard"), d)
+    quantize_dir(d, calib_frames=6, eval_frames=4, encoder_mode="static", decoder_mode="static",
+                 accept_quality_drop=True, progress=False)
+    for part in ("encoder", "decoder"):
+        g = onnx.load(str(d / f"{part}.int8.onnx")).graph
+        inits = {i.name for i in g.initializer}
+        producers = {o: n for n in g.node for o in n.output}
+        weight_mm = [n for n in g.node if n.op_type in ("MatMul", "Gemm") and (
+            producers.get(n.input[1]) is not None and producers[n.input[1]].op_type == "DequantizeLinear"
+            and producers[n.input[1]].input[0] in inits)]
+        assert weight_mm, part
+        assert all(producers.get(n.input[0]) is not None and producers[n.input[0]].op_type == "DequantizeLinear"
+                   for n in weight_mm), part
+        assert not _weight_matmuls(g), part  # no weight MatMul left in float
+    cap = Captioner(d, precision="int8")
+    assert len(cap.caption(_images(1, 1)[0], max_new_tokens=4, min_new_tokens=4).token_ids) == 4
+
+
+@pytest.mark.slow
+def test_bench_runs_blip_side_by_side_with_transformers(checkpoint_factory, exported_factory, tmp_path):
+    import shutil
+
+    from edgecap_export.bench import main
+
+    d = tmp_path / "model"
+    shutil.copytree(exported_factory("blip"), d)
+    shutil.copytree(checkpoint_factory("blip"), d / "hf")
+    out = tmp_path / "bench.json"
+    assert main(["--model", str(d), "--runs", "2", "--tokens", "3", "--batch", "2", "--systems", "eager", "fp32",
+                 "--out", str(out), "--settle-ms", "0"]) == 0
+    report = json.loads(out.read_text())
+    assert set(report["results"]) == {"transformers_eager/batch2", "edgecap_fp32/batch2"}
+    assert report["speedups"]["edgecap_fp32_vs_eager/batch2"] > 0
