@@ -114,4 +114,4 @@ def test_a_registered_family_is_chosen_by_model_type(monkeypatch) -> None:  # no
     monkeypatch.setattr(families, "FAMILIES", (*families.FAMILIES, other))
     assert families.family_for(SimpleNamespace(model_type="florence2")) is other
     with pytest.raises(UnsupportedModelError, match=r"florence2 \(test\)"):
-        families.family_for(SimpleNamespace(model_type="blip"))
+        families.family_for(SimpleNamespace(model_type="git"))

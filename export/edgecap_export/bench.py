@@ -204,9 +204,10 @@ def run(args: argparse.Namespace) -> int:
     from edgecap import Captioner
     from edgecap.manifest import load_manifest
 
-    if args.vitgpt2_random:
-        model_dir = prepare_random("vitgpt2-base", args.workdir or ROOT / "engines" / "vitgpt2-random",
-                                   int8="int8" in args.systems)
+    arch = args.arch or ("vitgpt2-base" if args.vitgpt2_random else None)
+    if arch:
+        workdir = args.workdir or ROOT / "engines" / f"{arch.removesuffix('-base')}-random"
+        model_dir = prepare_random(arch, workdir, int8="int8" in args.systems)
     else:
         model_dir = Path(args.model)
     manifest = load_manifest(model_dir)  # the manifest alone: a Captioner would load both graphs to read it
