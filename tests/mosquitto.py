@@ -1,10 +1,10 @@
 """Start, kill and restart Debian's mosquitto on a free loopback port, and a subscriber that records messages.
 
-    with Mosquitto() as broker:            # 127.0.0.1:<free port>, generated config, no persistence
+    with Mosquitto() as broker:            # 127.0.0.1:<free port>, generated config, persistence in a temp dir
         with Recorder(broker.port, "edgecap/#") as rec:
             ...
             rec.wait_for(lambda msgs: len(msgs) >= 3, timeout=60)
-        broker.kill(); broker.start()      # SIGKILL, then the same port again
+        broker.stop(); broker.start()      # SIGTERM (state saved), then the same port again; kill(): SIGKILL
 
 ``mqtt_skip_or_fail()`` skips a test when mosquitto or paho-mqtt is missing, or fails it when
 EDGECAP_REQUIRE_MQTT=1 (CI: .ci/run installs mosquitto through .ci/mqtt-deps).
@@ -65,7 +65,10 @@ class Mosquitto:
         self.port = port or free_port()
         self._dir = Path(tempfile.mkdtemp(prefix="edgecap-mosquitto-"))
         self.config = self._dir / "mosquitto.conf"
-        self.config.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
+        # persistence: a stop() (SIGTERM) saves the sessions of subscribers that connected with clean_session=False,
+        # and the messages queued for them, across the restart
+        self.config.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence true\n"
+                               f"persistence_location {self._dir}/\nmax_queued_messages 100000\n"
                                f"log_dest file {self._dir / 'mosquitto.log'}\n")
         self.proc: subprocess.Popen | None = None
 
@@ -89,6 +92,13 @@ class Mosquitto:
             except OSError:
                 time.sleep(0.05)
         raise RuntimeError(f"mosquitto did not listen on {self.port} within {timeout} s")
+
+    def stop(self) -> None:
+        """SIGTERM: mosquitto saves its state and exits (a broker taken down for maintenance)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(30)
+        _LIVE.discard(self)
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -115,15 +125,22 @@ def _kill_all() -> None:
 
 
 class Recorder:
-    """Subscribes to ``topic`` with QoS 1 and keeps every message (topic, payload text, retain) in order."""
+    """Subscribes to ``topic`` with QoS 1 and keeps every message (topic, payload text, retain) in order. Its
+    session is persistent (clean_session=False): messages published while it is away (a broker restart) are
+    queued for it by the broker."""
+
+    _count = 0
 
     def __init__(self, port: int, topic: str = "#"):
         import paho.mqtt.client as mqtt
 
+        Recorder._count += 1
+
         self.messages: list[tuple[str, str, bool]] = []
         self._cond = threading.Condition()
         self._subscribed = threading.Event()
-        self._client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"recorder-{os.getpid()}-{id(self)}")
+        self._client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"rec-{os.getpid()}-{Recorder._count}",
+                                   clean_session=False)
         self._client.on_connect = lambda c, u, f, rc, p: c.subscribe(topic, qos=1)
         self._client.on_subscribe = lambda *a: self._subscribed.set()
         self._client.on_message = self._on_message
