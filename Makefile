@@ -21,7 +21,7 @@ $(VENV)/.runtime: pyproject.toml | $(BIN)/python
 
 $(VENV)/.dev: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install -q $(TORCH_PIP)
-	$(BIN)/python -m pip install -q -e '.[export,dev]'
+	$(BIN)/python -m pip install -q -e '.[export,dev,mqtt]'
 	touch $@ $(VENV)/.runtime
 
 demo: $(VENV)/.runtime
