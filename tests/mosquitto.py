@@ -17,6 +17,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -25,6 +26,7 @@ from typing import Callable
 
 import pytest
 
+ROOT = Path(__file__).resolve().parents[1]
 REQUIRE_ENV = "EDGECAP_REQUIRE_MQTT"
 _LIVE: set["Mosquitto"] = set()
 
@@ -50,6 +52,23 @@ def mqtt_skip_or_fail() -> None:
     if os.environ.get(REQUIRE_ENV) == "1":
         pytest.fail(f"{REQUIRE_ENV}=1 but {why}")
     pytest.skip(why)
+
+
+def wait_until(check: Callable[[], bool], timeout: float = 120.0) -> bool:
+    """Poll ``check`` (bounded) until it is true; True if it came true in time."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def edgecap_process(*args: str, **popen: object) -> subprocess.Popen:
+    """``python -m edgecap ARGS`` on this checkout's code, as a separate process (to be killed)."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT / "export"),
+                                                        os.environ.get("PYTHONPATH", "")])}
+    return subprocess.Popen([sys.executable, "-m", "edgecap", *args], env=env, text=True, **popen)
 
 
 def free_port() -> int:

@@ -173,7 +173,8 @@ def test_a_matching_scene_stores_one_alert_linked_to_it_and_searchable(tmp_path)
         alerter.put(scene("a red car", uid="car"))
         alerter.put(scene("a blue van", uid="van", start=T0 + timedelta(seconds=10)))
     (alert,) = search(db, kinds="alert")
-    assert (alert.camera, alert.caption, alert.details) == ("front-door", "a red car", {"rule": "r", "scene_uid": "car"})
+    assert (alert.camera, alert.caption, alert.details) == \
+        ("front-door", "a red car", {"rule": "r", "scene_uid": "car"})
     assert [e.uid for e in search(db, "red", kinds="alert")] == [alert.uid]
 
 

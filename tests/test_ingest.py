@@ -4,17 +4,14 @@ into one database, idempotently (duplicates and older copies change nothing) and
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
-import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest
 
-from mosquitto import Mosquitto, mqtt_skip_or_fail
+from mosquitto import Mosquitto, edgecap_process, mqtt_skip_or_fail, wait_until
 
 from edgecap import synth
 from edgecap.alerts.ingest import Ingestor, parse_change
@@ -22,7 +19,6 @@ from edgecap.alerts.settings import parse_mqtt
 from edgecap.cli import main
 from edgecap.events import search
 
-ROOT = Path(__file__).resolve().parents[1]
 CLIENT_ID = "central-ingest"
 
 
@@ -59,15 +55,6 @@ class IngestThread:
         self.thread.join(30)
 
 
-def wait_until(check, timeout=120.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(0.1)
-    return False
-
-
 def rows(db):
     return {e.uid: e for e in search(db, limit=100_000)} if Path(db).exists() else {}
 
@@ -84,11 +71,8 @@ def test_two_nodes_through_one_broker_into_one_database(tmp_path):
             assert main(["run", "--config", str(cfg), "--db", str(tmp_path / f"{node}.sqlite")]) == 0
         nodes = {n: rows(tmp_path / f"{n}.sqlite") for n in ("node-a", "node-b")}
         expected = {uid: (n, e) for n, evs in nodes.items() for uid, e in evs.items()}
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT / "export"),
-                                                            os.environ.get("PYTHONPATH", "")])}
-        proc = subprocess.Popen([sys.executable, "-m", "edgecap", "ingest", f"mqtt://127.0.0.1:{broker.port}",
-                                 "--prefix", "edgecap", "--db", str(central), "--client-id", CLIENT_ID],
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        proc = edgecap_process("ingest", f"mqtt://127.0.0.1:{broker.port}", "--prefix", "edgecap", "--db",
+                               str(central), "--client-id", CLIENT_ID, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         try:
             done = wait_until(lambda: _same(rows(central), expected))
             proc.send_signal(signal.SIGTERM)

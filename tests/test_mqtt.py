@@ -5,17 +5,14 @@ lose nothing; availability, retained captions and Home Assistant discovery."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import sqlite3
 import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
 
-from mosquitto import Mosquitto, Recorder, free_port, mqtt_skip_or_fail
+from mosquitto import Mosquitto, Recorder, edgecap_process, free_port, mqtt_skip_or_fail, wait_until
 
 from edgecap import synth
 from edgecap.cli import main
@@ -23,7 +20,6 @@ from edgecap.events import search
 
 SEED = synth.HELD_OUT_SEED_START + 11  # 10 scenes; "yellow" is in 5 of them
 WORD = "yellow"
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(autouse=True)
@@ -109,19 +105,8 @@ def test_retained_caption_and_status_reach_a_late_subscriber(tmp_path):
 
 
 def run_edgecap(cfg, db) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT / "export"),
-                                                        os.environ.get("PYTHONPATH", "")])}
-    return subprocess.Popen([sys.executable, "-m", "edgecap", "run", "--config", str(cfg), "--db", str(db)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
-
-
-def wait_until(check, timeout=120.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(0.1)
-    return False
+    return edgecap_process("run", "--config", str(cfg), "--db", str(db), stdout=subprocess.DEVNULL,
+                           stderr=subprocess.PIPE)
 
 
 @pytest.mark.slow

@@ -25,7 +25,7 @@ from typing import Any
 from .._log import logger
 from ..events.model import Event, clean_event
 from ..events.schema import UPSERT, event_row, open_writer
-from .mqtt import load_paho
+from .mqtt import new_client
 from .settings import MqttSettings
 
 
@@ -67,7 +67,6 @@ class Ingestor:
     """
 
     def __init__(self, settings: MqttSettings, db_path: str | os.PathLike, *, batch: int = 500):
-        mqtt = load_paho()
         self.settings = settings
         self.path = Path(db_path)
         self.stats = IngestStats()
@@ -76,19 +75,12 @@ class Ingestor:
         self._inbox: queue.Queue = queue.Queue()
         self.subscribed = threading.Event()
         topics = [(f"{settings.topic_prefix}/{name}", 1) for name in ("events", "system")]
-        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, clean_session=False, manual_ack=True,
-                             client_id=settings.client_id or f"edgecap-ingest-{settings.topic_prefix}")
-        client.enable_logger(logger)
-        if settings.username is not None:
-            client.username_pw_set(settings.username, settings.password)
-        if settings.tls:
-            client.tls_set(ca_certs=settings.ca_file)
-        client.reconnect_delay_set(min_delay=1, max_delay=5)
+        client = new_client(settings, client_id=f"edgecap-ingest-{settings.topic_prefix}", window=batch,
+                            clean_session=False, manual_ack=True)
         client.on_connect = lambda c, u, f, rc, p: (c.subscribe(topics) if not rc.is_failure else
                                                     logger.warning("MQTT broker refused ingest: %s", rc))
         client.on_subscribe = lambda *a: self.subscribed.set()
         client.on_message = lambda c, u, msg: self._inbox.put(msg)
-        client.max_inflight_messages_set(batch)
         self._client = client
 
     def run(self, stop: threading.Event) -> IngestStats:

@@ -33,6 +33,21 @@ def load_paho():
     return mqtt
 
 
+def new_client(settings: MqttSettings, *, client_id: str, window: int, **options: Any) -> Any:
+    """A paho 2.x client for ``settings``: credentials, TLS for mqtts://, reconnects every 1..5 s (a short outage
+    ends within 5 s), at most ``window`` QoS 1 messages in flight. ``options`` go to ``paho.mqtt.client.Client``."""
+    mqtt = load_paho()
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=settings.client_id or client_id, **options)
+    client.enable_logger(logger)
+    if settings.username is not None:
+        client.username_pw_set(settings.username, settings.password)
+    if settings.tls:
+        client.tls_set(ca_certs=settings.ca_file)
+    client.reconnect_delay_set(min_delay=1, max_delay=5)
+    client.max_inflight_messages_set(window)
+    return client
+
+
 def discovery_messages(settings: MqttSettings, cameras: list[str],
                        rules: tuple[AlertRule, ...]) -> list[tuple[str, str]]:
     """Home Assistant MQTT discovery configs: (topic, JSON) pairs, published retained."""
@@ -66,7 +81,6 @@ class MqttTransport:
 
     def __init__(self, settings: MqttSettings, *, discovery: list[tuple[str, str]] | None = None,
                  window: int = 200):
-        mqtt = load_paho()
         self.settings = settings
         self._window = window
         self._discovery = discovery or []
@@ -76,16 +90,8 @@ class MqttTransport:
         self._own_mids: set[int] = set()  # availability and discovery publishes: not rows, never confirm one
         self.connected = threading.Event()
         self._available = f"{settings.topic_prefix}/available"
-        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2,
-                             client_id=settings.client_id or f"edgecap-{slug(settings.node)}")
-        client.enable_logger(logger)
-        if settings.username is not None:
-            client.username_pw_set(settings.username, settings.password)
-        if settings.tls:
-            client.tls_set(ca_certs=settings.ca_file)
+        client = new_client(settings, client_id=f"edgecap-{slug(settings.node)}", window=window)
         client.will_set(self._available, "offline", qos=1, retain=True)
-        client.reconnect_delay_set(min_delay=1, max_delay=5)  # a short outage ends within 5 s
-        client.max_inflight_messages_set(window)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish

@@ -114,7 +114,8 @@ class Router:
                 rule = topic_part(str(after.details.get("rule")))
                 out.append(OutboxMessage(MQTT, f"{prefix}/{cam}/{rule}/alert", "ON"))
         elif after.kind in _STATUS_KINDS:
-            status = {"id": change["id"], "status": after.kind, "time": after.to_json()["end" if after.end else "start"],
-                      "closed": after.closed, "details": after.details}
+            when = change["after"]["end"] or change["after"]["start"]
+            status = {"id": change["id"], "status": after.kind, "time": when, "closed": after.closed,
+                      "details": after.details}
             out.append(OutboxMessage(MQTT, f"{prefix}/{cam}/status", json.dumps(status), retain=True))
         return out
