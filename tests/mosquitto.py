@@ -84,10 +84,14 @@ class Mosquitto:
         self.port = port or free_port()
         self._dir = Path(tempfile.mkdtemp(prefix="edgecap-mosquitto-"))
         self.config = self._dir / "mosquitto.conf"
-        # persistence: a stop() (SIGTERM) saves the sessions of subscribers that connected with clean_session=False,
-        # and the messages queued for them, across the restart
+        # persistence, saved every second and at stop() (SIGTERM): the sessions of subscribers that connected with
+        # clean_session=False outlive a restart, even after kill(), so messages published before they reconnect
+        # are queued for them
         self.config.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence true\n"
-                               f"persistence_location {self._dir}/\nmax_queued_messages 100000\n"
+                               f"persistence_location {self._dir}/\nautosave_interval 1\n"
+                               f"max_queued_messages 100000\n"
+                               # as root, mosquitto would switch to its own user, who cannot write this directory
+                               + ("user root\n" if os.geteuid() == 0 else "") +
                                f"log_dest file {self._dir / 'mosquitto.log'}\n")
         self.proc: subprocess.Popen | None = None
 
@@ -111,6 +115,10 @@ class Mosquitto:
             except OSError:
                 time.sleep(0.05)
         raise RuntimeError(f"mosquitto did not listen on {self.port} within {timeout} s")
+
+    def saved(self) -> bool:
+        """True once mosquitto has written its persistence file (the sessions so far survive a kill)."""
+        return (self._dir / "mosquitto.db").exists()
 
     def stop(self) -> None:
         """SIGTERM: mosquitto saves its state and exits (a broker taken down for maintenance)."""

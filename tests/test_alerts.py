@@ -114,6 +114,7 @@ def test_cooldown_is_per_camera_and_rule():
     ('[mqtt]\nurl = "mqtt://broker"\npassword_env = "NOPE_UNSET"\n', "environment variable NOPE_UNSET"),
     ('[mqtt]\nurl = "mqtt://broker"\ntopic_prefix = "a/#"\n', "must not contain MQTT wildcards"),
     ('[mqtt]\nurl = "mqtt://broker"\nqos = 2\n', "unknown key(s) qos"),
+    ('[mqtt]\nurl = "mqtts://broker"\nca_file = "/nonexistent/ca.pem"\n', "ca_file /nonexistent/ca.pem not found"),
     ('[[webhook]]\nurl = "ftp://x"\n', "url must be http(s)://HOST/PATH"),
     ('[[webhook]]\nurl = "http://x/h"\nrules = ["ghost"]\n', "rules ['ghost'] are not [[alert]] names"),
     ('[outbox]\nmax_messages = 0\n', "max_messages must be an integer >= 1"),

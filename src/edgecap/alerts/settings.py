@@ -34,6 +34,7 @@ frozen records, each mistake one InputError line that names the table and key.
 
 from __future__ import annotations
 
+import os
 import re
 import socket
 from collections.abc import Mapping
@@ -267,6 +268,9 @@ def parse_mqtt(table: Any, where: str, env: Mapping[str, str]) -> MqttSettings:
     if not isinstance(home_assistant, bool):
         raise InputError(f"{where}: home_assistant must be true or false, got {home_assistant!r}")
     extra = {k: _string(t[k], k, where) for k in ("client_id", "node", "thumbnail_base_url", "ca_file") if k in t}
+    if "ca_file" in extra and not os.path.isfile(extra["ca_file"]):
+        raise InputError(f"{where}: ca_file {extra['ca_file']} not found; give a PEM file of CA certificates or leave "
+                         "the key out to use the system's")
     return MqttSettings(url=url, topic_prefix=prefix, username=_env(t, "username_env", env, where),
                         password=_env(t, "password_env", env, where), home_assistant=home_assistant, **extra)
 
