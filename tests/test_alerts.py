@@ -153,7 +153,7 @@ password_env = "MQ_PASS"
 client_id = "edge-1"
 
 [[webhook]]
-url = "https://hooks.example/edgecap"
+url = "https://hooks.example/edgecap/T0KEN"
 rules = ["person at the door"]
 secret_env = "HOOK_SECRET"
 """)
@@ -161,7 +161,8 @@ secret_env = "HOOK_SECRET"
     (r,) = alerts.rules
     assert (r.cameras, r.match, r.exclude, r.cooldown_s, len(r.active)) == (("front-*",), ("person",), ("cat",), 60, 1)
     assert alerts.mqtt.tls and alerts.mqtt.port == 8883 and alerts.mqtt.password == "hunter2"
-    assert "hunter2" not in repr(alerts) and "s3" not in repr(alerts)  # credentials stay out of reprs and logs
+    for secret in ("hunter2", "s3", "T0KEN"):  # credentials (and a webhook's token path) stay out of reprs and logs
+        assert secret not in repr(alerts)
 
 
 # -- alert events in the store ---------------------------------------------------------------------------------

@@ -119,7 +119,7 @@ class WebhookSettings:
     """One ``[[webhook]]`` table; ``secret`` comes from the environment."""
 
     name: str
-    url: str
+    url: str = field(repr=False)  # webhook URLs often carry a token in their path
     rules: tuple[str, ...] = ()
     secret: str | None = field(default=None, repr=False)
     timeout_s: float = 5.0
@@ -280,7 +280,8 @@ def parse_webhook(table: Any, where: str, env: Mapping[str, str], rules: tuple[A
     t = _check_keys(table, WEBHOOK_KEYS, where)
     url = _string(t.get("url"), "url", where)
     if urlsplit(url).scheme not in ("http", "https") or not urlsplit(url).hostname:
-        raise InputError(f"{where}: url must be http(s)://HOST/PATH, got {url!r}")
+        raise InputError(f"{where}: url must be http(s)://HOST/PATH, got a {urlsplit(url).scheme or 'schemeless'} "
+                         "url")
     names = t.get("rules", [])
     if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
         raise InputError(f"{where}: rules must be a list of [[alert]] names, got {names!r}")
