@@ -38,7 +38,14 @@ def new_client(settings: MqttSettings, *, client_id: str, window: int, **options
     ends within 5 s), at most ``window`` QoS 1 messages in flight. ``options`` go to ``paho.mqtt.client.Client``."""
     mqtt = load_paho()
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=settings.client_id or client_id, **options)
-    client.enable_logger(logger)
+    warned = threading.Event()  # one line, not one per reconnect attempt of a broker down for hours
+
+    def connect_failed(client: Any, userdata: Any) -> None:
+        if not warned.is_set():
+            warned.set()
+            logger.warning("MQTT broker %s:%d unreachable; retrying every few seconds", settings.host, settings.port)
+
+    client.on_connect_fail = connect_failed
     if settings.username is not None:
         client.username_pw_set(settings.username, settings.password)
     if settings.tls:
@@ -89,6 +96,7 @@ class MqttTransport:
         self._acked_mids: set[int] = set()
         self._own_mids: set[int] = set()  # availability and discovery publishes: not rows, never confirm one
         self.connected = threading.Event()
+        self._closing = False
         self._available = f"{settings.topic_prefix}/available"
         client = new_client(settings, client_id=f"edgecap-{slug(settings.node)}", window=window)
         client.will_set(self._available, "offline", qos=1, retain=True)
@@ -115,7 +123,7 @@ class MqttTransport:
         self.connected.set()
 
     def _on_disconnect(self, client: Any, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
-        if self.connected.is_set():
+        if self.connected.is_set() and not self._closing:
             logger.warning("MQTT connection to %s:%d lost (%s); reconnecting, messages wait in the outbox",
                            self.settings.host, self.settings.port, reason_code)
         self.connected.clear()
@@ -150,6 +158,7 @@ class MqttTransport:
 
     def close(self, timeout: float) -> None:
         """Publish ``offline`` (retained), then disconnect."""
+        self._closing = True
         if self.connected.is_set():
             info = self._client.publish(self._available, "offline", qos=1, retain=True)
             try:
