@@ -1,6 +1,6 @@
 # Two entry points, each doing all set-up on a fresh machine:
 #   make demo   -- create .venv, install the runtime, caption a generated camera clip with the bundled model
-#   make test   -- create .venv, install runtime + export + web + dev extras (CPU torch), run the whole test suite (as CI)
+#   make test   -- create .venv, install runtime + export + web + mqtt + dev extras (CPU torch), run the whole test suite (as CI)
 #   make test-fast -- the same set-up, the tests not marked slow (the inner loop, a few minutes)
 PYTHON ?= python3
 VENV ?= .venv
@@ -21,7 +21,7 @@ $(VENV)/.runtime: pyproject.toml | $(BIN)/python
 
 $(VENV)/.dev: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install -q $(TORCH_PIP)
-	$(BIN)/python -m pip install -q -e '.[export,web,dev]'
+	$(BIN)/python -m pip install -q -e '.[export,web,mqtt,dev]'
 	touch $@ $(VENV)/.runtime
 
 demo: $(VENV)/.runtime

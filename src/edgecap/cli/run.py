@@ -73,7 +73,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     import threading
 
     site = _site(args)
+    alerts = site.alerts
+    if alerts.mqtt is not None:  # a missing paho fails before the model loads
+        from ..alerts.mqtt import load_paho
 
+        load_paho()
+
+    from ..alerts import Alerter, Delivery, Router
     from ..captioner import Captioner
     from ..events import EventStore, thumbnail_dir
     from ..runtime import RunOptions, Runtime
@@ -95,11 +101,14 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     thumbs = thumbnail_dir(args.db)
     options = RunOptions(max_batch=args.max_batch, thumbnail_dir=thumbs)
-    with EventStore(args.db, jsonl=args.jsonl) as store:
-        rt = Runtime(cap, site.cameras, store, options=options, on_scene=show)
+    with EventStore(args.db, jsonl=args.jsonl, outbox=Router(alerts) if alerts.delivers else None) as store:
+        sink = Alerter(store, alerts.rules) if alerts.rules else store
+        rt = Runtime(cap, site.cameras, sink, options=options, on_scene=show)
         pruner = Pruner(args.db, site.retention, thumbnails=thumbs, record=store.put) if site.retention.enabled \
             else None
         server = _start_server(args, console) if args.serve else None
+        delivery = Delivery(args.db, alerts, cameras=[c.name for c in site.cameras], record=store.put) \
+            if alerts.delivers else None
         try:
             if pruner:
                 pruner.start()
@@ -109,10 +118,14 @@ def cmd_run(args: argparse.Namespace) -> int:
                 pruner.stop()
             if server:
                 server.stop()
+            if delivery:  # after the run flushed the store: its last messages are in the outbox
+                delivery.stop()
     for name, c in rt.stats.per_camera.items():
         console.print(f"[{name}] sampled {c['sampled']}, gated out {c['gated_out']}, captioned {c['captioned']}, "
                       f"dropped {c['dropped']}, decode errors {c['decode_errors']}, reconnects {c['reconnects']}"
                       + (f", caption errors {c['caption_errors']}" if c["caption_errors"] else ""))
+    if isinstance(sink, Alerter):
+        console.print(f"{sink.alerts} alerts")
     console.print(f"{rt.stats.scenes} scene events, {rt.stats.batches} batches (largest {rt.stats.max_batch_seen}); "
                   f"events in {args.db}" + (f" and {args.jsonl}" if args.jsonl else ""))
     return code
@@ -134,7 +147,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                               "cell_delta, embedding_distance, settle_samples).")
     p.add_argument("sources", nargs="*", metavar="SOURCE", help="video files, stream URLs, webcams, image folders")
     p.add_argument("--model", default="demo", help="exported model directory (default: the bundled demo model)")
-    p.add_argument("--config", help="cameras.toml with named cameras (credentials from environment variables)")
+    p.add_argument("--config", help="cameras.toml with named cameras (credentials from environment variables), "
+                                    "and optionally [[alert]] rules, [mqtt] and [[webhook]] (docs/ALERTS.md)")
     p.add_argument("--db", default="events.sqlite", help="event database (default: ./events.sqlite)")
     p.add_argument("--jsonl", help="also append every event to this JSONL file")
     p.add_argument("--interval", type=positive_float, default=None, help="seconds between sampled frames (default 1)")

@@ -19,8 +19,10 @@ from ..units import parse_duration
 SCENE = "scene"
 ERROR = "error"  # a caption batch failed for a camera (one event per failure streak)
 PRUNE = "prune"  # retention deleted events
-SYSTEM_KINDS = (*(str(k) for k in StatusKind), ERROR, PRUNE)
-KINDS = (SCENE, *SYSTEM_KINDS)
+ALERT = "alert"  # an alert rule matched a scene (details: rule, scene_uid)
+OUTBOX_DROP = "outbox_drop"  # the outbox was over its age or size bound and dropped undelivered messages
+SYSTEM_KINDS = (*(str(k) for k in StatusKind), ERROR, PRUNE, OUTBOX_DROP)
+KINDS = (SCENE, ALERT, *SYSTEM_KINDS)
 
 MAX_CAPTION_CHARS = 2000
 MAX_NAME_CHARS = 200  # uid, kind, camera, keys of details
@@ -93,6 +95,23 @@ class Event:
                    caption=data.get("caption"), confidence=data.get("confidence"),
                    observations=data.get("observations", 1), thumbnail=data.get("thumbnail"),
                    details=data.get("details") or {}, closed=data.get("closed", True), id=data.get("id"))
+
+
+@dataclass(frozen=True)
+class OutboxMessage:
+    """A message to deliver, written to the outbox in the same transaction as the event it comes from.
+
+    Args:
+        dest: which delivery worker sends it ("mqtt", "webhook:<name>").
+        topic: MQTT topic, or the webhook's label of the message.
+        payload: the body (JSON text for most topics).
+        retain: MQTT retained flag.
+    """
+
+    dest: str
+    topic: str
+    payload: str
+    retain: bool = False
 
 
 JSON_FIELDS = ("id", *(f.name for f in fields(Event) if f.name != "id"))  # the keys of Event.to_json(), in order

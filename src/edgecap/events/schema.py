@@ -74,8 +74,23 @@ def _add_thumbnails_details_search(conn: sqlite3.Connection) -> None:
     ))
 
 
+def _add_outbox(conn: sqlite3.Connection) -> None:
+    """v2 -> v3: the outbox of messages to deliver (MQTT, webhooks), written in the transaction of their event and
+    deleted once delivered; AUTOINCREMENT so delivery order (by id) survives deletions."""
+    execute_all(conn, (
+        """CREATE TABLE outbox (
+               id INTEGER PRIMARY KEY AUTOINCREMENT,
+               dest TEXT NOT NULL,
+               topic TEXT NOT NULL,
+               payload TEXT NOT NULL,
+               retain INTEGER NOT NULL DEFAULT 0,
+               created_unix REAL NOT NULL)""",
+        "CREATE INDEX outbox_dest_id ON outbox (dest, id)",
+    ))
+
+
 # MIGRATIONS[v] takes a database from schema v to v + 1; a new database runs them all. Append, never edit.
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_create_v1, _add_thumbnails_details_search]
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_create_v1, _add_thumbnails_details_search, _add_outbox]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 COLUMNS = ("uid", "kind", "camera", "start_unix", "end_unix", "source_start_s", "source_end_s", "caption",
@@ -86,6 +101,8 @@ UPSERT = (f"INSERT INTO events ({', '.join(COLUMNS)}, updated) "
           f"VALUES ({', '.join('?' * len(COLUMNS))}, (SELECT COALESCE(MAX(updated), 0) + 1 FROM events)) "
           f"ON CONFLICT (uid) DO UPDATE SET "
           f"{', '.join(f'{c} = excluded.{c}' for c in (*COLUMNS[1:], 'updated'))} RETURNING id, updated")
+
+INSERT_OUTBOX = "INSERT INTO outbox (dest, topic, payload, retain, created_unix) VALUES (?, ?, ?, ?, ?)"
 
 
 def event_row(ev: Event) -> tuple:

@@ -19,6 +19,10 @@ mirror write that fails (whatever the error: the events are committed, their ack
 leaves the mirror behind the database; the next successful mirror write, or the next
 ``EventStore`` opened on the same files, first appends the current state of every row written after the mirror's
 last line. Every committed event is in the mirror, and each row's last line is its latest state.
+
+Outbox. With an ``outbox`` hook, each write also inserts the messages the hook derives from it (MQTT, webhooks)
+into the ``outbox`` table, in the same transaction: a message exists exactly when its event was committed, and a
+delivery worker (``edgecap.alerts``) sends and deletes them, across restarts.
 """
 
 from __future__ import annotations
@@ -33,14 +37,21 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Callable, Iterable
 
 from .._log import logger
 from ..errors import InputError
 from ._writing import Throttled
 from .mirror import JsonlSink
-from .model import Event, EventStoreError, clean_event
-from .schema import SELECT_WITH_UPDATED, UPSERT, event_row, open_writer, row_event
+from .model import Event, EventStoreError, OutboxMessage, clean_event
+from .schema import INSERT_OUTBOX, SELECT, SELECT_WITH_UPDATED, UPSERT, event_row, open_writer, row_event
 from .sink import Ack
+
+
+#: ``hook(conn, before, after, updated)``: the messages one write produces. ``before`` is the row's previous state
+#: (None for a new row), ``after`` the new state with its row id, ``updated`` its change counter; ``conn`` is the
+#: writer's connection inside the transaction (read-only use: e.g. to find a linked event's row id).
+OutboxHook = Callable[[sqlite3.Connection, "Event | None", Event, int], Iterable[OutboxMessage]]
 
 
 @dataclass
@@ -61,6 +72,8 @@ class EventStore:
         max_batch: most events per transaction.
         max_pending: most distinct events kept in memory while writes fail; the oldest beyond it are dropped.
         retry_max_s: cap of the backoff between retries of a failed write.
+        outbox: derive the messages of each write, inserted into the outbox in the write's transaction (see
+            ``OutboxHook``).
 
     Raises:
         EventStoreError: the directory is missing or read-only, the file is not an event database, or its schema is
@@ -73,7 +86,7 @@ class EventStore:
 
     def __init__(self, path: str | os.PathLike, *, jsonl: str | os.PathLike | None = None,
                  synchronous: str = "NORMAL", fsync_jsonl: bool = False, max_batch: int = 256,
-                 max_pending: int = 10_000, retry_max_s: float = 5.0):
+                 max_pending: int = 10_000, retry_max_s: float = 5.0, outbox: OutboxHook | None = None):
         if synchronous not in ("NORMAL", "FULL"):
             raise InputError(f"synchronous must be one of: NORMAL, FULL; got {synchronous!r}")
         if max_batch < 1 or max_pending < 1:
@@ -83,6 +96,7 @@ class EventStore:
         self._max_batch = max_batch
         self._max_pending = max_pending
         self._retry_max_s = retry_max_s
+        self._outbox = outbox
         self._conn = open_writer(self.path, synchronous)
         try:
             self._jsonl = None if self.jsonl_path is None else JsonlSink(self.jsonl_path, fsync=fsync_jsonl)
@@ -220,7 +234,7 @@ class EventStore:
         conn = self._conn
         conn.execute("BEGIN IMMEDIATE")
         try:
-            ids = [tuple(conn.execute(UPSERT, event_row(w.event)).fetchone()) for w in batch]
+            ids = [self._write(w.event) for w in batch]
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
@@ -228,6 +242,18 @@ class EventStore:
                     conn.execute("ROLLBACK")
             raise
         return ids
+
+    def _write(self, ev: Event) -> tuple[int, int]:
+        """One upsert, and its outbox messages when there is a hook; (row id, updated)."""
+        conn = self._conn
+        if self._outbox is None:
+            return tuple(conn.execute(UPSERT, event_row(ev)).fetchone())
+        old = conn.execute(f"{SELECT} WHERE uid = ?", (ev.uid,)).fetchone()
+        row_id, updated = conn.execute(UPSERT, event_row(ev)).fetchone()
+        now = time.time()
+        for m in self._outbox(conn, None if old is None else row_event(old), replace(ev, id=row_id), updated):
+            conn.execute(INSERT_OUTBOX, (m.dest, m.topic, m.payload, int(m.retain), now))
+        return row_id, updated
 
     def _committed(self, batch: list[_Write], written: list[tuple[int, int]]) -> None:
         try:

@@ -19,6 +19,10 @@
     days = 30
     max_gb = 20
 
+    [[alert]]               # optional: rules, and where alerts and events go ([mqtt], [[webhook]], [outbox]);
+    name = "person at the door"   # see edgecap.alerts.settings and docs/ALERTS.md
+    match = "person"
+
 Option keys are the :class:`~edgecap.sources.SourceConfig` and :class:`~edgecap.runtime.GateConfig` fields, with a
 trailing ``_s`` dropped (``read_timeout_s`` -> ``read_timeout``): see :data:`OPTION_KEYS`. Precedence, lowest first:
 the built-in defaults, the command line's flags, ``[defaults]``, the camera's own table.
@@ -43,12 +47,14 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
+from ..alerts.settings import TABLES as ALERT_TABLES
+from ..alerts.settings import AlertSettings, parse_alert_settings
 from ..errors import EdgecapError, InputError
 from ..sources import SourceConfig, classify_source, mask_url
 from .gate import GateConfig
 
 _IDENTITY_KEYS = ("name", "url", "username_env", "password_env")
-_TABLES = ("defaults", "camera", "retention")
+_TABLES = ("defaults", "camera", "retention", *ALERT_TABLES)
 _RETENTION_KEYS = ("days", "max_gb")
 
 
@@ -117,6 +123,7 @@ class SiteConfig:
 
     cameras: list[CameraSpec]
     retention: RetentionConfig = field(default_factory=RetentionConfig)
+    alerts: AlertSettings = field(default_factory=AlertSettings)
 
 
 def _type_name(tp: Any) -> str:
@@ -298,4 +305,4 @@ def load_config(path: str | os.PathLike, *, env: Mapping[str, str] | None = None
     if dupes:
         raise InputError(f"{p}: duplicate camera name(s) {dupes}")
     keep = _retention(data.get("retention", {}), p, retention or RetentionConfig())
-    return SiteConfig(out, keep)
+    return SiteConfig(out, keep, parse_alert_settings(data, str(p), env))
