@@ -127,3 +127,13 @@ def test_retention_from_the_file_overrides_the_command_line(tmp_path):
 def test_camera_spec_checks_types_with_one_line():
     with pytest.raises(InputError, match=r"^camera 'x': interval must be a number, got True$"):
         camera_spec("x", "a.mp4", {"interval": True})
+
+
+def test_a_prompt_per_camera_overrides_the_command_line(tmp_path):
+    p = tmp_path / "cameras.toml"
+    p.write_text('[[camera]]\nname = "a"\nurl = "a.mp4"\nprompt = "<OD>"\n\n[[camera]]\nname = "b"\nurl = "b.mp4"\n')
+    a, b = load_cameras(p, defaults={"prompt": "a photography of"})
+    assert (a.prompt, b.prompt) == ("<OD>", "a photography of")
+    p.write_text('[[camera]]\nname = "a"\nurl = "a.mp4"\nprompt = 3\n')
+    with pytest.raises(InputError, match="prompt must be a string, got 3"):
+        load_cameras(p)

@@ -556,3 +556,37 @@ def test_closing_the_stream_stops_the_runtime(clips):
     events.close()
     assert first.camera == "cam-a"
     assert not [t for t in threading.enumerate() if t.name == "edgecap-stream"]
+
+
+class PromptedCaptioner(FakeCaptioner):
+    """A backend that takes prompts: records them and refuses one it does not know."""
+
+    def __init__(self):
+        super().__init__()
+        self.prompts = []
+
+    def check_prompt(self, prompt):
+        if prompt == "<NOPE>":
+            raise InputError("fake takes no <NOPE> prompt")
+
+    def caption_batch(self, images, prompt=None, **kw):
+        self.prompts.append(prompt)
+        return [Caption(f"{p} scene", [1], {"total": 1.0}, -0.1, p) for p in prompt]
+
+
+def test_each_camera_is_captioned_with_its_prompt_and_events_record_it(tmp_path):
+    backend, sink = PromptedCaptioner(), RecordingSink()
+    cams = [CameraSpec(SourceConfig("door", "unused.mp4"), GateConfig(settle_samples=0), prompt="a photo of"),
+            _spec("yard", tmp_path / "unused.mp4", settle_samples=0)]
+    Runtime(backend, cams, sink, source_factory=scripted(_two_scene_frames()[:2])).run()
+    assert ["a photo of", None] in backend.prompts
+    scenes = {e.camera: e for e in sink.latest().values() if e.kind == "scene"}
+    assert scenes["door"].details["prompt"] == "a photo of" and "prompt" not in scenes["yard"].details
+
+
+def test_a_prompt_the_model_cannot_take_fails_before_the_run(tmp_path):
+    cam = CameraSpec(SourceConfig("door", "unused.mp4"), prompt="<NOPE>")
+    with pytest.raises(InputError, match="no <NOPE> prompt"):
+        Runtime(PromptedCaptioner(), [cam], RecordingSink(), source_factory=scripted())
+    with pytest.raises(InputError, match="takes none"):
+        Runtime(FakeCaptioner(), [cam], RecordingSink(), source_factory=scripted())

@@ -195,6 +195,10 @@ class Captioner:
         n = self.manifest.num_layers
         return EncoderOutput(outs[:n], outs[n:2 * n], outs[2 * n] if io.get("pooled") else None)
 
+    def check_prompt(self, prompt: str | None) -> None:
+        """Raise InputError (one line) if this model cannot take ``prompt``; before any work is queued for it."""
+        self._checked_prompts(prompt, 1)
+
     def _checked_prompts(self, prompt: PromptArg, batch: int) -> list[str | None]:
         """One prompt per image, each already turned into a prefix once so that a bad one fails before any work."""
         prompts = self.prompts.per_image(prompt, batch)

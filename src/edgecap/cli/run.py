@@ -12,7 +12,8 @@ from .serve import add_server_arguments
 
 def _cli_options(args: argparse.Namespace) -> dict[str, Any]:
     """Source options given on the command line, as cameras.toml keys (absent flags are left to the defaults)."""
-    given = {"interval": args.interval, "max_interval": args.max_interval, "realtime": args.realtime}
+    given = {"interval": args.interval, "max_interval": args.max_interval, "realtime": args.realtime,
+             "prompt": args.prompt}
     return {k: v for k, v in given.items() if v is not None}
 
 
@@ -140,8 +141,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "SQLite database with full-text search. Stops by itself when every source is a "
                                    "file and all are done; Ctrl-C or SIGTERM closes open scenes and exits 0. "
                                    "Review with `edgecap events search`.",
-                       epilog="Source options (--interval, --max-interval, --realtime) are defaults: a --config "
-                              "file's [defaults] table and each [[camera]] table override them, and can set every "
+                       epilog="Camera options (--interval, --max-interval, --realtime, --prompt) are defaults: a "
+                              "--config file's [defaults] table and each [[camera]] table override them, and can set "
+                              "every "
                               "other source and gate option per camera (read_timeout, open_timeout, reconnect_min, "
                               "reconnect_max, auth_backoff, queue_size, max_reconnects, buffer, changed_share, "
                               "cell_delta, embedding_distance, settle_samples).")
@@ -156,6 +158,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="re-caption an unchanged scene at least this often (default 30 s)")
     p.add_argument("--realtime", action="store_true", default=None,
                    help="pace files like live cameras (drop late frames)")
+    p.add_argument("--prompt", default=None,
+                   help="what the model is asked for every camera (a BLIP caption prefix, a Florence-2 task such as "
+                        "\"<DETAILED_CAPTION>\"); recorded in each event; `prompt = \"...\"` per camera in "
+                        "--config overrides it (default: the model's unconditional caption)")
     add_precision(p)
     p.add_argument("--max-batch", type=positive_int, default=8, help="most frames per captioner batch (default 8)")
     add_threads(p)

@@ -24,7 +24,11 @@ class CaptionBackend(Protocol):
     def provenance(self) -> dict[str, Any]: ...
 
     def caption_batch(self, images: Sequence[np.ndarray], **options: Any) -> list[Caption]:
-        """One Caption per image, in order (``timings`` in ms, ``confidence`` the mean token log-prob)."""
+        """One Caption per image, in order (``timings`` in ms, ``confidence`` the mean token log-prob).
+
+        ``options`` holds ``prompt`` (one per image) only when a camera has a prompt; a backend that takes prompts
+        also has ``check_prompt(prompt)``, which the runtime calls for each camera's prompt before it starts.
+        """
         ...
 
 

@@ -74,7 +74,8 @@ _GATE_OPTIONS = _options_of(GateConfig)
 _FIELD_RE = re.compile(r"\b(?:" + "|".join(f for f, _ in (*_SOURCE_OPTIONS.values(), *_GATE_OPTIONS.values())
                                           if f.endswith("_s")) + r")\b")
 #: Every per-camera option key of cameras.toml (also accepted in [defaults]).
-OPTION_KEYS: tuple[str, ...] = tuple(sorted({**_SOURCE_OPTIONS, **_GATE_OPTIONS}))
+_CAMERA_OPTIONS = {"prompt": ("prompt", str | None)}
+OPTION_KEYS: tuple[str, ...] = tuple(sorted({**_SOURCE_OPTIONS, **_GATE_OPTIONS, **_CAMERA_OPTIONS}))
 
 
 @dataclass(frozen=True)
@@ -84,10 +85,17 @@ class CameraSpec:
     Attributes:
         source: reader options (the URL may carry credentials from the environment: never print it unmasked).
         gate: change-gate thresholds.
+        prompt: what the model is asked for this camera's frames (a BLIP caption prefix, a Florence-2 task token);
+            None: the model's unconditional caption. Checked against the model when the runtime starts.
     """
 
     source: SourceConfig
     gate: GateConfig = field(default_factory=GateConfig)
+    prompt: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.prompt is not None and (not isinstance(self.prompt, str) or not self.prompt.strip()):
+            raise InputError(f"camera {self.name!r}: prompt must be a non-empty string, got {self.prompt!r}")
 
     @property
     def name(self) -> str:
@@ -181,8 +189,9 @@ def camera_spec(name: str, url: str | int, values: Mapping[str, Any] | None = No
                  for k, v in values.items() if k in _SOURCE_OPTIONS}
     gate_kw = {_GATE_OPTIONS[k][0]: _convert(k, v, _GATE_OPTIONS[k][1], where)
                for k, v in values.items() if k in _GATE_OPTIONS}
+    prompt = _convert("prompt", values["prompt"], str, where) if "prompt" in values else None
     try:
-        return CameraSpec(SourceConfig(name=name, url=url, **source_kw), GateConfig(**gate_kw))
+        return CameraSpec(SourceConfig(name=name, url=url, **source_kw), GateConfig(**gate_kw), prompt)
     except EdgecapError as exc:  # the records name their fields; say the keys the user wrote
         message = _FIELD_RE.sub(lambda m: _option_key(m.group(0)), str(exc).removeprefix(f"camera {name!r}: "))
         raise InputError(f"{where}: {message}") from None

@@ -198,6 +198,12 @@ class Runtime:
             raise InputError("the gate's embedding stage (embedding_distance) needs a backend that encodes "
                              "separately (encode_images/caption_encoded); remove embedding_distance or use a "
                              "Captioner")
+        for spec in cameras:  # a prompt the model cannot take fails here, in one line, not at the first batch
+            if spec.prompt is not None:
+                check = getattr(backend, "check_prompt", None)
+                if check is None:
+                    raise InputError(f"camera {spec.name!r} has a prompt, but the caption backend takes none")
+                check(spec.prompt)
         self._provenance = dict(backend.provenance)
         self._statuses: queue.SimpleQueue[SourceStatus] = queue.SimpleQueue()  # reader threads -> run thread
         self._incidents: dict[tuple[str, str], _Incident] = {}  # (camera, kind) -> its open event
@@ -337,7 +343,8 @@ class Runtime:
             if any(cam.spec.gate.embedding_distance is not None for cam, _, _ in pending):
                 pending, caps = self._caption_with_embedding_gate(pending)
             else:
-                caps = self.backend.caption_batch([s.image for _, s, _ in pending], **self.opts.generation)
+                caps = self.backend.caption_batch([s.image for _, s, _ in pending],
+                                                  **self._options([cam for cam, _, _ in pending]))
             if len(caps) != len(pending):
                 raise RuntimeError(f"the backend returned {len(caps)} captions for {len(pending)} frames")
         except Exception as exc:  # noqa: BLE001 - one bad batch must not stop every camera
@@ -351,6 +358,8 @@ class Runtime:
             self.stats.frame_age_ms.append((done - sample.mono) * 1e3)
             details = {**self._provenance, "batch": len(pending),
                        "ms": {k: round(v, 1) for k, v in c.timings.items() if k != "decoder_steps"}}
+            if cam.spec.prompt is not None:
+                details["prompt"] = cam.spec.prompt
             closed, scene, is_new = cam.tracker.observe(c.text, sample.wall_utc, sample.pts_s,
                                                         c.confidence or 0.0, details,
                                                         changed_at=(since.wall_utc, since.pts_s))
@@ -362,6 +371,13 @@ class Runtime:
                 except Exception as exc:  # noqa: BLE001 - a thumbnail must never stop captioning
                     logger.warning("thumbnail for %s not written: %s", cam.spec.name, _one_line(exc))
             self._write_scene(cam, scene, closed=False)
+
+    def _options(self, cameras: list[_Camera]) -> dict[str, Any]:
+        """Generation options of a batch: the run's, plus one prompt per frame when any camera has a prompt (a
+        backend without prompts is never asked for them)."""
+        if all(cam.spec.prompt is None for cam in cameras):
+            return self.opts.generation
+        return {**self.opts.generation, "prompt": [cam.spec.prompt for cam in cameras]}
 
     def _batch_failed(self, pending: list[tuple[_Camera, FrameSample, FrameSample]], exc: Exception) -> None:
         self.stats.failed_batches += 1
@@ -397,8 +413,10 @@ class Runtime:
                 cam.tracker.touch(sample.wall_utc, sample.pts_s)
         if not keep:
             return [], []
-        caps = backend.caption_encoded(enc.select(keep), timings=timings, **self.opts.generation)
-        return [pending[i] for i in keep], caps
+        kept = [pending[i] for i in keep]
+        caps = backend.caption_encoded(enc.select(keep), timings=timings,
+                                       **self._options([cam for cam, _, _ in kept]))
+        return kept, caps
 
     def run(self, stop: threading.Event | None = None) -> int:
         """Run until all file sources finish (returns 0, or 1 if a source failed) or ``stop`` is set (0).
