@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as _dt
+import enum
 import hashlib
 import json
 import os
@@ -21,6 +22,16 @@ from .families import family_for
 from .specs import Family, ModelShape, io_names
 
 DEFAULT_OPSET = 17
+
+
+class Target(str, enum.Enum):
+    """The runtime a graph is exported for: ONNX Runtime (fused contrib attention) or TensorRT (standard ops only,
+    opset in the target version's range, checked by the TensorRT lint before the export succeeds)."""
+
+    ONNXRUNTIME = "onnxruntime"
+    TENSORRT = "tensorrt"
+
+
 # transformers' generate makes this many new tokens when the generation config sets neither max_new_tokens nor
 # max_length (transformers 5 leaves both unset by default).
 DEFAULT_NEW_TOKENS = 20
@@ -259,7 +270,8 @@ def _source_info(model: str, hf_model: Any) -> dict[str, Any]:
 
 
 def export_model(model: str, out: str | os.PathLike, *, opset: int = DEFAULT_OPSET, validate: bool = True,
-                 name: str | None = None, progress: bool = True, attention: str = "contrib") -> Path:
+                 name: str | None = None, progress: bool = True, attention: str | None = None,
+                 target: Target | str = Target.ONNXRUNTIME, trt_version: str | None = None) -> Path:
     """Export a Hugging Face captioner (a family of :mod:`edgecap_export.families`) to an edgecap model directory.
 
     Args:
@@ -270,8 +282,11 @@ def export_model(model: str, out: str | os.PathLike, *, opset: int = DEFAULT_OPS
             beam search at batch 1 and 3); a failure raises ParityError after writing the report to the manifest.
         name: a display name for the model (default: the last path component of ``model``).
         progress: show a progress bar on stderr.
-        attention: "contrib" (default) writes each attention as one com.microsoft.MultiHeadAttention node, the
-            fast form for ONNX Runtime; "standard" uses only standard ONNX ops (for TensorRT and other runtimes).
+        attention: "contrib" (the ONNX Runtime default) writes each attention as one com.microsoft.MultiHeadAttention
+            node, the fast form for ONNX Runtime; "standard" (the TensorRT default) uses only standard ONNX ops.
+        target: "onnxruntime" (default) or "tensorrt": standard attention only, the opset within ``trt_version``'s
+            range, and every graph must pass :func:`edgecap_export.tensorrt.lint_dir` (ExportError otherwise).
+        trt_version: the TensorRT version a "tensorrt" target is checked against (default 10.0).
 
     Returns:
         The output directory.
@@ -280,8 +295,12 @@ def export_model(model: str, out: str | os.PathLike, *, opset: int = DEFAULT_OPS
 
     from .wrappers import ATTENTION_KINDS
 
+    target = _target(target)
+    if attention is None:
+        attention = "standard" if target is Target.TENSORRT else "contrib"
     if attention not in ATTENTION_KINDS:
         raise ExportError(f"attention must be one of {', '.join(ATTENTION_KINDS)}, got {attention!r}")
+    target_info = _check_target(target, attention, opset, trt_version)
     out = Path(out)
     config = load_config(model)
     family = family_for(config)
@@ -301,6 +320,8 @@ def export_model(model: str, out: str | os.PathLike, *, opset: int = DEFAULT_OPS
         advance(stages[1])
         out.mkdir(parents=True, exist_ok=True)
         graphs = export_graphs(hf_model, family, shape, out, opset, attention)
+        if target is Target.TENSORRT:
+            require_trt_lint(out, [out / "encoder.onnx", out / "decoder.onnx"], target_info["trt_version"])
         advance(stages[2])
         tokenizer = save_tokenizer(model, out)
         manifest = {
@@ -312,6 +333,7 @@ def export_model(model: str, out: str | os.PathLike, *, opset: int = DEFAULT_OPS
             "source": {**_source_info(model, hf_model),
                        "architecture": f"{shape.encoder_type}+{shape.decoder_type}"},
             "architecture": {**shape.architecture(), "opset": opset, "attention": attention},
+            "target": target_info,
             "image": image,
             "tokenizer": tokenizer,
             "special_tokens": special,
@@ -337,6 +359,42 @@ def export_model(model: str, out: str | os.PathLike, *, opset: int = DEFAULT_OPS
         bar.close()
     logger.info("exported %s to %s", model, out)
     return out
+
+
+def _target(target: Target | str) -> Target:
+    try:
+        return Target(target)
+    except ValueError:
+        raise ExportError(f"target must be one of {', '.join(t.value for t in Target)}, got {target!r}") from None
+
+
+def _check_target(target: Target, attention: str, opset: int, trt_version: str | None) -> dict[str, Any]:
+    """The manifest's ``target`` entry, after checking the options fit the target (one line when they do not)."""
+    if target is Target.ONNXRUNTIME:
+        if trt_version is not None:
+            raise ExportError("--trt-version applies to --target tensorrt only")
+        return {"name": target.value}
+    from .tensorrt import opset_range, support_table
+
+    version = trt_version or support_table()["default_version"]
+    low, high = opset_range(version)
+    if attention != "standard":
+        raise ExportError(f"--target tensorrt needs standard attention, got {attention!r}: TensorRT has no importer "
+                          "for com.microsoft ops; drop --attention or pass --attention standard")
+    if not low <= opset <= high:
+        raise ExportError(f"opset {opset} is outside TensorRT {version}'s range {low}-{high}; pass --opset in it")
+    return {"name": target.value, "trt_version": version, "check_trt": "passed"}
+
+
+def require_trt_lint(out: Path, files: list[Path], trt_version: str) -> None:
+    """Raise ExportError naming the first violations when a graph fails the TensorRT lint."""
+    from .tensorrt import lint_dir
+
+    violations = lint_dir(out, trt_version=trt_version, files=files)
+    if violations:
+        shown = "; ".join(str(v) for v in violations[:3])
+        raise ExportError(f"{len(violations)} TensorRT {trt_version} violation(s) (first: {shown}); run "
+                          f"`edgecap check-trt {out}` for all -- this is a bug in the TensorRT lowering")
 
 
 def write_manifest(out: Path, manifest: dict[str, Any]) -> None:
