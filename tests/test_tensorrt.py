@@ -118,7 +118,7 @@ FAMILIES = ("vit-gpt2", "blip")
 
 @pytest.fixture(scope="module")
 def trt_export(checkpoint_factory, tmp_path_factory):
-    """A validated `--target tensorrt` export per family (parity with transformers is part of the export)."""
+    """A validated `--target tensorrt --fp16` export per family (parity with transformers is part of the export)."""
     from edgecap_export import export_model
 
     cache = {}
@@ -126,7 +126,7 @@ def trt_export(checkpoint_factory, tmp_path_factory):
     def make(name: str):
         if name not in cache:
             cache[name] = export_model(str(checkpoint_factory(name)), tmp_path_factory.mktemp(f"trt-{name}"),
-                                       progress=False, target="tensorrt")
+                                       progress=False, target="tensorrt", fp16=True, fp16_frames=4)
         return cache[name]
 
     return make
@@ -175,6 +175,31 @@ def test_tensorrt_export_passes_check_parity_and_records_the_target(family, trt_
     assert lint_dir(d) == []
     for part in ("encoder", "decoder"):
         _assert_tensorrt_graph(d / f"{part}.onnx", *opset_range("10.0"))
+        _assert_tensorrt_graph(d / f"{part}.fp16.onnx", *opset_range("10.0"))
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_fp16_graphs_keep_layernorm_and_softmax_in_fp32_and_record_agreement(family, trt_export):
+    d = trt_export(family)
+    fp16 = json.loads((d / "manifest.json").read_text())["graphs"]["fp16"]
+    assert fp16["recipe"]["kept_fp32"] == ["LayerNormalization", "Softmax"]
+    agreement = fp16["agreement"]
+    assert agreement["frames"] == 4 and 0.0 <= agreement["exact_match"] <= 1.0
+    assert agreement["reference"] == "fp32"
+    for part in ("encoder", "decoder"):
+        model = onnx.shape_inference.infer_shapes(onnx.load(str(d / f"{part}.fp16.onnx")))
+        g = model.graph
+        types = {v.name: v.type.tensor_type.elem_type for v in list(g.value_info) + list(g.input) + list(g.output)}
+        types.update({i.name: i.data_type for i in g.initializer})
+        weights = [i for i in g.initializer if i.data_type in (TensorProto.FLOAT, TensorProto.FLOAT16)]
+        assert sum(i.data_type == TensorProto.FLOAT16 for i in weights) > len(weights) // 2
+        gemms = [n for n in g.node if n.op_type == "MatMul"]
+        assert gemms and all(types[n.output[0]] == TensorProto.FLOAT16 for n in gemms)
+        norms = [n for n in g.node if n.op_type in ("LayerNormalization", "Softmax")]
+        assert norms and all(types[i] == TensorProto.FLOAT for n in norms for i in n.input if i)
+        # the interface is the FP32 one the runtime feeds
+        assert [v.type.tensor_type.elem_type for v in g.input] == [
+            v.type.tensor_type.elem_type for v in onnx.load(str(d / f"{part}.onnx"), load_external_data=False).graph.input]
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -202,7 +227,9 @@ def test_tensorrt_target_refuses_contrib_attention_and_an_opset_out_of_range(che
         export_model(ckpt, tmp_path / "a", progress=False, target="tensorrt", attention="contrib")
     with pytest.raises(ExportError, match="opset 21 is outside TensorRT 10.0's range 9-20"):
         export_model(ckpt, tmp_path / "b", progress=False, target="tensorrt", opset=21)
-    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+    with pytest.raises(ExportError, match="pass --target tensorrt with it"):
+        export_model(ckpt, tmp_path / "c", progress=False, fp16=True)
+    assert not any((tmp_path / x).exists() for x in "abc")
 
 
 @pytest.mark.parametrize("family", FAMILIES)

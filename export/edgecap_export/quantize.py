@@ -270,6 +270,24 @@ def drop_zero_weight_zero_points(path: Path) -> int:
     return dropped
 
 
+def caption_agreement(reference: Any, candidate: Any, frames: list[np.ndarray]) -> dict[str, Any]:
+    """How often two captioners generate the same ids on ``frames``.
+
+    Returns:
+        ``{"frames", "exact_match": share of frames with identical ids, "token_agreement": share of positions
+        with the same id (over the longer caption of each pair)}``.
+    """
+    same_tokens = total_tokens = exact = 0
+    for i in range(0, len(frames), 8):
+        a, b = reference.caption(frames[i:i + 8]), candidate.caption(frames[i:i + 8])
+        for x, y in zip(a, b):
+            exact += x.token_ids == y.token_ids
+            total_tokens += max(len(x.token_ids), len(y.token_ids))
+            same_tokens += sum(p == q for p, q in zip(x.token_ids, y.token_ids))
+    return {"frames": len(frames), "exact_match": exact / max(1, len(frames)),
+            "token_agreement": same_tokens / max(1, total_tokens)}
+
+
 def quality_gate(model_dir: Path, frames: list[np.ndarray], *, synth_eval: int = 0,
                  progress: bool = True) -> dict[str, Any]:
     """INT8 vs FP32 on held-out frames: token agreement and exact caption match (and attribute accuracy on
@@ -277,15 +295,7 @@ def quality_gate(model_dir: Path, frames: list[np.ndarray], *, synth_eval: int =
     from edgecap import Captioner
 
     fp32, int8 = Captioner(model_dir), Captioner(model_dir, precision="int8")
-    same_tokens = total_tokens = exact = 0
-    for i in range(0, len(frames), 8):
-        a, b = fp32.caption(frames[i:i + 8]), int8.caption(frames[i:i + 8])
-        for x, y in zip(a, b):
-            exact += x.token_ids == y.token_ids
-            total_tokens += max(len(x.token_ids), len(y.token_ids))
-            same_tokens += sum(p == q for p, q in zip(x.token_ids, y.token_ids))
-    report: dict[str, Any] = {"frames": len(frames), "exact_match": exact / max(1, len(frames)),
-                              "token_agreement": same_tokens / max(1, total_tokens)}
+    report = caption_agreement(fp32, int8, frames)
     if synth_eval:
         from edgecap.evaluation import evaluate_synth
 

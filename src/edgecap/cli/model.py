@@ -29,7 +29,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     try:
         out = export_model(args.model, args.out, opset=args.opset, validate=not args.skip_validation,
                            name=args.name, progress=not args.quiet, attention=args.attention,
-                           target=args.target, trt_version=args.trt_version)
+                           target=args.target, trt_version=args.trt_version, fp16=args.fp16)
     except ParityError as exc:
         print(f"edgecap: error: {exc}", file=sys.stderr)
         for line in exc.report:
@@ -168,6 +168,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "--target tensorrt default)")
     _add_target(p)
     _add_trt_version(p)
+    p.add_argument("--fp16", action="store_true",
+                   help="with --target tensorrt: also write FP16 graphs (LayerNorm and Softmax kept in FP32) and "
+                        "record how often their generated ids equal FP32's on held-out synthetic scenes")
     p.add_argument("--skip-validation", action="store_true",
                    help="do not compare with transformers (not recommended: parity is the product)")
     p.add_argument("--int8", action="store_true", help="also write INT8 graphs (see `edgecap quantize --help`)")
