@@ -259,3 +259,41 @@ def test_quantize_target_tensorrt_needs_a_tensorrt_export(tiny_export, tmp_path)
         quantize_dir(tiny_export, target="tensorrt", progress=False)
     with pytest.raises(InputError, match="quantizes statically"):
         quantize_dir(tiny_export, target="tensorrt", encoder_mode="dynamic", progress=False)
+
+
+# -- providers (option construction runs here; sessions need a GPU) ------------------------------------------------
+
+def test_provider_options_for_tensorrt_cuda_and_cpu(trt_export):
+    from edgecap.providers import ProfileLimits, session_providers
+
+    d = trt_export("vit-gpt2")
+    assert session_providers(None, d / "decoder.onnx") == ["CPUExecutionProvider"]
+    assert session_providers(["CPUExecutionProvider"], d / "decoder.onnx") == ["CPUExecutionProvider"]
+    trt, cuda, cpu = session_providers(["tensorrt"], d / "decoder.fp16.onnx", ProfileLimits(max_batch=4, max_past=10))
+    name, opts = trt
+    assert name == "TensorrtExecutionProvider" and cuda[0] == "CUDAExecutionProvider" and cpu == "CPUExecutionProvider"
+    assert opts["trt_fp16_enable"] and not opts["trt_int8_enable"] and opts["trt_engine_cache_enable"]
+    assert opts["trt_engine_cache_path"] == str(d / "trt_cache")
+    heads, head_dim = (json.loads((d / "manifest.json").read_text())["architecture"][k] for k in ("num_heads", "head_dim"))
+    assert f"past_k.0:1x{heads}x0x{head_dim}" in opts["trt_profile_min_shapes"].split(",")
+    assert f"past_k.0:4x{heads}x10x{head_dim}" in opts["trt_profile_max_shapes"].split(",")
+    assert "input_ids:1x1" in opts["trt_profile_min_shapes"].split(",")
+    with pytest.raises(InputError, match="unknown provider 'rocm'"):
+        session_providers(["rocm"], d / "decoder.onnx")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("provider", ["tensorrt", "cuda"])
+def test_gpu_providers_caption_like_cpu(provider, trt_export):
+    ort = pytest.importorskip("onnxruntime")
+    wanted = {"tensorrt": "TensorrtExecutionProvider", "cuda": "CUDAExecutionProvider"}[provider]
+    if wanted not in ort.get_available_providers():
+        pytest.skip(f"{wanted} is not available (needs onnxruntime-gpu and a GPU)")
+    from edgecap import Captioner
+    from edgecap import synth
+
+    d = trt_export("vit-gpt2")
+    frames = [synth.render_scene(synth.HELD_OUT_SEED_START + i)[0] for i in range(4)]
+    cpu = Captioner(d).caption(frames)
+    gpu = Captioner(d, providers=[provider]).caption(frames)
+    assert [c.token_ids for c in gpu] == [c.token_ids for c in cpu]
