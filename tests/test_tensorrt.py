@@ -297,3 +297,38 @@ def test_gpu_providers_caption_like_cpu(provider, trt_export):
     cpu = Captioner(d).caption(frames)
     gpu = Captioner(d, providers=[provider]).caption(frames)
     assert [c.token_ids for c in gpu] == [c.token_ids for c in cpu]
+
+
+def test_engines_build_needs_a_tensorrt_export_then_tensorrt(tiny_export, trt_export, capsys):
+    from cli_helpers import run_cli
+
+    code, _out, err = run_cli(["engines", "build", str(tiny_export)], capsys)
+    assert code == 2 and "is not a --target tensorrt export" in err
+    try:
+        import tensorrt  # noqa: F401
+    except ImportError:
+        code, _out, err = run_cli(["engines", "build", str(trt_export("vit-gpt2"))], capsys)
+        assert code == 2 and "`tensorrt` is not installed" in err
+
+
+def test_engine_cache_key_changes_with_each_part():
+    from edgecap_export.tensorrt.engines import EngineKey
+
+    base = EngineKey("ab" * 32, "fp16", "10.0.1", "89")
+    names = {base.file_name("decoder")} | {
+        EngineKey(*(x if i != j else y for i, (x, y) in enumerate(zip(base.__dict__.values(),
+                                                                        ("cd" * 32, "int8", "10.3", "87"))))
+                  ).file_name("decoder") for j in range(4)}
+    assert len(names) == 5 and all(n.startswith("decoder.") and n.endswith(".plan") for n in names)
+
+
+@pytest.mark.gpu
+def test_engines_build_on_a_gpu(trt_export):
+    pytest.importorskip("tensorrt")
+    from edgecap_export.tensorrt.engines import build_engines
+
+    first = build_engines(trt_export("vit-gpt2"), precisions=("fp16",))
+    assert len(first) == 2 and all(p.stat().st_size > 0 for p in first)
+    mtimes = [p.stat().st_mtime_ns for p in first]
+    assert build_engines(trt_export("vit-gpt2"), precisions=("fp16",)) == first  # cache hit
+    assert [p.stat().st_mtime_ns for p in first] == mtimes

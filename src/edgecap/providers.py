@@ -45,6 +45,14 @@ class ProfileLimits:
     max_new_tokens: int = 32
 
 
+def profile_dims(shape: Sequence[Any], limits: ProfileLimits) -> tuple[tuple[int, ...], ...]:
+    """(min, opt, max) dims of one input whose axes are ints or the exporter's axis names ("batch", "past_len",
+    "new_tokens"; another name gets 1)."""
+    ranges = {"batch": (1, 1, limits.max_batch), "past_len": (0, limits.max_past // 2, limits.max_past),
+              "new_tokens": (1, 1, limits.max_new_tokens)}
+    return tuple(tuple(d if isinstance(d, int) else ranges.get(d, (1, 1, 1))[k] for d in shape) for k in range(3))
+
+
 def profile_shapes(inputs: Sequence[dict[str, Any]], limits: ProfileLimits) -> dict[str, str]:
     """TensorRT EP profile strings (``trt_profile_min/opt/max_shapes``) for a graph's inputs.
 
@@ -57,16 +65,12 @@ def profile_shapes(inputs: Sequence[dict[str, Any]], limits: ProfileLimits) -> d
         ``{"trt_profile_min_shapes": ..., "trt_profile_opt_shapes": ..., "trt_profile_max_shapes": ...}``, empty
         when no input has a dynamic axis.
     """
-    ranges = {"batch": (1, 1, limits.max_batch), "past_len": (0, limits.max_past // 2, limits.max_past),
-              "new_tokens": (1, 1, limits.max_new_tokens)}
     rows: list[list[str]] = [[], [], []]
     for entry in inputs:
-        dims = entry["shape"]
-        if all(isinstance(d, int) for d in dims):
+        if all(isinstance(d, int) for d in entry["shape"]):
             continue
-        for k in range(3):
-            shape = [str(d) if isinstance(d, int) else str(ranges.get(d, (1, 1, 1))[k]) for d in dims]
-            rows[k].append(f"{entry['name']}:{'x'.join(shape)}")
+        for row, dims in zip(rows, profile_dims(entry["shape"], limits)):
+            row.append(f"{entry['name']}:{'x'.join(map(str, dims))}")
     if not rows[0]:
         return {}
     return {f"trt_profile_{kind}_shapes": ",".join(row) for kind, row in zip(("min", "opt", "max"), rows)}

@@ -81,6 +81,18 @@ def cmd_check_trt(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_engines_build(args: argparse.Namespace) -> int:
+    _require_export_extra()
+    from edgecap.providers import ProfileLimits
+    from edgecap_export.tensorrt.engines import build_engines
+
+    limits = ProfileLimits(max_batch=args.max_batch, max_past=args.max_past, max_new_tokens=args.max_new_tokens)
+    for path in build_engines(args.model_dir, precisions=tuple(args.precision) if args.precision else None,
+                              limits=limits):
+        print(path)
+    return 0
+
+
 def cmd_finetune(args: argparse.Namespace) -> int:
     _require_export_extra()
     from edgecap_export.finetune import TrainConfig, finetune
@@ -201,6 +213,22 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("model_dir", help="an exported model directory")
     _add_trt_version(p)
     p.set_defaults(func=cmd_check_trt)
+
+    p = sub.add_parser("engines", help="TensorRT engines of a --target tensorrt export (needs TensorRT and a GPU)")
+    engines = p.add_subparsers(dest="engines_command", metavar="COMMAND", required=True)
+    p = engines.add_parser("build", help="build (or reuse from the cache) an engine per graph and precision",
+                           description="Build TensorRT engines from DIR's graphs with the TensorRT Python API: "
+                                       "optimization profiles batch 1..B and past 0..max, an engine cache keyed by "
+                                       "graph hash + precision + TensorRT version + GPU SM under DIR/engines, and a "
+                                       "timing cache. Not validated on this project's machines (no GPU).")
+    p.add_argument("model_dir", help="a --target tensorrt export")
+    p.add_argument("--precision", nargs="+", choices=("fp32", "fp16", "int8"), default=None,
+                   help="which graphs (default: every precision the export holds)")
+    p.add_argument("--max-batch", type=positive_int, default=8, help="largest batch of the profile (default 8)")
+    p.add_argument("--max-past", type=positive_int, default=64, help="longest past of the profile (default 64)")
+    p.add_argument("--max-new-tokens", type=positive_int, default=32,
+                   help="longest prompt prefill of the profile (default 32)")
+    p.set_defaults(func=cmd_engines_build)
 
     p = sub.add_parser("finetune", help="train or fine-tune a captioner on image+caption pairs, then export it",
                        description="Train (from a preset) or fine-tune (from a checkpoint) a VisionEncoderDecoder "
