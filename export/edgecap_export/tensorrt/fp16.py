@@ -113,9 +113,10 @@ def _node_to_fp16(node: Any, f32: int, f16: int) -> None:
             attr.t.CopyFrom(numpy_helper.from_array(_half(numpy_helper.to_array(attr.t)), attr.t.name))
 
 
-def fp16_captioner(model_dir: Path, view: Path) -> Any:
+def fp16_captioner(model_dir: Path, view: Path, **captioner_options: Any) -> Any:
     """A Captioner running the FP16 graphs of ``model_dir``: ``view`` gets the FP16 graphs (hard links) and the
-    tokenizer as its FP32 precision, because the runtime loads the precisions it knows by name."""
+    tokenizer as its FP32 precision, because the runtime loads the precisions it knows by name.
+    ``captioner_options`` go to the Captioner (e.g. ``providers=["tensorrt"]``)."""
     import json
     import os
     import shutil
@@ -133,7 +134,7 @@ def fp16_captioner(model_dir: Path, view: Path) -> Any:
             shutil.copyfile(model_dir / name, view / name)
     data["graphs"] = {"fp32": {part: data["graphs"]["fp16"][part] for part in ("encoder", "decoder")}}
     (view / MANIFEST_FILE).write_text(json.dumps(data), encoding="utf-8")
-    return Captioner(view)
+    return Captioner(view, **captioner_options)
 
 
 def fp16_agreement(model_dir: Path, frames: list[np.ndarray]) -> dict[str, Any]:
