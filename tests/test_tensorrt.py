@@ -219,6 +219,20 @@ def test_q_is_scaled_before_q_kt(family, trt_export):
             assert not any(u.op_type in ("Mul", "Div") and n.output[0] in u.input for u in g.node), n.name
 
 
+@pytest.mark.parametrize("family", FAMILIES)
+def test_shape_arithmetic_does_not_grow_with_attention(family, trt_export):
+    """Heads are split and merged by Reshapes with constant shapes: a handful of Shape nodes per graph (position
+    ids, the causal mask, the patch embedding), not a Shape/Gather/Concat chain per attention (31-34 per graph of
+    these 2-layer models before)."""
+    for part in ("encoder", "decoder"):
+        g = onnx.load(str(trt_export(family) / f"{part}.onnx")).graph
+        reshapes = [n for n in g.node if n.op_type == "Reshape"]
+        consts = {o for n in g.node if n.op_type == "Constant" for o in n.output} | {i.name for i in g.initializer}
+        # at most the patch embedding's flatten (transformers' own module) computes its shape
+        assert reshapes and sum(n.input[1] not in consts for n in reshapes) <= 1, part
+        assert sum(n.op_type == "Shape" for n in g.node) <= 4, part
+
+
 def test_tensorrt_target_refuses_contrib_attention_and_an_opset_out_of_range(checkpoint_factory, tmp_path):
     from edgecap_export import export_model
 

@@ -23,14 +23,28 @@ import torch
 from torch import nn
 
 
+class _Reshape(torch.autograd.Function):
+    """Reshape to a constant target where 0 keeps the input's dimension (ONNX semantics), exported as one Reshape
+    with a constant shape: tracing ``x.view(b, t, heads, -1)`` writes a Shape/Gather/Unsqueeze/Concat chain per
+    call (about 100 nodes per graph at 2 layers), shape arithmetic TensorRT would have to fold at build time."""
+
+    @staticmethod
+    def forward(ctx, x, shape: tuple[int, ...]):  # noqa: ANN001 - autograd signature
+        return x.reshape([x.shape[i] if d == 0 else d for i, d in enumerate(shape)])
+
+    @staticmethod
+    def symbolic(g, x, shape: tuple[int, ...]):  # noqa: ANN001
+        return g.op("Reshape", x, g.op("Constant", value_t=torch.tensor(list(shape), dtype=torch.int64)))
+
+
 def split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
-    b, t, _ = x.shape
-    return x.view(b, t, heads, -1).transpose(1, 2)
+    """[B, T, heads * d] -> [B, heads, T, d] (T >= 1)."""
+    return _Reshape.apply(x, (0, 0, heads, -1)).transpose(1, 2)
 
 
 def merge_heads(x: torch.Tensor) -> torch.Tensor:
-    b, h, t, d = x.shape
-    return x.transpose(1, 2).reshape(b, t, h * d)
+    """[B, heads, T, d] -> [B, T, heads * d] (T >= 1)."""
+    return _Reshape.apply(x.transpose(1, 2), (0, 0, -1))
 
 
 ATTENTION_KINDS = ("contrib", "standard")
