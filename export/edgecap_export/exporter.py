@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as _dt
+import enum
 import hashlib
 import json
 import os
@@ -21,9 +22,21 @@ from .families import family_for
 from .specs import Family, ModelShape, io_names
 
 DEFAULT_OPSET = 17
+
+
+class Target(str, enum.Enum):
+    """The runtime a graph is exported for: ONNX Runtime (fused contrib attention) or TensorRT (standard ops only,
+    opset in the target version's range, checked by the TensorRT lint before the export succeeds)."""
+
+    ONNXRUNTIME = "onnxruntime"
+    TENSORRT = "tensorrt"
+
+
 # transformers' generate makes this many new tokens when the generation config sets neither max_new_tokens nor
 # max_length (transformers 5 leaves both unset by default).
 DEFAULT_NEW_TOKENS = 20
+# Held-out synthetic scenes on which --fp16 exports compare FP16 with FP32 generated ids.
+FP16_FRAMES = 16
 # Generation settings whose processors the runtime does not implement: refuse rather than say different words.
 _UNSUPPORTED_GENERATION = ("bad_words_ids", "forced_bos_token_id", "forced_eos_token_id", "suppress_tokens",
                            "begin_suppress_tokens", "sequence_bias", "exponential_decay_length_penalty",
@@ -259,7 +272,9 @@ def _source_info(model: str, hf_model: Any) -> dict[str, Any]:
 
 
 def export_model(model: str, out: str | os.PathLike, *, opset: int = DEFAULT_OPSET, validate: bool = True,
-                 name: str | None = None, progress: bool = True, attention: str = "contrib") -> Path:
+                 name: str | None = None, progress: bool = True, attention: str | None = None,
+                 target: Target | str = Target.ONNXRUNTIME, trt_version: str | None = None, fp16: bool = False,
+                 fp16_frames: int = FP16_FRAMES) -> Path:
     """Export a Hugging Face captioner (a family of :mod:`edgecap_export.families`) to an edgecap model directory.
 
     Args:
@@ -270,8 +285,14 @@ def export_model(model: str, out: str | os.PathLike, *, opset: int = DEFAULT_OPS
             beam search at batch 1 and 3); a failure raises ParityError after writing the report to the manifest.
         name: a display name for the model (default: the last path component of ``model``).
         progress: show a progress bar on stderr.
-        attention: "contrib" (default) writes each attention as one com.microsoft.MultiHeadAttention node, the
-            fast form for ONNX Runtime; "standard" uses only standard ONNX ops (for TensorRT and other runtimes).
+        attention: "contrib" (the ONNX Runtime default) writes each attention as one com.microsoft.MultiHeadAttention
+            node, the fast form for ONNX Runtime; "standard" (the TensorRT default) uses only standard ONNX ops.
+        target: "onnxruntime" (default) or "tensorrt": standard attention only, the opset within ``trt_version``'s
+            range, and every graph must pass :func:`edgecap_export.tensorrt.lint_dir` (ExportError otherwise).
+        trt_version: the TensorRT version a "tensorrt" target is checked against (default 10.0).
+        fp16: (tensorrt target) also write encoder.fp16.onnx and decoder.fp16.onnx (LayerNorm and Softmax in FP32,
+            see :mod:`edgecap_export.tensorrt.fp16`), lint them, and record in the manifest how often their
+            generated ids equal FP32's on ``fp16_frames`` held-out synthetic scenes (ONNX Runtime CPU).
 
     Returns:
         The output directory.
@@ -280,8 +301,14 @@ def export_model(model: str, out: str | os.PathLike, *, opset: int = DEFAULT_OPS
 
     from .wrappers import ATTENTION_KINDS
 
+    target = _target(target)
+    if attention is None:
+        attention = "standard" if target is Target.TENSORRT else "contrib"
     if attention not in ATTENTION_KINDS:
         raise ExportError(f"attention must be one of {', '.join(ATTENTION_KINDS)}, got {attention!r}")
+    target_info = _check_target(target, attention, opset, trt_version)
+    if fp16 and target is not Target.TENSORRT:
+        raise ExportError("--fp16 writes TensorRT graphs: pass --target tensorrt with it")
     out = Path(out)
     config = load_config(model)
     family = family_for(config)
@@ -301,6 +328,10 @@ def export_model(model: str, out: str | os.PathLike, *, opset: int = DEFAULT_OPS
         advance(stages[1])
         out.mkdir(parents=True, exist_ok=True)
         graphs = export_graphs(hf_model, family, shape, out, opset, attention)
+        if target is Target.TENSORRT:
+            require_trt_lint(out, [out / "encoder.onnx", out / "decoder.onnx"], target_info["trt_version"])
+        if fp16:
+            graphs["fp16"] = _write_fp16(out, target_info["trt_version"])
         advance(stages[2])
         tokenizer = save_tokenizer(model, out)
         manifest = {
@@ -312,6 +343,7 @@ def export_model(model: str, out: str | os.PathLike, *, opset: int = DEFAULT_OPS
             "source": {**_source_info(model, hf_model),
                        "architecture": f"{shape.encoder_type}+{shape.decoder_type}"},
             "architecture": {**shape.architecture(), "opset": opset, "attention": attention},
+            "target": target_info,
             "image": image,
             "tokenizer": tokenizer,
             "special_tokens": special,
@@ -332,11 +364,77 @@ def export_model(model: str, out: str | os.PathLike, *, opset: int = DEFAULT_OPS
             if not report["passed"]:
                 raise ParityError(f"export does not reproduce transformers: {len(report['mismatches'])} mismatch(es); "
                                   f"see {out / MANIFEST_FILE}", report["mismatches"])
+        if fp16:
+            _record_fp16_agreement(out, manifest, fp16_frames)
         bar.update(bar.total - bar.n)
     finally:
         bar.close()
     logger.info("exported %s to %s", model, out)
     return out
+
+
+def _target(target: Target | str) -> Target:
+    try:
+        return Target(target)
+    except ValueError:
+        raise ExportError(f"target must be one of {', '.join(t.value for t in Target)}, got {target!r}") from None
+
+
+def _check_target(target: Target, attention: str, opset: int, trt_version: str | None) -> dict[str, Any]:
+    """The manifest's ``target`` entry, after checking the options fit the target (one line when they do not)."""
+    if target is Target.ONNXRUNTIME:
+        if trt_version is not None:
+            raise ExportError("--trt-version applies to --target tensorrt only")
+        return {"name": target.value}
+    from .tensorrt import opset_range, support_table
+
+    version = trt_version or support_table()["default_version"]
+    low, high = opset_range(version)
+    if attention != "standard":
+        raise ExportError(f"--target tensorrt needs standard attention, got {attention!r}: TensorRT has no importer "
+                          "for com.microsoft ops; drop --attention or pass --attention standard")
+    if not low <= opset <= high:
+        raise ExportError(f"opset {opset} is outside TensorRT {version}'s range {low}-{high}; pass --opset in it")
+    return {"name": target.value, "trt_version": version, "check_trt": "passed"}
+
+
+def _write_fp16(out: Path, trt_version: str) -> dict[str, Any]:
+    from .tensorrt.fp16 import KEEP_FP32, convert_fp16
+
+    entries: dict[str, Any] = {}
+    for part in ("encoder", "decoder"):
+        path = out / f"{part}.fp16.onnx"
+        convert_fp16(out / f"{part}.onnx", path)
+        entries[part] = {"file": path.name, "sha256": sha256_file(path), **graph_io(path)}
+    require_trt_lint(out, [out / "encoder.fp16.onnx", out / "decoder.fp16.onnx"], trt_version)
+    entries["recipe"] = {"kept_fp32": list(KEEP_FP32), "interface": "float32 inputs and outputs",
+                         "check_trt": "passed"}
+    return entries
+
+
+def _record_fp16_agreement(out: Path, manifest: dict[str, Any], frames: int) -> None:
+    from edgecap import synth
+
+    from .tensorrt.fp16 import fp16_agreement
+
+    images = [synth.render_scene(synth.HELD_OUT_SEED_START + i)[0] for i in range(frames)]
+    report = fp16_agreement(out, images)
+    manifest["graphs"]["fp16"]["agreement"] = {**report, "source": "held-out synthetic scenes",
+                                               "reference": "fp32", "runtime": "onnxruntime cpu"}
+    write_manifest(out, manifest)
+    logger.info("fp16 vs fp32: exact match %.1f%%, token agreement %.1f%%", 100 * report["exact_match"],
+                100 * report["token_agreement"])
+
+
+def require_trt_lint(out: Path, files: list[Path], trt_version: str) -> None:
+    """Raise ExportError naming the first violations when a graph fails the TensorRT lint."""
+    from .tensorrt import lint_dir
+
+    violations = lint_dir(out, trt_version=trt_version, files=files)
+    if violations:
+        shown = "; ".join(str(v) for v in violations[:3])
+        raise ExportError(f"{len(violations)} TensorRT {trt_version} violation(s) (first: {shown}); run "
+                          f"`edgecap check-trt {out}` for all -- this is a bug in the TensorRT lowering")
 
 
 def write_manifest(out: Path, manifest: dict[str, Any]) -> None:

@@ -37,7 +37,7 @@ from edgecap.errors import ExportError, InputError
 from edgecap.manifest import load_manifest
 from edgecap.sources import IMAGE_EXTENSIONS
 
-from .exporter import graph_io, sha256_file, write_manifest
+from .exporter import graph_io, require_trt_lint, sha256_file, write_manifest
 
 # Seeds for default calibration frames: below the held-out range, above what the demo recipe trains on.
 CALIB_SEED_START = 900_000_000
@@ -122,7 +122,11 @@ def _decoder_feeds(cap: Any, pixel_values: np.ndarray, max_feeds: int) -> list[d
     return feeds
 
 
-def _quantize_static(src: Path, dst: Path, feeds: list[dict[str, np.ndarray]]) -> None:
+def _quantize_static(src: Path, dst: Path, feeds: list[dict[str, np.ndarray]], *, tensorrt: bool = False) -> None:
+    """Static QDQ. ``tensorrt``: every quantized GEMM input gets its own Q/DQ pair, so a tensor that also feeds a
+    non-GEMM (the ViT's final LayerNorm output feeds the pooled mean too) reaches that one in float, and Gemm
+    biases stay float (ONNX Runtime would write them as INT32 + DequantizeLinear, which TensorRT does not parse;
+    it fuses the float bias itself)."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -139,8 +143,24 @@ def _quantize_static(src: Path, dst: Path, feeds: list[dict[str, np.ndarray]]) -
                         op_types_to_quantize=["MatMul", "Gemm"], calibrate_method=CalibrationMethod.MinMax,
                         nodes_to_exclude=activation_matmuls(pre),
                         extra_options={"ActivationSymmetric": True, "WeightSymmetric": True,
-                                       "MatMulConstBOnly": True,
+                                       "MatMulConstBOnly": True, "DedicatedQDQPair": tensorrt,
+                                       "QuantizeBias": not tensorrt,
                                        "CalibMaxIntermediateOutputs": _chunk(len(feeds))})
+    if tensorrt:
+        _drop_unused_opset_imports(dst)
+
+
+def _drop_unused_opset_imports(path: Path) -> None:
+    """Remove the opset imports no node uses: ONNX Runtime's pre-processing declares com.microsoft and other
+    domains in every graph it touches, and a TensorRT graph should name the default domain alone."""
+    import onnx
+
+    model = onnx.load(str(path))
+    used = {n.domain for n in model.graph.node} | {""}
+    kept = [o for o in model.opset_import if o.domain in used or o.domain == "ai.onnx"]
+    del model.opset_import[:]
+    model.opset_import.extend(kept)
+    onnx.save(model, str(path))
 
 
 def _chunk(feeds: int) -> int:
@@ -250,6 +270,24 @@ def drop_zero_weight_zero_points(path: Path) -> int:
     return dropped
 
 
+def caption_agreement(reference: Any, candidate: Any, frames: list[np.ndarray]) -> dict[str, Any]:
+    """How often two captioners generate the same ids on ``frames``.
+
+    Returns:
+        ``{"frames", "exact_match": share of frames with identical ids, "token_agreement": share of positions
+        with the same id (over the longer caption of each pair)}``.
+    """
+    same_tokens = total_tokens = exact = 0
+    for i in range(0, len(frames), 8):
+        a, b = reference.caption(frames[i:i + 8]), candidate.caption(frames[i:i + 8])
+        for x, y in zip(a, b):
+            exact += x.token_ids == y.token_ids
+            total_tokens += max(len(x.token_ids), len(y.token_ids))
+            same_tokens += sum(p == q for p, q in zip(x.token_ids, y.token_ids))
+    return {"frames": len(frames), "exact_match": exact / max(1, len(frames)),
+            "token_agreement": same_tokens / max(1, total_tokens)}
+
+
 def quality_gate(model_dir: Path, frames: list[np.ndarray], *, synth_eval: int = 0,
                  progress: bool = True) -> dict[str, Any]:
     """INT8 vs FP32 on held-out frames: token agreement and exact caption match (and attribute accuracy on
@@ -257,15 +295,7 @@ def quality_gate(model_dir: Path, frames: list[np.ndarray], *, synth_eval: int =
     from edgecap import Captioner
 
     fp32, int8 = Captioner(model_dir), Captioner(model_dir, precision="int8")
-    same_tokens = total_tokens = exact = 0
-    for i in range(0, len(frames), 8):
-        a, b = fp32.caption(frames[i:i + 8]), int8.caption(frames[i:i + 8])
-        for x, y in zip(a, b):
-            exact += x.token_ids == y.token_ids
-            total_tokens += max(len(x.token_ids), len(y.token_ids))
-            same_tokens += sum(p == q for p, q in zip(x.token_ids, y.token_ids))
-    report: dict[str, Any] = {"frames": len(frames), "exact_match": exact / max(1, len(frames)),
-                              "token_agreement": same_tokens / max(1, total_tokens)}
+    report = caption_agreement(fp32, int8, frames)
     if synth_eval:
         from edgecap.evaluation import evaluate_synth
 
@@ -279,10 +309,30 @@ def quality_gate(model_dir: Path, frames: list[np.ndarray], *, synth_eval: int =
 MODES = ("static", "dynamic")
 
 
+def _resolve_target(target: str, manifest: dict[str, Any], encoder_mode: str | None,
+                    decoder_mode: str | None) -> tuple[str, str, str | None]:
+    """(encoder_mode, decoder_mode, TensorRT version to lint against or None) for a target, or one line saying
+    which option does not fit it."""
+    if target == "onnxruntime":
+        return encoder_mode or "dynamic", decoder_mode or "dynamic", None
+    if target != "tensorrt":
+        raise InputError(f"target must be 'onnxruntime' or 'tensorrt', got {target!r}")
+    for label, mode in (("encoder_mode", encoder_mode), ("decoder_mode", decoder_mode)):
+        if mode not in (None, "static"):
+            raise InputError(f"--target tensorrt quantizes statically (TensorRT has no dynamic quantization), "
+                             f"got {label}={mode!r}; drop the option")
+    exported = manifest.get("target", {})
+    if exported.get("name") != "tensorrt":
+        raise InputError("--target tensorrt quantizes a --target tensorrt export, found one for "
+                         f"{exported.get('name', 'onnxruntime')}; export again with `edgecap export SRC --out DIR "
+                         "--target tensorrt`")
+    return "static", "static", str(exported["trt_version"])
+
+
 def quantize_dir(model_dir: str | os.PathLike, *, calib: str | None = None, calib_frames: int = 64,
-                 eval_frames: int = 64, encoder_mode: str = "dynamic", decoder_mode: str = "dynamic",
+                 eval_frames: int = 64, encoder_mode: str | None = None, decoder_mode: str | None = None,
                  accept_quality_drop: bool = False, synth_eval: int | None = None,
-                 progress: bool = True) -> dict[str, Any]:
+                 progress: bool = True, target: str = "onnxruntime") -> dict[str, Any]:
     """Write encoder.int8.onnx and decoder.int8.onnx next to the FP32 graphs and gate their quality.
 
     Args:
@@ -290,26 +340,31 @@ def quantize_dir(model_dir: str | os.PathLike, *, calib: str | None = None, cali
         calib: calibration source (video file, image folder, stream URL) or None for synthetic scenes.
         calib_frames: frames used to calibrate.
         eval_frames: held-out frames for the INT8 vs FP32 comparison (other frames of the same source).
-        encoder_mode: "dynamic" (fastest on CPU) or "static" (calibrated QDQ, for TensorRT).
-        decoder_mode: "dynamic" (fastest on CPU) or "static" (calibrated QDQ, for TensorRT).
+        encoder_mode: "dynamic" (fastest on CPU, the onnxruntime default) or "static" (calibrated QDQ, the only
+            tensorrt mode).
+        decoder_mode: as encoder_mode, for the decoder.
         accept_quality_drop: record and accept a failing gate (random-weight benchmark models).
         synth_eval: held-out synthetic scenes for the attribute-accuracy gate (default: 500 for the bundled
             demo model, 0 otherwise).
         progress: progress bars.
+        target: "onnxruntime" (default) or "tensorrt": static QDQ for both graphs (S8S8, per-channel weights,
+            symmetric activations) of a ``--target tensorrt`` export, and both INT8 graphs must pass the TensorRT
+            lint of the export's TensorRT version.
 
     Returns:
         The quality report (also written to the manifest).
 
     Raises:
-        ExportError: the quality gate failed and accept_quality_drop is False.
+        ExportError: the quality gate failed and accept_quality_drop is False, or a tensorrt graph fails the lint.
     """
     from edgecap import Captioner
 
+    d = Path(model_dir)
+    manifest = load_manifest(d)
+    encoder_mode, decoder_mode, trt_version = _resolve_target(target, manifest.data, encoder_mode, decoder_mode)
     for label, mode in (("encoder_mode", encoder_mode), ("decoder_mode", decoder_mode)):
         if mode not in MODES:
             raise InputError(f"{label} must be 'static' or 'dynamic', got {mode!r}")
-    d = Path(model_dir)
-    manifest = load_manifest(d)
     static = "static" in (encoder_mode, decoder_mode)
     calib_frames = calib_frames if static else 0  # dynamic quantization needs no calibration
     frames = calibration_frames(calib, calib_frames + eval_frames, progress=progress)
@@ -318,13 +373,16 @@ def quantize_dir(model_dir: str | os.PathLike, *, calib: str | None = None, cali
     px = cap.preprocess(calib_set) if static else None
     if encoder_mode == "static":
         enc_feeds = [{manifest.io("encoder")["pixel_values"]: px[i:i + 1]} for i in range(len(px))]
-        _quantize_static(d / "encoder.onnx", d / "encoder.int8.onnx", enc_feeds)
+        _quantize_static(d / "encoder.onnx", d / "encoder.int8.onnx", enc_feeds, tensorrt=trt_version is not None)
     else:
         quantize_dynamic_graph(d / "encoder.onnx", d / "encoder.int8.onnx")
     if decoder_mode == "static":
-        _quantize_static(d / "decoder.onnx", d / "decoder.int8.onnx", _decoder_feeds(cap, px, 128))
+        _quantize_static(d / "decoder.onnx", d / "decoder.int8.onnx", _decoder_feeds(cap, px, 128),
+                         tensorrt=trt_version is not None)
     else:
         quantize_dynamic_graph(d / "decoder.onnx", d / "decoder.int8.onnx")
+    if trt_version is not None:
+        require_trt_lint(d, [d / "encoder.int8.onnx", d / "decoder.int8.onnx"], trt_version)
     data = manifest.data
     data["graphs"]["int8"] = {part: {"file": f"{part}.int8.onnx", "sha256": sha256_file(d / f"{part}.int8.onnx"),
                                      **graph_io(d / f"{part}.int8.onnx")} for part in ("encoder", "decoder")}
@@ -338,7 +396,8 @@ def quantize_dir(model_dir: str | os.PathLike, *, calib: str | None = None, cali
                                         "ops": ["MatMul", "Gemm"],
                                         "encoder_mode": encoder_mode, "decoder_mode": decoder_mode,
                                         "calibration": (calib or "synthetic") if static else None,
-                                        "calibration_frames": len(calib_set)}
+                                        "calibration_frames": len(calib_set), "target": target,
+                                        **({"check_trt": "passed"} if trt_version else {})}
     write_manifest(d, data)
     if synth_eval is None:
         synth_eval = 500 if data.get("name") == "demo" else 0

@@ -23,14 +23,28 @@ import torch
 from torch import nn
 
 
+class _Reshape(torch.autograd.Function):
+    """Reshape to a constant target where 0 keeps the input's dimension (ONNX semantics), exported as one Reshape
+    with a constant shape: tracing ``x.view(b, t, heads, -1)`` writes a Shape/Gather/Unsqueeze/Concat chain per
+    call (about 100 nodes per graph at 2 layers), shape arithmetic TensorRT would have to fold at build time."""
+
+    @staticmethod
+    def forward(ctx, x, shape: tuple[int, ...]):  # noqa: ANN001 - autograd signature
+        return x.reshape([x.shape[i] if d == 0 else d for i, d in enumerate(shape)])
+
+    @staticmethod
+    def symbolic(g, x, shape: tuple[int, ...]):  # noqa: ANN001
+        return g.op("Reshape", x, g.op("Constant", value_t=torch.tensor(list(shape), dtype=torch.int64)))
+
+
 def split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
-    b, t, _ = x.shape
-    return x.view(b, t, heads, -1).transpose(1, 2)
+    """[B, T, heads * d] -> [B, heads, T, d] (T >= 1)."""
+    return _Reshape.apply(x, (0, 0, heads, -1)).transpose(1, 2)
 
 
 def merge_heads(x: torch.Tensor) -> torch.Tensor:
-    b, h, t, d = x.shape
-    return x.transpose(1, 2).reshape(b, t, h * d)
+    """[B, heads, T, d] -> [B, T, heads * d] (T >= 1)."""
+    return _Reshape.apply(x.transpose(1, 2), (0, 0, -1))
 
 
 ATTENTION_KINDS = ("contrib", "standard")
@@ -43,7 +57,9 @@ def _linear(conv1d: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scaling: float,
             mask: torch.Tensor | None = None) -> torch.Tensor:
-    w = torch.matmul(q, k.transpose(-1, -2)) * scaling
+    # Q is scaled before Q.K^T (transformers scales the scores after it): TensorRT's attention fusion matches
+    # the scale on Q, and the product of fewer, smaller numbers is no less exact.
+    w = torch.matmul(q * scaling, k.transpose(-1, -2))
     if mask is not None:
         w = torch.where(mask, w, torch.finfo(w.dtype).min)
     return torch.matmul(torch.softmax(w, dim=-1), v)
@@ -98,8 +114,10 @@ def _fusable_vit(encoder: nn.Module) -> bool:
             and all(hasattr(layer, a) for a in ("layernorm_before", "layernorm_after", "mlp")))
 
 
-def _vit_forward(encoder: nn.Module, pixel_values: torch.Tensor) -> torch.Tensor:
-    """ViT/DeiT last_hidden_state with one fused QKV MatMul and one MultiHeadAttention node per layer."""
+def _vit_forward(encoder: nn.Module, pixel_values: torch.Tensor, attention: str) -> torch.Tensor:
+    """ViT/DeiT last_hidden_state with one fused QKV MatMul per layer and the attention lowered as ``attention``
+    says (one MultiHeadAttention node, or standard ops with Q scaled first, which transformers' eager ViT does not
+    do)."""
     hidden = encoder.embeddings(pixel_values)
     for layer in encoder.layers:
         attn = layer.attention
@@ -109,7 +127,11 @@ def _vit_forward(encoder: nn.Module, pixel_values: torch.Tensor) -> torch.Tensor
         biases = [p.bias if p.bias is not None else torch.zeros(width) for p in (attn.q_proj, attn.k_proj, attn.v_proj)]
         qkv = nn.functional.linear(layer.layernorm_before(hidden), weight, torch.cat(biases))
         q, k, v = qkv.split(width, dim=2)
-        hidden = attn.o_proj(AttentionMHA.apply(q, k, v, heads, float(attn.scaling))) + hidden
+        if attention == "contrib":
+            a = AttentionMHA.apply(q, k, v, heads, float(attn.scaling))
+        else:
+            a = merge_heads(attend(*(split_heads(x, heads) for x in (q, k, v)), float(attn.scaling)))
+        hidden = attn.o_proj(a) + hidden
         hidden = layer.mlp(layer.layernorm_after(hidden)) + hidden
     return encoder.layernorm(hidden)
 
@@ -120,13 +142,13 @@ class EncoderWithCrossKV(nn.Module):
     def __init__(self, model: nn.Module, step: "GPT2CachedStep"):
         super().__init__()
         self.encoder = model.encoder
-        self.fused = step.attention == "contrib" and _fusable_vit(model.encoder)
+        self.fused = _fusable_vit(model.encoder)
         self.proj = getattr(model, "enc_to_dec_proj", None)
         self.step = step
 
     def forward(self, pixel_values: torch.Tensor):
         if self.fused:
-            states = _vit_forward(self.encoder, pixel_values)
+            states = _vit_forward(self.encoder, pixel_values, self.step.attention)
         else:
             states = self.encoder(pixel_values=pixel_values).last_hidden_state
         pooled = states.mean(dim=1)

@@ -76,9 +76,11 @@ def _session(path: Path, providers: Sequence[str] | None, threads: int | None, *
     opts.inter_op_num_threads = 1
     if not spin:
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    from .providers import session_providers  # short names ("tensorrt", "cuda") -> ORT providers with options
+
+    chosen = session_providers(providers, path)
     try:
-        return ort.InferenceSession(str(path), sess_options=opts,
-                                    providers=list(providers) if providers else ["CPUExecutionProvider"])
+        return ort.InferenceSession(str(path), sess_options=opts, providers=chosen)
     except Exception as exc:  # noqa: BLE001 - ORT raises several unrelated types for unreadable graphs
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelError(f"cannot load {path}: {first[:200]}; re-run `edgecap export`") from None

@@ -28,7 +28,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     try:
         out = export_model(args.model, args.out, opset=args.opset, validate=not args.skip_validation,
-                           name=args.name, progress=not args.quiet, attention=args.attention)
+                           name=args.name, progress=not args.quiet, attention=args.attention,
+                           target=args.target, trt_version=args.trt_version, fp16=args.fp16)
     except ParityError as exc:
         print(f"edgecap: error: {exc}", file=sys.stderr)
         for line in exc.report:
@@ -45,7 +46,8 @@ def _quantize(args: argparse.Namespace, model_dir) -> int:
 
     report = quantize_dir(model_dir, calib=args.calib, calib_frames=args.calib_frames,
                           encoder_mode=args.encoder_mode, decoder_mode=args.decoder_mode,
-                          accept_quality_drop=args.accept_quality_drop, progress=not args.quiet)
+                          accept_quality_drop=args.accept_quality_drop, progress=not args.quiet,
+                          target=args.target)
     line = (f"int8 written to {model_dir}: caption exact match vs fp32 {report['exact_match']:.1%}, "
             f"token agreement {report['token_agreement']:.1%}")
     if "attribute_accuracy" in report:
@@ -57,6 +59,38 @@ def _quantize(args: argparse.Namespace, model_dir) -> int:
 def cmd_quantize(args: argparse.Namespace) -> int:
     _require_export_extra()
     return _quantize(args, args.model_dir)
+
+
+def cmd_check_trt(args: argparse.Namespace) -> int:
+    import sys
+
+    _require_export_extra()
+    from edgecap_export.tensorrt import graph_files, lint_dir, support_table
+
+    files = graph_files(args.model_dir)
+    version = args.trt_version or support_table()["default_version"]
+    violations = lint_dir(args.model_dir, trt_version=version, files=files)
+    for v in violations:
+        print(f"edgecap: trt: {v}", file=sys.stderr)
+    if violations:
+        print(f"edgecap: error: {len(violations)} TensorRT {version} violation(s) in "
+              f"{len({v.graph for v in violations})} of {len(files)} graph(s); export with --target tensorrt "
+              "(and quantize with --target tensorrt)", file=sys.stderr)
+        return 1
+    print(f"{len(files)} graph(s) pass the TensorRT {version} lint: {', '.join(f.name for f in files)}")
+    return 0
+
+
+def cmd_engines_build(args: argparse.Namespace) -> int:
+    _require_export_extra()
+    from edgecap.providers import ProfileLimits
+    from edgecap_export.tensorrt.engines import build_engines
+
+    limits = ProfileLimits(max_batch=args.max_batch, max_past=args.max_past, max_new_tokens=args.max_new_tokens)
+    for path in build_engines(args.model_dir, precisions=tuple(args.precision) if args.precision else None,
+                              limits=limits):
+        print(path)
+    return 0
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
@@ -82,14 +116,27 @@ def _add_int8_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--calib", default=None, help="calibration frames: a video file, an image folder or a stream URL "
                                                  "(default: generated surveillance scenes)")
     p.add_argument("--calib-frames", type=positive_int, default=64, help="frames used to calibrate (default 64)")
-    p.add_argument("--encoder-mode", choices=("static", "dynamic"), default="dynamic",
-                   help="encoder quantization: dynamic (fastest on CPU, default) or calibrated static QDQ (TensorRT)")
-    p.add_argument("--decoder-mode", choices=("static", "dynamic"), default="dynamic",
-                   help="decoder quantization: dynamic (fastest on CPU, default) or calibrated static QDQ "
-                        "(TensorRT, with an --attention standard export)")
+    p.add_argument("--encoder-mode", choices=("static", "dynamic"), default=None,
+                   help="encoder quantization: dynamic (fastest on CPU, the onnxruntime default) or calibrated "
+                        "static QDQ (the only --target tensorrt mode)")
+    p.add_argument("--decoder-mode", choices=("static", "dynamic"), default=None,
+                   help="decoder quantization: dynamic (fastest on CPU, the onnxruntime default) or calibrated "
+                        "static QDQ (the only --target tensorrt mode)")
     p.add_argument("--accept-quality-drop", action="store_true",
                    help="keep INT8 graphs that fail the quality gate (recorded in the manifest; for random-weight "
                         "benchmark models)")
+
+
+def _add_target(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--target", choices=("onnxruntime", "tensorrt"), default="onnxruntime",
+                   help="onnxruntime (default); tensorrt: standard ONNX ops, opset within --trt-version's range, "
+                        "Q scaled before Q.K^T, and every graph passes `edgecap check-trt` before the command "
+                        "succeeds")
+
+
+def _add_trt_version(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--trt-version", default=None,
+                   help="the TensorRT version to check against (default 10.0; the table knows 10.0 and 10.15)")
 
 
 def add_bench_arguments(p: argparse.ArgumentParser) -> None:
@@ -127,9 +174,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="output directory (e.g. engines/vitgpt2)")
     p.add_argument("--opset", type=positive_int, default=17, help="ONNX opset (default: 17)")
     p.add_argument("--name", help="display name recorded in the manifest")
-    p.add_argument("--attention", choices=("contrib", "standard"), default="contrib",
-                   help="contrib (default): one fused com.microsoft.MultiHeadAttention node per attention, the fast "
-                        "form for ONNX Runtime; standard: only standard ONNX ops, for TensorRT")
+    p.add_argument("--attention", choices=("contrib", "standard"), default=None,
+                   help="contrib (default for --target onnxruntime): one fused com.microsoft.MultiHeadAttention node "
+                        "per attention, the fast form for ONNX Runtime; standard: only standard ONNX ops (the "
+                        "--target tensorrt default)")
+    _add_target(p)
+    _add_trt_version(p)
+    p.add_argument("--fp16", action="store_true",
+                   help="with --target tensorrt: also write FP16 graphs (LayerNorm and Softmax kept in FP32) and "
+                        "record how often their generated ids equal FP32's on held-out synthetic scenes")
     p.add_argument("--skip-validation", action="store_true",
                    help="do not compare with transformers (not recommended: parity is the product)")
     p.add_argument("--int8", action="store_true", help="also write INT8 graphs (see `edgecap quantize --help`)")
@@ -147,9 +200,35 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "(S8S8, symmetric activations calibrated on --calib frames). Needs the export "
                                    "extra.")
     p.add_argument("model_dir", help="an exported model directory")
+    _add_target(p)
     _add_int8_options(p)
     add_quiet(p)
     p.set_defaults(func=cmd_quantize)
+
+    p = sub.add_parser("check-trt", help="lint every graph of a model directory against TensorRT's ONNX support",
+                       description="Check every .onnx graph in DIR against a table of TensorRT's ONNX parser support "
+                                   "(ops and domains, opset range, dtypes, constant inputs, QDQ rules); prints each "
+                                   "violation with node, op and rule and exits 1 on any. Pure Python: TensorRT is "
+                                   "not needed. Needs the export extra (onnx).")
+    p.add_argument("model_dir", help="an exported model directory")
+    _add_trt_version(p)
+    p.set_defaults(func=cmd_check_trt)
+
+    p = sub.add_parser("engines", help="TensorRT engines of a --target tensorrt export (needs TensorRT and a GPU)")
+    engines = p.add_subparsers(dest="engines_command", metavar="COMMAND", required=True)
+    p = engines.add_parser("build", help="build (or reuse from the cache) an engine per graph and precision",
+                           description="Build TensorRT engines from DIR's graphs with the TensorRT Python API: "
+                                       "optimization profiles batch 1..B and past 0..max, an engine cache keyed by "
+                                       "graph hash + precision + TensorRT version + GPU SM under DIR/engines, and a "
+                                       "timing cache. Not validated on this project's machines (no GPU).")
+    p.add_argument("model_dir", help="a --target tensorrt export")
+    p.add_argument("--precision", nargs="+", choices=("fp32", "fp16", "int8"), default=None,
+                   help="which graphs (default: every precision the export holds)")
+    p.add_argument("--max-batch", type=positive_int, default=8, help="largest batch of the profile (default 8)")
+    p.add_argument("--max-past", type=positive_int, default=64, help="longest past of the profile (default 64)")
+    p.add_argument("--max-new-tokens", type=positive_int, default=32,
+                   help="longest prompt prefill of the profile (default 32)")
+    p.set_defaults(func=cmd_engines_build)
 
     p = sub.add_parser("finetune", help="train or fine-tune a captioner on image+caption pairs, then export it",
                        description="Train (from a preset) or fine-tune (from a checkpoint) a VisionEncoderDecoder "

@@ -1,0 +1,348 @@
+"""The TensorRT target, checked without TensorRT: the lint against the support table, `--target tensorrt` exports
+(standard ops, opset in range, Q scaled before Q.K^T, parity) and their static QDQ quantization."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+onnx = pytest.importorskip("onnx")
+from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+
+from edgecap.errors import ExportError, InputError  # noqa: E402
+from edgecap.models import demo_model_dir  # noqa: E402
+from edgecap_export.tensorrt import lint_dir, lint_model, opset_range, support_table  # noqa: E402
+
+from cli_helpers import run_cli  # noqa: E402 - tests/ is on sys.path (conftest)
+
+
+def _qdq_matmul(*, zero_point: int = 0, scale: float = 0.1, w_axis: int = 1, act_scales: int = 1,
+                opset: int = 17) -> onnx.ModelProto:
+    """x [2, 4] -> Q/DQ (per tensor) -> MatMul with a per-channel QDQ weight [4, 3] -> y."""
+    w = np.arange(12, dtype=np.int8).reshape(4, 3)
+    w_scale = np.full(w.shape[w_axis], 0.05, dtype=np.float32)
+    inits = [numpy_helper.from_array(np.full(act_scales, scale, np.float32).reshape(() if act_scales == 1 else -1),
+                                     "x_scale"),
+             numpy_helper.from_array(np.full(act_scales, zero_point, np.int8).reshape(() if act_scales == 1 else -1),
+                                     "x_zp"),
+             numpy_helper.from_array(w, "w_q"), numpy_helper.from_array(w_scale, "w_scale"),
+             numpy_helper.from_array(np.zeros_like(w_scale, dtype=np.int8), "w_zp")]
+    act_axis = {"axis": 1} if act_scales > 1 else {}
+    nodes = [helper.make_node("QuantizeLinear", ["x", "x_scale", "x_zp"], ["x_q"], name="q_x", **act_axis),
+             helper.make_node("DequantizeLinear", ["x_q", "x_scale", "x_zp"], ["x_dq"], name="dq_x", **act_axis),
+             helper.make_node("DequantizeLinear", ["w_q", "w_scale", "w_zp"], ["w"], name="dq_w", axis=w_axis),
+             helper.make_node("MatMul", ["x_dq", "w"], ["y"], name="gemm")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+
+
+def _rules(model: onnx.ModelProto, version: str = "10.0") -> list[tuple[str, str, str]]:
+    return [(v.node, v.op, v.rule) for v in lint_model(model, graph="g.onnx", trt_version=version)]
+
+
+def test_table_records_its_source_and_versions():
+    table = support_table()
+    assert "operators.md" in table["source"]["document"] and table["source"]["tensorrt_version"]
+    assert opset_range("10.0") == (9, 20) and opset_range("10.15") == (9, 24)
+    with pytest.raises(InputError, match="10.0, 10.15"):
+        opset_range("9.9")
+
+
+def test_a_well_formed_qdq_graph_passes():
+    assert _rules(_qdq_matmul()) == []
+
+
+@pytest.mark.parametrize("kwargs, node, rule", [
+    (dict(zero_point=3), "q_x", "zero point x_zp must be all zero"),
+    (dict(scale=-0.1), "q_x", "scale x_scale must be positive"),
+    (dict(w_axis=0), "dq_w", "output channel of this MatMul weight is axis 1"),
+    (dict(act_scales=4), "q_x", "activations are quantized per tensor"),
+    (dict(opset=21), "-", "opset 21 outside TensorRT 10.0's range 9-20"),
+])
+def test_qdq_and_opset_rules_name_node_and_rule(kwargs, node, rule):
+    found = _rules(_qdq_matmul(**kwargs))
+    assert any(n == node and rule in r for n, _op, r in found), found
+
+
+def test_opset_21_is_in_range_for_a_later_tensorrt():
+    assert _rules(_qdq_matmul(opset=21), "10.15") == []
+
+
+def test_structural_rules():
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4])
+    axes = helper.make_tensor_value_info("axes", TensorProto.INT64, [1])
+    nodes = [helper.make_node("LayerNormalization", ["x", "s", "b"], ["y", "mean"], name="ln"),
+             helper.make_node("Unsqueeze", ["y", "axes"], ["z"], name="unsq"),
+             helper.make_node("Cast", ["z"], ["zi"], name="cast", to=TensorProto.INT32),
+             helper.make_node("MatMul", ["zi", "zi"], ["m"], name="int_mm")]
+    inits = [numpy_helper.from_array(np.ones(4, np.float32), "s"), numpy_helper.from_array(np.zeros(4, np.float32), "b")]
+    graph = helper.make_graph(nodes, "g", [x, axes], [helper.make_tensor_value_info("m", TensorProto.INT32, None)],
+                              inits)
+    found = _rules(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    assert ("ln", "LayerNormalization", "only the first 1 output(s) are supported") in found
+    assert ("unsq", "Unsqueeze", "input 1 (axes) must be a constant") in found
+    assert any(n == "int_mm" and "MatMul takes FLOAT" in r for n, _op, r in found), found
+
+
+def test_check_trt_fails_on_the_default_cpu_graphs(capsys):
+    """The bundled demo model: contrib attention in every graph, MatMulInteger/DynamicQuantizeLinear in the INT8
+    ones -- each reported with node, op and rule, and the command exits 1."""
+    code, out, err = run_cli(["check-trt", str(demo_model_dir())], capsys)
+    assert code == 1, out
+    lines = err.splitlines()
+    assert any("decoder.onnx: node" in s and "(com.microsoft::MultiHeadAttention): domain com.microsoft has no "
+               "TensorRT importer" in s for s in lines)
+    assert any("(MatMulInteger): op MatMulInteger is not supported" in s for s in lines)
+    assert any("(DynamicQuantizeLinear): op DynamicQuantizeLinear is not supported" in s for s in lines)
+    assert "violation(s) in 4 of 4 graph(s)" in lines[-1]
+
+
+def test_check_trt_fails_on_a_non_zero_zero_point(tmp_path, capsys):
+    onnx.save(_qdq_matmul(zero_point=5), str(tmp_path / "bad.onnx"))
+    code, _out, err = run_cli(["check-trt", str(tmp_path)], capsys)
+    assert code == 1
+    assert "bad.onnx: node q_x (QuantizeLinear): zero point x_zp must be all zero (found 1 non-zero)" in err
+    onnx.save(_qdq_matmul(), str(tmp_path / "bad.onnx"))
+    code, out, err = run_cli(["check-trt", str(tmp_path), "--trt-version", "10.15"], capsys)
+    assert code == 0 and "1 graph(s) pass the TensorRT 10.15 lint: bad.onnx" in out, err
+
+
+# -- `--target tensorrt` exports -----------------------------------------------------------------------------------
+
+FAMILIES = ("vit-gpt2", "blip")
+
+
+@pytest.fixture(scope="module")
+def trt_export(checkpoint_factory, tmp_path_factory):
+    """A validated `--target tensorrt --fp16` export per family (parity with transformers is part of the export)."""
+    from edgecap_export import export_model
+
+    cache = {}
+
+    def make(name: str):
+        if name not in cache:
+            cache[name] = export_model(str(checkpoint_factory(name)), tmp_path_factory.mktemp(f"trt-{name}"),
+                                       progress=False, target="tensorrt", fp16=True, fp16_frames=4)
+        return cache[name]
+
+    return make
+
+
+@pytest.fixture(scope="module")
+def trt_int8(trt_export, tmp_path_factory):
+    """`quantize --target tensorrt` of each family's export (a copy), with its quality report."""
+    from edgecap_export.quantize import quantize_dir
+
+    cache = {}
+
+    def make(name: str):
+        if name not in cache:
+            d = tmp_path_factory.mktemp(f"trt-int8-{name}") / "m"
+            shutil.copytree(trt_export(name), d)
+            report = quantize_dir(d, calib_frames=8, eval_frames=8, progress=False, target="tensorrt",
+                                  accept_quality_drop=True, synth_eval=0)
+            cache[name] = (d, report)
+        return cache[name]
+
+    return make
+
+
+def _assert_tensorrt_graph(path, low: int, high: int) -> None:
+    model = onnx.load(str(path))
+    versions = {o.domain: o.version for o in model.opset_import}
+    assert set(versions) <= {"", "ai.onnx"} and low <= versions[""] <= high, versions
+    ops = {(n.domain, n.op_type) for n in model.graph.node}
+    assert all(d in ("", "ai.onnx") for d, _ in ops), ops
+    banned = {o for _, o in ops if o in ("MatMulInteger", "DynamicQuantizeLinear") or o.startswith("QLinear")}
+    assert not banned, banned
+    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    for n in model.graph.node:
+        if n.op_type in ("QuantizeLinear", "DequantizeLinear") and len(n.input) > 2:
+            assert not inits[n.input[2]].any(), n.name
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_tensorrt_export_passes_check_parity_and_records_the_target(family, trt_export):
+    d = trt_export(family)
+    manifest = json.loads((d / "manifest.json").read_text())
+    assert manifest["validation"]["passed"] is True  # tokens identical to transformers in ONNX Runtime CPU
+    assert manifest["target"] == {"name": "tensorrt", "trt_version": "10.0", "check_trt": "passed"}
+    assert manifest["architecture"]["attention"] == "standard"
+    assert lint_dir(d) == []
+    for part in ("encoder", "decoder"):
+        _assert_tensorrt_graph(d / f"{part}.onnx", *opset_range("10.0"))
+        _assert_tensorrt_graph(d / f"{part}.fp16.onnx", *opset_range("10.0"))
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_fp16_graphs_keep_layernorm_and_softmax_in_fp32_and_record_agreement(family, trt_export):
+    d = trt_export(family)
+    fp16 = json.loads((d / "manifest.json").read_text())["graphs"]["fp16"]
+    assert fp16["recipe"]["kept_fp32"] == ["LayerNormalization", "Softmax"]
+    agreement = fp16["agreement"]
+    assert agreement["frames"] == 4 and 0.0 <= agreement["exact_match"] <= 1.0
+    assert agreement["reference"] == "fp32"
+    for part in ("encoder", "decoder"):
+        model = onnx.shape_inference.infer_shapes(onnx.load(str(d / f"{part}.fp16.onnx")))
+        g = model.graph
+        types = {v.name: v.type.tensor_type.elem_type for v in list(g.value_info) + list(g.input) + list(g.output)}
+        types.update({i.name: i.data_type for i in g.initializer})
+        weights = [i for i in g.initializer if i.data_type in (TensorProto.FLOAT, TensorProto.FLOAT16)]
+        assert sum(i.data_type == TensorProto.FLOAT16 for i in weights) > len(weights) // 2
+        gemms = [n for n in g.node if n.op_type == "MatMul"]
+        assert gemms and all(types[n.output[0]] == TensorProto.FLOAT16 for n in gemms)
+        norms = [n for n in g.node if n.op_type in ("LayerNormalization", "Softmax")]
+        assert norms and all(types[i] == TensorProto.FLOAT for n in norms for i in n.input if i)
+        # the interface is the FP32 one the runtime feeds
+        assert [v.type.tensor_type.elem_type for v in g.input] == [
+            v.type.tensor_type.elem_type for v in onnx.load(str(d / f"{part}.onnx"), load_external_data=False).graph.input]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_q_is_scaled_before_q_kt(family, trt_export):
+    """Every activation x activation MatMul that is not P.V (Softmax output first) takes a Q scaled by a
+    constant Mul: TensorRT's attention fusion wants the scale there, transformers puts it after Q.K^T."""
+    for part in ("encoder", "decoder"):
+        g = onnx.load(str(trt_export(family) / f"{part}.onnx")).graph
+        consts = {i.name for i in g.initializer} | {o for n in g.node if n.op_type == "Constant" for o in n.output}
+        producer = {o: n for n in g.node for o in n.output}
+        qk = [n for n in g.node if n.op_type == "MatMul" and n.input[1] not in consts
+              and producer[n.input[0]].op_type != "Softmax"]
+        assert qk, part
+        for n in qk:
+            q = producer[n.input[0]]
+            assert q.op_type == "Mul" and any(i in consts for i in q.input), (part, n.name, q.op_type)
+            assert not any(u.op_type in ("Mul", "Div") and n.output[0] in u.input for u in g.node), n.name
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_shape_arithmetic_does_not_grow_with_attention(family, trt_export):
+    """Heads are split and merged by Reshapes with constant shapes: a handful of Shape nodes per graph (position
+    ids, the causal mask, the patch embedding), not a Shape/Gather/Concat chain per attention (31-34 per graph of
+    these 2-layer models before)."""
+    for part in ("encoder", "decoder"):
+        g = onnx.load(str(trt_export(family) / f"{part}.onnx")).graph
+        reshapes = [n for n in g.node if n.op_type == "Reshape"]
+        consts = {o for n in g.node if n.op_type == "Constant" for o in n.output} | {i.name for i in g.initializer}
+        # at most the patch embedding's flatten (transformers' own module) computes its shape
+        assert reshapes and sum(n.input[1] not in consts for n in reshapes) <= 1, part
+        assert sum(n.op_type == "Shape" for n in g.node) <= 4, part
+
+
+def test_tensorrt_target_refuses_contrib_attention_and_an_opset_out_of_range(checkpoint_factory, tmp_path):
+    from edgecap_export import export_model
+
+    ckpt = str(checkpoint_factory("vit-gpt2"))
+    with pytest.raises(ExportError, match="needs standard attention"):
+        export_model(ckpt, tmp_path / "a", progress=False, target="tensorrt", attention="contrib")
+    with pytest.raises(ExportError, match="opset 21 is outside TensorRT 10.0's range 9-20"):
+        export_model(ckpt, tmp_path / "b", progress=False, target="tensorrt", opset=21)
+    with pytest.raises(ExportError, match="pass --target tensorrt with it"):
+        export_model(ckpt, tmp_path / "c", progress=False, fp16=True)
+    assert not any((tmp_path / x).exists() for x in "abc")
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_tensorrt_int8_is_static_symmetric_qdq_that_passes_the_lint(family, trt_int8):
+    d, report = trt_int8(family)
+    assert lint_dir(d) == []
+    manifest = json.loads((d / "manifest.json").read_text())
+    recipe = manifest["graphs"]["int8"]["recipe"]
+    assert recipe["format"] == "QDQ" and recipe["target"] == "tensorrt" and recipe["check_trt"] == "passed"
+    assert report["frames"] == 8
+    for part in ("encoder", "decoder"):
+        path = d / f"{part}.int8.onnx"
+        _assert_tensorrt_graph(path, *opset_range("10.0"))
+        g = onnx.load(str(path)).graph
+        inits = {i.name: numpy_helper.to_array(i) for i in g.initializer}
+        dq_weights = [n for n in g.node if n.op_type == "DequantizeLinear" and n.input[0] in inits]
+        assert dq_weights and all(inits[n.input[1]].size > 1 for n in dq_weights)  # per-channel weights
+        assert all(inits[n.input[0]].dtype == np.int8 for n in dq_weights)  # S8 weights (no INT32 bias)
+        acts = [n for n in g.node if n.op_type == "QuantizeLinear"]
+        assert acts and all(inits[n.input[1]].size == 1 for n in acts)  # per-tensor activations
+
+
+def test_quantize_target_tensorrt_needs_a_tensorrt_export(tiny_export, tmp_path):
+    from edgecap_export.quantize import quantize_dir
+
+    with pytest.raises(InputError, match="quantizes a --target tensorrt export"):
+        quantize_dir(tiny_export, target="tensorrt", progress=False)
+    with pytest.raises(InputError, match="quantizes statically"):
+        quantize_dir(tiny_export, target="tensorrt", encoder_mode="dynamic", progress=False)
+
+
+# -- providers (option construction runs here; sessions need a GPU) ------------------------------------------------
+
+def test_provider_options_for_tensorrt_cuda_and_cpu(trt_export):
+    from edgecap.providers import ProfileLimits, session_providers
+
+    d = trt_export("vit-gpt2")
+    assert session_providers(None, d / "decoder.onnx") == ["CPUExecutionProvider"]
+    assert session_providers(["CPUExecutionProvider"], d / "decoder.onnx") == ["CPUExecutionProvider"]
+    trt, cuda, cpu = session_providers(["tensorrt"], d / "decoder.fp16.onnx", ProfileLimits(max_batch=4, max_past=10))
+    name, opts = trt
+    assert name == "TensorrtExecutionProvider" and cuda[0] == "CUDAExecutionProvider" and cpu == "CPUExecutionProvider"
+    assert opts["trt_fp16_enable"] and not opts["trt_int8_enable"] and opts["trt_engine_cache_enable"]
+    assert opts["trt_engine_cache_path"] == str(d / "trt_cache")
+    heads, head_dim = (json.loads((d / "manifest.json").read_text())["architecture"][k] for k in ("num_heads", "head_dim"))
+    assert f"past_k.0:1x{heads}x0x{head_dim}" in opts["trt_profile_min_shapes"].split(",")
+    assert f"past_k.0:4x{heads}x10x{head_dim}" in opts["trt_profile_max_shapes"].split(",")
+    assert "input_ids:1x1" in opts["trt_profile_min_shapes"].split(",")
+    with pytest.raises(InputError, match="unknown provider 'rocm'"):
+        session_providers(["rocm"], d / "decoder.onnx")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("provider", ["tensorrt", "cuda"])
+def test_gpu_providers_caption_like_cpu(provider, trt_export):
+    ort = pytest.importorskip("onnxruntime")
+    wanted = {"tensorrt": "TensorrtExecutionProvider", "cuda": "CUDAExecutionProvider"}[provider]
+    if wanted not in ort.get_available_providers():
+        pytest.skip(f"{wanted} is not available (needs onnxruntime-gpu and a GPU)")
+    from edgecap import Captioner
+    from edgecap import synth
+
+    d = trt_export("vit-gpt2")
+    frames = [synth.render_scene(synth.HELD_OUT_SEED_START + i)[0] for i in range(4)]
+    cpu = Captioner(d).caption(frames)
+    gpu = Captioner(d, providers=[provider]).caption(frames)
+    assert [c.token_ids for c in gpu] == [c.token_ids for c in cpu]
+
+
+def test_engines_build_needs_a_tensorrt_export_then_tensorrt(tiny_export, trt_export, capsys):
+    from cli_helpers import run_cli
+
+    code, _out, err = run_cli(["engines", "build", str(tiny_export)], capsys)
+    assert code == 2 and "is not a --target tensorrt export" in err
+    try:
+        import tensorrt  # noqa: F401
+    except ImportError:
+        code, _out, err = run_cli(["engines", "build", str(trt_export("vit-gpt2"))], capsys)
+        assert code == 2 and "`tensorrt` is not installed" in err
+
+
+def test_engine_cache_key_changes_with_each_part():
+    from edgecap_export.tensorrt.engines import EngineKey
+
+    base = EngineKey("ab" * 32, "fp16", "10.0.1", "89")
+    names = {base.file_name("decoder")} | {
+        EngineKey(*(x if i != j else y for i, (x, y) in enumerate(zip(base.__dict__.values(),
+                                                                        ("cd" * 32, "int8", "10.3", "87"))))
+                  ).file_name("decoder") for j in range(4)}
+    assert len(names) == 5 and all(n.startswith("decoder.") and n.endswith(".plan") for n in names)
+
+
+@pytest.mark.gpu
+def test_engines_build_on_a_gpu(trt_export):
+    pytest.importorskip("tensorrt")
+    from edgecap_export.tensorrt.engines import build_engines
+
+    first = build_engines(trt_export("vit-gpt2"), precisions=("fp16",))
+    assert len(first) == 2 and all(p.stat().st_size > 0 for p in first)
+    mtimes = [p.stat().st_mtime_ns for p in first]
+    assert build_engines(trt_export("vit-gpt2"), precisions=("fp16",)) == first  # cache hit
+    assert [p.stat().st_mtime_ns for p in first] == mtimes
