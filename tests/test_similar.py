@@ -23,7 +23,14 @@ from edgecap.runtime import CameraSpec, GateConfig, RunOptions, Runtime
 from edgecap.runtime.gate import grey_grid
 from edgecap.sources import SourceConfig
 
+try:  # the headless Chromium of the review page's browser tests (skips, or fails under CI, without a browser)
+    from test_serve_browser import driver, wait  # noqa: F401 - a fixture, used by name
+    BROWSER = True
+except pytest.skip.Exception:  # no web extra: the API tests below skip too
+    BROWSER = False
+
 T0 = datetime(2024, 5, 1, 10, 0, tzinfo=timezone.utc)
+HOSTILE = '<script>window.__pwned = 1</script><img src=x onerror="window.__pwned = 2"> & "quotes"'
 
 
 def scene(uid: str, minute: float = 0.0, caption: str = "a car") -> Event:
@@ -243,8 +250,8 @@ def server(tmp_path_factory, review_clips, write_log, start_server):
     db = tmp_path_factory.mktemp("similar") / "events.sqlite"
     write_log(db, review_clips["gate"])
     with EventStore(db) as store:  # two hand-made scenes with known vectors, one a near copy of the other
-        store.put(scene("near-a", caption="<script>alert(1)</script>"), embedding=unit(1, 2, 3, 4))
-        store.put(scene("near-b"), embedding=unit(1, 2, 3, 4.1)).wait(5)
+        store.put(scene("near-a", caption="a plain car"), embedding=unit(1, 2, 3, 4))
+        store.put(scene("near-b", caption=HOSTILE), embedding=unit(1, 2, 3, 4.1)).wait(5)
     srv = start_server(db)
     srv.db = db
     return srv
@@ -287,3 +294,25 @@ def test_api_similar_404s_400s_reasons_and_401s(server):
     assert api(server, "/api/events/999999/similar")[0] == 404
     assert api(server, "/api/events/1/similar?limit=0")[0] == 400
     assert api(server, "/api/events/1/similar", token=False)[0] == 401
+
+
+
+@pytest.mark.skipif(not BROWSER, reason="the web extra is not installed")
+def test_find_similar_in_the_page_is_keyboard_reachable_and_renders_captions_as_text(server, driver):
+    from selenium.webdriver.common.keys import Keys
+
+    ids = ids_by_uid(server.db)
+    driver.get(f"{server.base}?event={ids['near-a']}&token={server.token}")
+    wait(driver, lambda d: d.find_element("css selector", ".detail-caption").text == "a plain car")
+    button = driver.find_element("css selector", "#find-similar")
+    button.send_keys(Keys.ENTER)  # focusable and pressed from the keyboard (a <button>)
+    wait(driver, lambda d: d.find_elements("css selector", ".similar-pick .similar-caption"))
+    (pick,) = driver.find_elements("css selector", ".similar-pick")
+    assert pick.find_element("css selector", ".similar-caption").get_attribute("textContent") == HOSTILE
+    assert not pick.find_elements("css selector", "img")  # no thumbnail, and nothing injected
+    assert driver.execute_script("return window.__pwned") is None
+    assert not driver.find_elements("css selector", "#detail [data-event-id]")  # the hook marks list cards only
+    pick.send_keys(Keys.ENTER)
+    wait(driver, lambda d: f"event={ids['near-b']}" in d.current_url)
+    wait(driver, lambda d: d.find_element("css selector", ".detail-caption").text == HOSTILE)
+    assert not driver.find_elements("css selector", ".similar-pick")  # the list belongs to the event it was for
