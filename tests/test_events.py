@@ -479,7 +479,7 @@ def test_a_v1_database_is_migrated_with_rows_kept_and_searchable(db):
     old.close()
     with pytest.raises(EventStoreError, match="edgecap events migrate"):  # readers never write
         search(db)
-    assert migrate(db) == SCHEMA_VERSION == 3  # v2: thumbnails, details, search; v3: the alert outbox
+    assert migrate(db) == SCHEMA_VERSION == 4  # v2: thumbnails, details, search; v3: the alert outbox; v4: embeddings
     (car,) = search(db, "car")
     assert (car.uid, car.observations, car.end, car.details, car.thumbnail) == ("old1", 4, at(1), {}, None)
     with EventStore(db) as store:

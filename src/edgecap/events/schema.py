@@ -89,8 +89,22 @@ def _add_outbox(conn: sqlite3.Connection) -> None:
     ))
 
 
+def _add_embeddings(conn: sqlite3.Connection) -> None:
+    """v3 -> v4: each scene's pooled image embedding (unit length, float16), for "find similar". A trigger deletes
+    it with its event, in the deleting transaction (foreign keys are off by default in SQLite, so no CASCADE)."""
+    execute_all(conn, (
+        """CREATE TABLE event_embeddings (
+               event_id INTEGER PRIMARY KEY,
+               vec BLOB NOT NULL)""",
+        """CREATE TRIGGER events_embedding_delete AFTER DELETE ON events BEGIN
+               DELETE FROM event_embeddings WHERE event_id = old.id;
+           END""",
+    ))
+
+
 # MIGRATIONS[v] takes a database from schema v to v + 1; a new database runs them all. Append, never edit.
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_create_v1, _add_thumbnails_details_search, _add_outbox]
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_create_v1, _add_thumbnails_details_search, _add_outbox,
+                                                          _add_embeddings]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 COLUMNS = ("uid", "kind", "camera", "start_unix", "end_unix", "source_start_s", "source_end_s", "caption",
@@ -102,6 +116,7 @@ UPSERT = (f"INSERT INTO events ({', '.join(COLUMNS)}, updated) "
           f"ON CONFLICT (uid) DO UPDATE SET "
           f"{', '.join(f'{c} = excluded.{c}' for c in (*COLUMNS[1:], 'updated'))} RETURNING id, updated")
 
+INSERT_EMBEDDING = "INSERT OR REPLACE INTO event_embeddings (event_id, vec) VALUES (?, ?)"
 INSERT_OUTBOX = "INSERT INTO outbox (dest, topic, payload, retain, created_unix) VALUES (?, ?, ?, ?, ?)"
 
 

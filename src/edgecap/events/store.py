@@ -37,16 +37,20 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import TYPE_CHECKING, Callable, Iterable
 
 from .._log import logger
 from ..errors import InputError
 from ._writing import Throttled
 from .mirror import JsonlSink
 from .model import Event, EventStoreError, OutboxMessage, clean_event
-from .schema import INSERT_OUTBOX, SELECT, SELECT_WITH_UPDATED, UPSERT, event_row, open_writer, row_event
+from .schema import (INSERT_EMBEDDING, INSERT_OUTBOX, SELECT, SELECT_WITH_UPDATED, UPSERT, event_row, open_writer,
+                     row_event)
+from .similar import embedding_blob
 from .sink import Ack
 
+if TYPE_CHECKING:
+    import numpy as np
 
 #: ``hook(conn, before, after, updated)``: the messages one write produces. ``before`` is the row's previous state
 #: (None for a new row), ``after`` the new state with its row id, ``updated`` its change counter; ``conn`` is the
@@ -58,6 +62,7 @@ OutboxHook = Callable[[sqlite3.Connection, "Event | None", Event, int], Iterable
 class _Write:
     event: Event
     acks: list[Ack]
+    embedding: bytes | None = None  # stored with the event; a later state of the uid without one keeps it
 
 
 class EventStore:
@@ -120,17 +125,26 @@ class EventStore:
         self._thread.start()
 
     # -- producer side ---------------------------------------------------------------------------------------
-    def put(self, event: Event) -> Ack:
+    #: the runtime hands this sink a scene's image embedding with its first write (``put(ev, embedding=...)``)
+    accepts_embeddings = True
+
+    def put(self, event: Event, *, embedding: np.ndarray | None = None) -> Ack:
         """Enqueue an insert (new uid) or update (known uid) and return at once; never blocks on the disk.
 
         Text fields are cleaned first (see the module docstring). A newer write of a uid that is still queued
         replaces the queued state; both acks complete when it commits.
+
+        Args:
+            event: the event.
+            embedding: the event's image embedding (1-D, any float dtype), stored normalized in the same
+                transaction for ``similar``; None keeps whatever is stored.
 
         Raises:
             InputError: not an Event, an empty uid, times that are not datetimes, numbers that are not numbers.
             EventStoreError: the store is closed.
         """
         clean = clean_event(event)
+        blob = None if embedding is None else embedding_blob(embedding)
         ack = Ack()
         with self._cond:
             if self._closing:
@@ -138,10 +152,11 @@ class EventStore:
             self._unresolved += 1
             queued = self._pending.get(clean.uid)
             if queued is None:
-                self._pending[clean.uid] = _Write(clean, [ack])
+                self._pending[clean.uid] = _Write(clean, [ack], blob)
             else:
                 queued.event = clean
                 queued.acks.append(ack)
+                queued.embedding = blob or queued.embedding
             self._drop_over_bound()
             self._cond.notify()
         return ack
@@ -234,7 +249,7 @@ class EventStore:
         conn = self._conn
         conn.execute("BEGIN IMMEDIATE")
         try:
-            ids = [self._write(w.event) for w in batch]
+            ids = [self._write(w) for w in batch]
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
@@ -243,16 +258,17 @@ class EventStore:
             raise
         return ids
 
-    def _write(self, ev: Event) -> tuple[int, int]:
-        """One upsert, and its outbox messages when there is a hook; (row id, updated)."""
-        conn = self._conn
-        if self._outbox is None:
-            return tuple(conn.execute(UPSERT, event_row(ev)).fetchone())
-        old = conn.execute(f"{SELECT} WHERE uid = ?", (ev.uid,)).fetchone()
+    def _write(self, w: _Write) -> tuple[int, int]:
+        """One upsert, its embedding, and its outbox messages when there is a hook; (row id, updated)."""
+        conn, ev = self._conn, w.event
+        old = None if self._outbox is None else conn.execute(f"{SELECT} WHERE uid = ?", (ev.uid,)).fetchone()
         row_id, updated = conn.execute(UPSERT, event_row(ev)).fetchone()
-        now = time.time()
-        for m in self._outbox(conn, None if old is None else row_event(old), replace(ev, id=row_id), updated):
-            conn.execute(INSERT_OUTBOX, (m.dest, m.topic, m.payload, int(m.retain), now))
+        if w.embedding is not None:
+            conn.execute(INSERT_EMBEDDING, (row_id, w.embedding))
+        if self._outbox is not None:
+            now = time.time()
+            for m in self._outbox(conn, None if old is None else row_event(old), replace(ev, id=row_id), updated):
+                conn.execute(INSERT_OUTBOX, (m.dest, m.topic, m.payload, int(m.retain), now))
         return row_id, updated
 
     def _committed(self, batch: list[_Write], written: list[tuple[int, int]]) -> None:
@@ -333,6 +349,7 @@ class EventStore:
                     self._pending.move_to_end(w.event.uid, last=False)
                 else:  # a newer state of this uid was queued meanwhile: it answers the older acks too
                     newer.acks[:0] = w.acks
+                    newer.embedding = newer.embedding or w.embedding
             self._drop_over_bound()
         return not transient
 

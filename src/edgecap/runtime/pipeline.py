@@ -25,6 +25,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Protocol
 
+import numpy as np
+
 from .._log import logger
 from ..errors import InputError, RunFailedError
 from ..events import ERROR, Event, EventSink, save_jpeg
@@ -68,6 +70,8 @@ class RunOptions:
         generation: generation options passed to the backend (num_beams, max_new_tokens, ...).
         fail_after_s: give up when captioning (or every sink) has failed for this long ...
         fail_after_batches: ... and for at least this many batches (writes) in a row.
+        embeddings: store each scene's pooled image embedding with its first write, for "find similar" (needs a
+            backend that encodes separately; with any other backend no embedding is stored).
     """
 
     max_batch: int = 8
@@ -77,6 +81,7 @@ class RunOptions:
     generation: dict[str, Any] = field(default_factory=dict)
     fail_after_s: float = 60.0
     fail_after_batches: int = 5
+    embeddings: bool = True
 
     def __post_init__(self) -> None:
         if isinstance(self.max_batch, bool) or not isinstance(self.max_batch, int) or self.max_batch < 1:
@@ -213,12 +218,16 @@ class Runtime:
                         for spec in cameras]
 
     # -- events -----------------------------------------------------------------------------------------------
-    def _put(self, ev: Event) -> None:
-        """Hand an event to every sink; a sink that raises is logged and counted, the others still get it."""
+    def _put(self, ev: Event, embedding: np.ndarray | None = None) -> None:
+        """Hand an event to every sink (and its image embedding to the sinks that store one); a sink that raises
+        is logged and counted, the others still get it."""
         failed = 0
         for sink in self.sinks:
             try:
-                sink.put(ev)
+                if embedding is not None and getattr(sink, "accepts_embeddings", False):
+                    sink.put(ev, embedding=embedding)
+                else:
+                    sink.put(ev)
             except Exception as exc:  # noqa: BLE001 - one sink must not stop the cameras or the other sinks
                 failed += 1
                 self.stats.sink_errors += 1
@@ -278,9 +287,10 @@ class Runtime:
                      confidence=round(scene.confidence, 4), observations=scene.observations,
                      thumbnail=scene.thumbnail, details=scene.details, closed=closed)
 
-    def _write_scene(self, cam: _Camera, scene: OpenScene, closed: bool) -> None:
+    def _write_scene(self, cam: _Camera, scene: OpenScene, closed: bool,
+                     embedding: np.ndarray | None = None) -> None:
         ev = self._scene_event(cam, scene, closed)
-        self._put(ev)
+        self._put(ev, embedding)
         cam.last_write = time.monotonic()
         if closed:
             self.stats.scenes += 1
@@ -339,9 +349,10 @@ class Runtime:
         self.stats.batches += 1
         self.stats.batched_frames += len(pending)
         self.stats.max_batch_seen = max(self.stats.max_batch_seen, len(pending))
+        pooled: list[np.ndarray | None] = [None] * len(pending)
         try:
-            if any(cam.spec.gate.embedding_distance is not None for cam, _, _ in pending):
-                pending, caps = self._caption_with_embedding_gate(pending)
+            if self._encode_first(pending):
+                pending, caps, pooled = self._caption_encoded(pending)
             else:
                 caps = self.backend.caption_batch([s.image for _, s, _ in pending],
                                                   **self._options([cam for cam, _, _ in pending]))
@@ -352,7 +363,7 @@ class Runtime:
             return
         self._caption_streak.ok()
         done = time.monotonic()
-        for (cam, sample, since), c in zip(pending, caps):
+        for (cam, sample, since), c, vec in zip(pending, caps, pooled):
             self._close_incident(cam.spec.name, ERROR, sample.wall_utc, "recovered")
             self.stats.camera(cam.spec.name)["captioned"] += 1
             self.stats.frame_age_ms.append((done - sample.mono) * 1e3)
@@ -370,7 +381,7 @@ class Runtime:
                     scene.thumbnail = str(save_jpeg(self.opts.thumbnail_dir / f"{scene.uid}.jpg", sample.image))
                 except Exception as exc:  # noqa: BLE001 - a thumbnail must never stop captioning
                     logger.warning("thumbnail for %s not written: %s", cam.spec.name, _one_line(exc))
-            self._write_scene(cam, scene, closed=False)
+            self._write_scene(cam, scene, closed=False, embedding=vec if is_new else None)
 
     def _options(self, cameras: list[_Camera]) -> dict[str, Any]:
         """Generation options of a batch: the run's, plus one prompt per frame when any camera has a prompt (a
@@ -397,8 +408,17 @@ class Runtime:
                                  f"{time.monotonic() - self._caption_streak.since:.0f} s (last: {_one_line(exc)}); "
                                  "check the model and the log")
 
-    def _caption_with_embedding_gate(self, pending):
-        """Stage 2 of the gate: encode the batch, decode only frames whose pooled embedding moved."""
+    def _encode_first(self, pending: list[tuple[_Camera, FrameSample, FrameSample]]) -> bool:
+        """Whether a batch is encoded before decoding: for the gate's embedding stage, or to keep the pooled
+        embeddings of new scenes (checked in __init__: the gate's stage implies an EmbeddingBackend)."""
+        if any(cam.spec.gate.embedding_distance is not None for cam, _, _ in pending):
+            return True
+        return self.opts.embeddings and isinstance(self.backend, EmbeddingBackend)
+
+    def _caption_encoded(self, pending):
+        """Encode the batch, then decode only the frames whose pooled embedding moved (stage 2 of the gate, for the
+        cameras that have it; every frame of the others). Returns the kept frames, their captions and their pooled
+        embeddings (None where the model has none or embeddings are not stored)."""
         timings: dict[str, float] = {}
         backend: EmbeddingBackend = self.backend  # type: ignore[assignment]  # checked in __init__
         enc = backend.encode_images([s.image for _, s, _ in pending], timings=timings)
@@ -412,11 +432,12 @@ class Runtime:
                 self.stats.camera(cam.spec.name)["gated_out_embedding"] += 1
                 cam.tracker.touch(sample.wall_utc, sample.pts_s)
         if not keep:
-            return [], []
+            return [], [], []
         kept = [pending[i] for i in keep]
         caps = backend.caption_encoded(enc.select(keep), timings=timings,
                                        **self._options([cam for cam, _, _ in kept]))
-        return kept, caps
+        stored = self.opts.embeddings and enc.pooled is not None
+        return kept, caps, [enc.pooled[i] if stored else None for i in keep]
 
     def run(self, stop: threading.Event | None = None) -> int:
         """Run until all file sources finish (returns 0, or 1 if a source failed) or ``stop`` is set (0).

@@ -22,6 +22,7 @@ from starlette.routing import Route
 
 from ..errors import InputError
 from ..events import Event, EventStoreError, cameras, changes, get_event, search_page
+from ..events.similar import SimilarIndex
 from ..sources import mask_url
 
 MAX_PAGE = 500
@@ -94,12 +95,14 @@ class Api:
         self.db = db
         self.thumbnails = thumbnails.resolve()
         self.poll_s = poll_s
+        self.similar_index = SimilarIndex(db)
 
     def routes(self) -> list[Route]:
         return [
             Route("/api/events", self.events),
             Route("/api/events/{event_id:int}", self.event),
             Route("/api/events/{event_id:int}/thumbnail.jpg", self.thumbnail),
+            Route("/api/events/{event_id:int}/similar", self.similar),
             Route("/api/cameras", self.cameras),
             Route("/api/stream", self.stream),
             Route("/healthz", self.healthz),
@@ -119,6 +122,17 @@ class Api:
         if ev is None:
             return JSONResponse({"error": "no such event"}, status_code=404, headers=_NO_STORE)
         return JSONResponse(event_json(ev), headers=_NO_STORE)
+
+    async def similar(self, request: Request) -> Response:
+        """``GET /api/events/{id}/similar?limit=``: the nearest scene events by image embedding (cosine), the event
+        itself excluded, most similar first, each with a ``similarity``; ``reason`` says why the list is empty."""
+        limit = _limit(request.query_params.get("limit"))
+        found = await to_thread.run_sync(lambda: self.similar_index.nearest(request.path_params["event_id"],
+                                                                            limit=limit))
+        if found is None:
+            return JSONResponse({"error": "no such event"}, status_code=404, headers=_NO_STORE)
+        events = [{**event_json(ev), "similarity": round(score, 4)} for ev, score in found.events]
+        return JSONResponse({"events": events, "next_cursor": None, "reason": found.reason}, headers=_NO_STORE)
 
     def thumbnail(self, request: Request) -> Response:
         """The thumbnail, only if its stored path resolves (symlinks followed) to a file inside the folder."""

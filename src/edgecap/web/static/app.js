@@ -430,10 +430,54 @@ async function openDetail(id, {scroll}) {
   const shown = new Set(["model", "precision", "model_sha256", "ms", "batch", "prompt", "objects", "message", "attempts", "last_error"]);
   for (const [k, v] of Object.entries(d)) if (!shown.has(k)) add(k, typeof v === "object" ? JSON.stringify(v) : v);
   add("Event uid", ev.uid);
+  resetSimilar(ev);
   markSelected();
   const node = cards.get(id);
   if (scroll && node) node.scrollIntoView({block: "nearest"});
   if (node && document.activeElement !== $("#search").q) node.focus({preventScroll: true});
+}
+
+// "Find similar": the nearest scenes by image embedding. Results are buttons, not cards: they carry no
+// data-event-id (only cards of the list do), and choosing one selects that event.
+
+function resetSimilar(ev) {
+  const box = $("#detail .similar");
+  if (box.dataset.forEvent === String(ev.id)) return;  // a live refresh of the same event keeps the answer
+  box.dataset.forEvent = String(ev.id);
+  box.hidden = ev.kind !== "scene";
+  $(".similar-list", box).replaceChildren();
+  $(".similar-note", box).hidden = true;
+}
+
+async function findSimilar() {
+  const box = $("#detail .similar");
+  const id = Number(box.dataset.forEvent);
+  const note = $(".similar-note", box);
+  note.hidden = false;
+  note.textContent = "Searching\u2026";
+  let body;
+  try { body = await api(`/api/events/${id}/similar?limit=12`); } catch (err) { note.textContent = err.message; return; }
+  if (box.dataset.forEvent !== String(id)) return;  // another event was opened meanwhile
+  note.textContent = body.reason || (body.events.length ? "" : "No other scene has an embedding of this model.");
+  note.hidden = !note.textContent;
+  $(".similar-list", box).replaceChildren(...body.events.map((ev) => {
+    const item = el("li");
+    const pick = el("button", "similar-pick");
+    pick.type = "button";
+    pick.title = `${ev.camera} \u00b7 ${fmtFull(ev.start)}`;
+    if (ev.thumbnail_url) {
+      const img = el("img");
+      img.alt = "";
+      img.decoding = "async";
+      img.src = `${ev.thumbnail_url}?v=${encodeURIComponent(ev.thumbnail || "")}`;
+      pick.append(img);
+    }
+    pick.append(el("span", "similar-caption", describe(ev)),
+                el("span", "similar-score", `${ev.camera} \u00b7 ${fmtTime(ev.start)} \u00b7 cos ${ev.similarity.toFixed(3)}`));
+    pick.addEventListener("click", () => select(ev.id));
+    item.append(pick);
+    return item;
+  }));
 }
 
 function closeDetail() {
@@ -482,6 +526,7 @@ function start() {
   $("#clear").addEventListener("click", () => { form.q.value = form.since.value = form.until.value = ""; research(); });
   $("#load-more").addEventListener("click", loadMore);
   $("#detail .close").addEventListener("click", closeDetail);
+  $("#find-similar").addEventListener("click", findSimilar);
   document.addEventListener("keydown", onKey);
   new IntersectionObserver((entries) => { if (entries.some((e) => e.isIntersecting)) loadMore(); })
     .observe($("#more"));
