@@ -121,8 +121,9 @@ def test_disk_full_keeps_events_in_memory_and_retries(db):
             return real_commit(batch)
 
         store._commit = commit
-        acks = [store.put(scene("x" * 1500 + f" {i}", i)) for i in range(20)]
-        deadline = time.monotonic() + 5
+        with store._cond:  # the writer takes all 20 as one batch: one write alone can fit a page's free space
+            acks = [store.put(scene("x" * 1500 + f" {i}", i)) for i in range(20)]
+        deadline = time.monotonic() + 60  # a bound against a hang; the loop ends as soon as two commits failed
         while store.stats["failed"] < 2 and time.monotonic() < deadline:
             time.sleep(0.01)
         assert store.stats["failed"] >= 2 and not any(a.done() for a in acks)

@@ -11,6 +11,7 @@ Modules, by job (arrows are imports; none points back):
     thumbs     thumbnail_dir, save_jpeg                                      -> model
     query      search, search_page, get_event, changes, cameras, export, tail -> model, schema
     retention  prune, PruneReport                                            -> model, schema, thumbs, _writing
+    similar    scene embeddings (stored by the store) and SimilarIndex        -> model, schema
 """
 
 from .mirror import JsonlSink

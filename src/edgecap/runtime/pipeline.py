@@ -5,7 +5,9 @@ the ready frames, gates them, and captions the admitted frames of all cameras as
 camera, bounded by ``max_batch`` and ``max_wait_s``). Captions feed one SceneTracker per camera; scene events are
 written to every sink when they open, as they are extended and when they close. Source status changes arrive on
 the reader threads and are queued; this loop turns them into system events (an outage is one event, see
-``Runtime._apply_status``), so every sink and every piece of runtime state is touched by one thread only.
+``Runtime._apply_status``), so every sink and every piece of runtime state is touched by one thread only. A backend
+that can encode separately (a Captioner) encodes first: the gate's embedding stage uses the pooled vectors, and a new
+scene's first write carries its vector to sinks that store it (`similar scenes` on the review page).
 
 A batch that fails (a model exception) gives its cameras an ``error`` event and the run goes on; when captioning
 has failed for ``fail_after_s`` and at least ``fail_after_batches`` batches in a row, the run ends with
