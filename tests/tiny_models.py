@@ -166,12 +166,12 @@ def build_bart_tokenizer(vocab_size: int):
 def build_florence2(out: Path, *, image_size: int = 32, embed_dim: tuple[int, ...] = (16, 32),
                     depths: tuple[int, ...] = (1, 1), vision_heads: tuple[int, ...] = (2, 4), d_model: int = 32,
                     layers: int = 2, heads: int = 2, vocab_size: int = 160, seed: int = 0,
-                    generation: dict | None = None, loc_boost: float = 1.0) -> Path:
+                    generation: dict | None = None, eos_boost: float = 1.0) -> Path:
     """save_pretrained a random-weight Florence2ForConditionalGeneration (a tiny DaViT of ``len(depths)`` stages,
     strides 4 then 2, + a BART encoder-decoder) and its Florence2Processor (Pillow CLIP image processor at
     ``image_size``, the BART-layout tokenizer above) into ``out``. The generation settings default to the published
     checkpoints' (3 beams, no_repeat_ngram_size 3, early stopping, forced <s> first and </s> last) with a short
-    max_length."""
+    max_length; ``eos_boost`` scales </s>'s logit so that some answers end before the limit."""
     import torch
     from transformers import (BartConfig, CLIPImageProcessorPil, Florence2Config, Florence2ForConditionalGeneration,
                               Florence2Processor, Florence2VisionConfig)
@@ -189,13 +189,17 @@ def build_florence2(out: Path, *, image_size: int = 32, embed_dim: tuple[int, ..
                       encoder_attention_heads=heads, decoder_attention_heads=heads, encoder_ffn_dim=d_model * 2,
                       decoder_ffn_dim=d_model * 2, max_position_embeddings=128, bos_token_id=0, pad_token_id=1,
                       eos_token_id=2, decoder_start_token_id=2, forced_bos_token_id=0, forced_eos_token_id=2,
-                      scale_embedding=False)
+                      scale_embedding=False, tie_word_embeddings=False)
+    # untied LM head: tied to the embeddings, a random decoder mostly predicts the token it was just fed
     cfg = Florence2Config(vision_config=vision.to_dict(), text_config=text.to_dict(),
-                          image_token_id=tok.image_token_id)
+                          image_token_id=tok.image_token_id, tie_word_embeddings=False)
     model = Florence2ForConditionalGeneration(cfg).eval()
     with torch.no_grad():  # the cross-attention made to matter (as for BLIP): the image picks the tokens
         for layer in model.model.language_model.decoder.layers:
             layer.encoder_attn.out_proj.weight.mul_(30.0)
+        # decisive logits, and </s> boosted so that some answers end early
+        model.lm_head.weight.mul_(40.0)
+        model.lm_head.weight[2].mul_(eos_boost)
     gen = {"num_beams": 3, "no_repeat_ngram_size": 3, "early_stopping": True, "decoder_start_token_id": 2,
            "forced_bos_token_id": 0, "forced_eos_token_id": 2, "bos_token_id": 0, "eos_token_id": 2,
            "pad_token_id": 1, "max_length": 20, **(generation or {})}
