@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .blip_graphs import _fused_linear
+from .blip_graphs import fused_linear
 from .wrappers import ATTENTION_KINDS, AttentionMHA, SelfAttentionMHA, attend, merge_heads, split_heads
 
 
@@ -60,14 +60,14 @@ class BartCachedStep(nn.Module):
         ks, vs = [], []
         for layer in self.decoder.layers:
             xa = layer.encoder_attn
-            k, v = _fused_linear([xa.k_proj, xa.v_proj], states).split(self.width, dim=2)
+            k, v = fused_linear([xa.k_proj, xa.v_proj], states).split(self.width, dim=2)
             ks.append(split_heads(k, self.heads))
             vs.append(split_heads(v, self.heads))
         return ks, vs
 
     def _self_attention(self, sa: nn.Module, x: torch.Tensor, past_k: torch.Tensor, past_v: torch.Tensor,
                         causal: torch.Tensor | None):
-        q, k, v = _fused_linear([sa.q_proj, sa.k_proj, sa.v_proj], x).split(self.width, dim=2)
+        q, k, v = fused_linear([sa.q_proj, sa.k_proj, sa.v_proj], x).split(self.width, dim=2)
         if self.attention == "contrib":
             return SelfAttentionMHA.apply(q, k, v, past_k, past_v, self.heads, self.scale)
         k = torch.cat([past_k, split_heads(k, self.heads)], dim=2)
