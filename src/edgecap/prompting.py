@@ -108,7 +108,7 @@ class PromptEncoder:
     def prefix(self, prompt: str | None) -> list[int]:
         """The decoder prefix for one prompt (None: the start token alone)."""
         if self.encodes_prompt:
-            self.task(prompt)  # checks the prompt
+            self.encoder_ids(prompt)  # checks the prompt and its length
             return [self.start_token_id]
         if prompt is None or self.spec is None:
             return [self.start_token_id]

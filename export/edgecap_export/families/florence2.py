@@ -15,6 +15,7 @@ What Florence-2 does differently, and the manifest records so that the runtime r
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Any
 
 from edgecap.errors import UnsupportedModelError
@@ -24,7 +25,7 @@ from ..specs import ModelShape
 # The tasks edgecap runs, with the post-processing Florence2Processor applies to each answer.
 TASKS = {"<CAPTION>": "pure_text", "<DETAILED_CAPTION>": "pure_text", "<MORE_DETAILED_CAPTION>": "pure_text",
          "<OCR>": "pure_text", "<OD>": "description_with_bboxes", "<CAPTION_TO_PHRASE_GROUNDING>": "phrase_grounding"}
-EXAMPLE_GROUNDING = "<CAPTION_TO_PHRASE_GROUNDING>a red car on the street"
+DEFAULT_TASK = "<CAPTION>"  # what a caption without a prompt asks
 
 
 class Florence2:
@@ -99,10 +100,10 @@ class Florence2:
             tasks[token] = {"text": table[token], "takes_input": takes_input, "post_processing": kind}
         tok = proc.tokenizer
         config = proc.post_processor_config or {}
-        return {"kind": "task", "default_task": "<CAPTION>", "tasks": tasks, "bos_token": tok.bos_token,
+        return {"kind": "task", "default_task": DEFAULT_TASK, "tasks": tasks, "bos_token": tok.bos_token,
                 "eos_token": tok.eos_token,
                 "banned_grounding_tokens": list(config.get("phrase_grounding", {}).get("banned_grounding_tokens", [])),
-                "special_tokens": sorted(tok.all_special_tokens), "quantize_bins": [1000, 1000],
+                "quantize_bins": list(proc.post_processor.quantize_bins),
                 "max_positions": int(hf_model.config.text_config.max_position_embeddings)}
 
     def _inputs(self, hf_model: Any, pixel_values: Any, prompt: str | None) -> Any:
@@ -110,7 +111,7 @@ class Florence2:
         import numpy as np
 
         images = [np.zeros((8, 8, 3), np.uint8)] * int(pixel_values.shape[0])
-        return _processor(hf_model)(text=[prompt or "<CAPTION>"] * len(images), images=images,
+        return _processor(hf_model)(text=[prompt or DEFAULT_TASK] * len(images), images=images,
                                     return_tensors="pt")["input_ids"]
 
     def reference_cross_kv(self, hf_model: Any, pixel_values: Any, heads: int) -> tuple[list, list, Any]:
@@ -136,9 +137,15 @@ class Florence2:
 
 
 def _processor(hf_model: Any) -> Any:
+    return _load_processor(hf_model.name_or_path)
+
+
+@lru_cache(maxsize=4)
+def _load_processor(model: str) -> Any:
+    """The checkpoint's Florence2Processor, read once per export (the parity grid asks for it per case)."""
     from transformers import AutoProcessor
 
-    return AutoProcessor.from_pretrained(hf_model.name_or_path)
+    return AutoProcessor.from_pretrained(model)
 
 
 FLORENCE2 = Florence2()
