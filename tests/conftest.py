@@ -29,6 +29,15 @@ BLIP_ARCHS = {
 }
 
 
+# Florence-2 checkpoints (tests/test_florence2.py): the default tiny one (</s> boosted so that answers end before
+# the length limit as well as at it), and one with a third DaViT stage, other widths and seed.
+FLORENCE_ARCHS = {
+    "florence2": dict(eos_boost=1.5),
+    "florence2-deep": dict(image_size=64, embed_dim=(16, 24, 32), depths=(1, 1, 1), vision_heads=(2, 2, 4),
+                           d_model=36, layers=3, heads=3, seed=1, eos_boost=1.5),
+}
+
+
 def _quiet_transformers() -> None:
     import transformers
 
@@ -38,16 +47,18 @@ def _quiet_transformers() -> None:
 
 @pytest.fixture(scope="session")
 def checkpoint_factory(tmp_path_factory):
-    """Build (and cache) a save_pretrained checkpoint for an ARCHS or BLIP_ARCHS key."""
+    """Build (and cache) a save_pretrained checkpoint for an ARCHS, BLIP_ARCHS or FLORENCE_ARCHS key."""
     pytest.importorskip("torch")
     _quiet_transformers()
-    from tiny_models import build_blip, build_model
+    from tiny_models import build_blip, build_florence2, build_model
 
     cache: dict[str, Path] = {}
 
     def make(name: str) -> Path:
         if name not in cache:
-            build, kwargs = (build_blip, BLIP_ARCHS[name]) if name in BLIP_ARCHS else (build_model, ARCHS[name])
+            build, kwargs = ((build_blip, BLIP_ARCHS[name]) if name in BLIP_ARCHS else
+                             (build_florence2, FLORENCE_ARCHS[name]) if name in FLORENCE_ARCHS else
+                             (build_model, ARCHS[name]))
             cache[name] = build(tmp_path_factory.mktemp(f"ckpt-{name}"), **kwargs)
         return cache[name]
 
@@ -56,8 +67,8 @@ def checkpoint_factory(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def exported_factory(tmp_path_factory, checkpoint_factory):
-    """Export (with validation) and cache the edgecap directory of an ARCHS or BLIP_ARCHS key, with either
-    attention lowering."""
+    """Export (with validation) and cache the edgecap directory of an ARCHS, BLIP_ARCHS or FLORENCE_ARCHS key,
+    with either attention lowering."""
     from edgecap_export import export_model
 
     cache: dict[tuple[str, str], Path] = {}

@@ -110,8 +110,8 @@ def test_a_registered_family_is_chosen_by_model_type(monkeypatch) -> None:  # no
     """The seam the next families use: an entry in FAMILIES is all the exporter needs to find one."""
     from edgecap_export import families
 
-    other = SimpleNamespace(name="florence2", model_types=("florence2",), describe=lambda: "florence2 (test)")
+    other = SimpleNamespace(name="pix2struct", model_types=("pix2struct",), describe=lambda: "pix2struct (test)")
     monkeypatch.setattr(families, "FAMILIES", (*families.FAMILIES, other))
-    assert families.family_for(SimpleNamespace(model_type="florence2")) is other
-    with pytest.raises(UnsupportedModelError, match=r"florence2 \(test\)"):
+    assert families.family_for(SimpleNamespace(model_type="pix2struct")) is other
+    with pytest.raises(UnsupportedModelError, match=r"pix2struct \(test\)"):
         families.family_for(SimpleNamespace(model_type="git"))

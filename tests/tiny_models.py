@@ -122,3 +122,94 @@ def build_blip(out: Path, *, image_size: int = 32, patch_size: int = 8, enc_laye
     processor = BlipProcessor(BlipImageProcessorPil(size={"height": image_size, "width": image_size}), tok)
     processor.save_pretrained(out)
     return out
+
+
+FLORENCE_SPECIALS = ["<s>", "<pad>", "</s>", "<unk>"]
+# The task markers Florence-2's tokenizer holds besides the 1000 location bins (post-processing patterns name them).
+FLORENCE_MARKERS = ["<od>", "</od>", "<ocr>", "</ocr>", "<cap>", "</cap>", "<ground>", "<obj>", "<box>", "</box>",
+                    "<bbox>", "</bbox>", "<poly>", "</poly>", "<sep>"]
+
+
+# The published checkpoints' post-processor settings (processor_config.json), which post_process_generation reads.
+FLORENCE_POST_PROCESSING = {"ocr": {"PATTERN": r"(.+?)<loc_(\d+)><loc_(\d+)><loc_(\d+)><loc_(\d+)><loc_(\d+)><loc_(\d+)>"
+                                               r"<loc_(\d+)><loc_(\d+)>", "AREA_THRESHOLD": 0.0},
+                            "phrase_grounding": {"banned_grounding_tokens": ["the image"]},
+                            "pure_text": {}, "description_with_bboxes": {}, "description_with_polygons": {},
+                            "polygons": {}, "bboxes": {}, "description_with_bboxes_or_polygons": {}}
+
+
+def build_bart_tokenizer(vocab_size: int):
+    """A byte-level BPE tokenizer in BART's layout (<s> 0, <pad> 1, </s> 2, <unk> 3, then <mask>), trained in code
+    on the task prompts, holding the tokens Florence2Processor needs: <image> (its image_token), the task markers
+    and <loc_0> ... <loc_999>."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import BartTokenizer
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=FLORENCE_SPECIALS + ["<mask>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    corpus = [" ".join(WORDS[(i * 7 + j) % len(WORDS)] for j in range(8)) for i in range(200)]
+    corpus += ["What does the image describe?", "Describe in detail what is shown in the image.",
+               "Describe with a paragraph what is shown in the image.", "What is the text in the image?",
+               "Locate the objects with category name in the image.", "Locate the phrases in the caption:"]
+    tok.train_from_iterator(corpus, trainer)
+    tok.post_processor = processors.RobertaProcessing(("</s>", 2), ("<s>", 0), add_prefix_space=False)
+    wrapped = BartTokenizer(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
+                            unk_token="<unk>", sep_token="</s>", cls_token="<s>", mask_token="<mask>",
+                            extra_special_tokens={"image_token": "<image>"})
+    wrapped.add_tokens(FLORENCE_MARKERS + [f"<loc_{i}>" for i in range(1000)], special_tokens=True)
+    return wrapped
+
+
+def build_florence2(out: Path, *, image_size: int = 32, embed_dim: tuple[int, ...] = (16, 32),
+                    depths: tuple[int, ...] = (1, 1), vision_heads: tuple[int, ...] = (2, 4), d_model: int = 32,
+                    layers: int = 2, heads: int = 2, vocab_size: int = 160, seed: int = 0,
+                    generation: dict | None = None, eos_boost: float = 1.0) -> Path:
+    """save_pretrained a random-weight Florence2ForConditionalGeneration (a tiny DaViT of ``len(depths)`` stages,
+    strides 4 then 2, + a BART encoder-decoder) and its Florence2Processor (Pillow CLIP image processor at
+    ``image_size``, the BART-layout tokenizer above) into ``out``. The generation settings default to the published
+    checkpoints' (3 beams, no_repeat_ngram_size 3, early stopping, forced <s> first and </s> last) with a short
+    max_length; ``eos_boost`` scales </s>'s logit so that some answers end before the limit."""
+    import torch
+    from transformers import (BartConfig, CLIPImageProcessorPil, Florence2Config, Florence2ForConditionalGeneration,
+                              Florence2Processor, Florence2VisionConfig)
+
+    torch.manual_seed(seed)
+    tok = build_bart_tokenizer(vocab_size)
+    stages = len(depths)
+    strides = (4,) + (2,) * (stages - 1)
+    vision = Florence2VisionConfig(depths=list(depths), patch_size=[7] + [3] * (stages - 1), patch_stride=list(strides),
+                                   patch_padding=[3] + [1] * (stages - 1), patch_prenorm=[False] + [True] * (stages - 1),
+                                   embed_dim=list(embed_dim), num_heads=list(vision_heads),
+                                   num_groups=list(vision_heads), window_size=2, projection_dim=d_model,
+                                   drop_path_rate=0.0, initializer_range=0.5)
+    text = BartConfig(vocab_size=len(tok), d_model=d_model, encoder_layers=layers, decoder_layers=layers,
+                      encoder_attention_heads=heads, decoder_attention_heads=heads, encoder_ffn_dim=d_model * 2,
+                      decoder_ffn_dim=d_model * 2, max_position_embeddings=128, bos_token_id=0, pad_token_id=1,
+                      eos_token_id=2, decoder_start_token_id=2, forced_bos_token_id=0, forced_eos_token_id=2,
+                      scale_embedding=False, tie_word_embeddings=False)
+    # untied LM head: tied to the embeddings, a random decoder mostly predicts the token it was just fed
+    cfg = Florence2Config(vision_config=vision.to_dict(), text_config=text.to_dict(),
+                          image_token_id=tok.image_token_id, tie_word_embeddings=False)
+    model = Florence2ForConditionalGeneration(cfg).eval()
+    with torch.no_grad():  # the cross-attention made to matter (as for BLIP): the image picks the tokens
+        for layer in model.model.language_model.decoder.layers:
+            layer.encoder_attn.out_proj.weight.mul_(30.0)
+        # decisive logits, and </s> boosted so that some answers end early
+        model.lm_head.weight.mul_(40.0)
+        model.lm_head.weight[2].mul_(eos_boost)
+    gen = {"num_beams": 3, "no_repeat_ngram_size": 3, "early_stopping": True, "decoder_start_token_id": 2,
+           "forced_bos_token_id": 0, "forced_eos_token_id": 2, "bos_token_id": 0, "eos_token_id": 2,
+           "pad_token_id": 1, "max_length": 20, **(generation or {})}
+    for k, v in gen.items():
+        setattr(model.generation_config, k, v)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    grid = image_size // (4 * 2 ** (stages - 1))
+    images = CLIPImageProcessorPil(size={"height": image_size, "width": image_size}, do_center_crop=False,
+                                   resample=3, image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225])
+    images.image_seq_length = grid * grid + 1
+    Florence2Processor(images, tok, post_processor_config=FLORENCE_POST_PROCESSING).save_pretrained(out)
+    return out

@@ -139,8 +139,55 @@ def build_blip_random(out: Path, seed: int = 0) -> Path:
     return out
 
 
+def build_florence2_random(out: Path, seed: int = 0) -> Path:
+    """save_pretrained a random-weight model with Florence-2-base's architecture (DaViT 128/256/512/1024 wide,
+    depths 1/1/9/1, 768 px, 577 image features; BART base, 6 + 6 layers of 768, vocabulary 51289) and token ids
+    (<s> 0, <pad> 1, </s> 2, <loc_0> 50269 ..., <image> 51289), with a Florence2Processor and the published
+    generation settings (3 beams, no_repeat_ngram_size 3, forced <s>/</s>)."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import (BartConfig, BartTokenizer, CLIPImageProcessorPil, Florence2Config,
+                              Florence2ForConditionalGeneration, Florence2Processor, Florence2VisionConfig)
+
+    if (out / "config.json").is_file():
+        return out
+    torch.manual_seed(seed)
+    specials = ["<s>", "<pad>", "</s>", "<unk>"]
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    locs = [f"<loc_{i}>" for i in range(1000)]
+    vocab = {t: i for i, t in enumerate(specials + alphabet)}
+    vocab.update({f"<unused{i}>": i for i in range(len(vocab), 50269)})
+    vocab.update({t: 50269 + i for i, t in enumerate(locs)})
+    vocab.update({f"<unused{i}>": i for i in range(len(vocab), 51289)})
+    vocab["<image>"] = 51289
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tokenizer = BartTokenizer(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
+                              unk_token="<unk>", extra_special_tokens={"image_token": "<image>"})
+    tokenizer.add_tokens(locs, special_tokens=True)
+    vision = Florence2VisionConfig(embed_dim=[128, 256, 512, 1024], depths=[1, 1, 9, 1], num_heads=[4, 8, 16, 32],
+                                   num_groups=[4, 8, 16, 32], window_size=12, projection_dim=768)
+    text = BartConfig(vocab_size=51290, d_model=768, encoder_layers=6, decoder_layers=6, encoder_attention_heads=12,
+                      decoder_attention_heads=12, encoder_ffn_dim=3072, decoder_ffn_dim=3072,
+                      max_position_embeddings=1024, bos_token_id=0, pad_token_id=1, eos_token_id=2,
+                      decoder_start_token_id=2, forced_bos_token_id=0, forced_eos_token_id=2)
+    model = Florence2ForConditionalGeneration(Florence2Config(vision_config=vision.to_dict(),
+                                                              text_config=text.to_dict(), image_token_id=51289)).eval()
+    for k, v in {"num_beams": 3, "no_repeat_ngram_size": 3, "early_stopping": True, "decoder_start_token_id": 2,
+                 "forced_bos_token_id": 0, "forced_eos_token_id": 2, "max_length": 21}.items():
+        setattr(model.generation_config, k, v)
+    model.save_pretrained(out)
+    images = CLIPImageProcessorPil(size={"height": 768, "width": 768}, do_center_crop=False, resample=3,
+                                   image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225])
+    images.image_seq_length = 577
+    Florence2Processor(images, tokenizer, post_processor_config={"pure_text": {}}).save_pretrained(out)
+    return out
+
+
 RANDOM_ARCHS: dict[str, Callable[[Path], Path]] = {"vitgpt2-base": build_vitgpt2_random,
-                                                   "blip-base": build_blip_random}
+                                                   "blip-base": build_blip_random,
+                                                   "florence2-base": build_florence2_random}
 
 
 def prepare_random(arch: str, workdir: str | Path, *, int8: bool = True) -> Path:
@@ -184,6 +231,22 @@ def _eager_runner(model: Any, processor: Any, images: list[np.ndarray], kw: dict
         with torch.no_grad():
             t1 = time.perf_counter()
             model.generate(pixel_values=px, **kw)
+        return {"preprocess": pre, "total": pre + (time.perf_counter() - t1) * 1e3}
+    return run
+
+
+def _florence2_eager_runner(model: Any, processor: Any, images: list[np.ndarray],
+                            kw: dict) -> Callable[[], dict[str, float]]:
+    """transformers' Florence-2 path: the processor builds pixel values and the <CAPTION> task's ids."""
+    import torch
+
+    def run() -> dict[str, float]:
+        t = time.perf_counter()
+        inputs = processor(text=["<CAPTION>"] * len(images), images=images, return_tensors="pt")
+        pre = (time.perf_counter() - t) * 1e3
+        with torch.no_grad():
+            t1 = time.perf_counter()
+            model.generate(input_ids=inputs["input_ids"], pixel_values=inputs["pixel_values"], **kw)
         return {"preprocess": pre, "total": pre + (time.perf_counter() - t1) * 1e3}
     return run
 
@@ -242,6 +305,11 @@ def run(args: argparse.Namespace) -> int:
             except TypeError:
                 proc = AutoImageProcessor.from_pretrained(hf_dir)
             runners["transformers_eager"] = lambda imgs, m=model, pr=proc: _eager_runner(m, pr, imgs, kw)
+            if manifest.data.get("family") == "florence2":  # its processor also writes the task prompt's ids
+                from transformers import AutoProcessor
+
+                runners["transformers_eager"] = lambda imgs, m=model, pr=AutoProcessor.from_pretrained(hf_dir): \
+                    _florence2_eager_runner(m, pr, imgs, kw)
             versions.update(torch=torch.__version__, transformers=transformers.__version__)
         rss[f"after_loading_{system}"] = rss_mb()
 

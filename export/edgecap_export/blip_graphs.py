@@ -16,7 +16,7 @@ from torch import nn
 from .wrappers import ATTENTION_KINDS, AttentionMHA, SelfAttentionMHA, attend, merge_heads, split_heads
 
 
-def _fused_linear(layers: list[nn.Linear], x: torch.Tensor) -> torch.Tensor:
+def fused_linear(layers: list[nn.Linear], x: torch.Tensor) -> torch.Tensor:
     """Several Linear layers over the same input as one MatMul (their outputs concatenated)."""
     weight = torch.cat([m.weight for m in layers], dim=0)
     return nn.functional.linear(x, weight, torch.cat([m.bias for m in layers]))
@@ -74,14 +74,14 @@ class BlipCachedStep(nn.Module):
         ks, vs = [], []
         for layer in self.bert.encoder.layer:
             xa = layer.crossattention.self
-            k, v = _fused_linear([xa.key, xa.value], states).split(self.width, dim=2)
+            k, v = fused_linear([xa.key, xa.value], states).split(self.width, dim=2)
             ks.append(split_heads(k, self.heads))
             vs.append(split_heads(v, self.heads))
         return ks, vs
 
     def _self_attention(self, sa: nn.Module, x: torch.Tensor, past_k: torch.Tensor, past_v: torch.Tensor,
                         causal: torch.Tensor | None):
-        q, k, v = _fused_linear([sa.query, sa.key, sa.value], x).split(self.width, dim=2)
+        q, k, v = fused_linear([sa.query, sa.key, sa.value], x).split(self.width, dim=2)
         if self.attention == "contrib":
             return SelfAttentionMHA.apply(q, k, v, past_k, past_v, self.heads, self.scale)
         k = torch.cat([past_k, split_heads(k, self.heads)], dim=2)

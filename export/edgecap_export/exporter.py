@@ -38,7 +38,7 @@ DEFAULT_NEW_TOKENS = 20
 # Held-out synthetic scenes on which --fp16 exports compare FP16 with FP32 generated ids.
 FP16_FRAMES = 16
 # Generation settings whose processors the runtime does not implement: refuse rather than say different words.
-_UNSUPPORTED_GENERATION = ("bad_words_ids", "forced_bos_token_id", "forced_eos_token_id", "suppress_tokens",
+_UNSUPPORTED_GENERATION = ("bad_words_ids", "suppress_tokens",
                            "begin_suppress_tokens", "sequence_bias", "exponential_decay_length_penalty",
                            "encoder_no_repeat_ngram_size")
 
@@ -163,7 +163,8 @@ def generation_settings(family: Family, hf_model: Any) -> tuple[dict[str, Any], 
            "length_penalty": float(gc.length_penalty if gc.length_penalty is not None else 1.0),
            "early_stopping": gc.early_stopping if gc.early_stopping is not None else False,
            "no_repeat_ngram_size": int(gc.no_repeat_ngram_size or 0),
-           "repetition_penalty": float(gc.repetition_penalty or 1.0), "do_sample_in_source": bool(gc.do_sample)}
+           "repetition_penalty": float(gc.repetition_penalty or 1.0), "do_sample_in_source": bool(gc.do_sample),
+           **{k: int(v) for k in ("forced_bos_token_id", "forced_eos_token_id") if (v := getattr(gc, k, None)) is not None}}
     return special, gen
 
 
@@ -221,10 +222,14 @@ def export_graphs(hf_model: Any, family: Family, shape: ModelShape, out: Path, o
 
     enc_out = enc_io["cross_k"] + enc_io["cross_v"] + [enc_io["pooled"]]
     px = torch.randn(2, shape.num_channels, *shape.image_size)
+    # an encoder that reads the prompt (Florence-2) takes its token ids [batch, prompt_len] as a second input
+    prompt_ids = (torch.zeros(2, 5, dtype=torch.long),) if getattr(encoder, "takes_prompt_ids", False) else ()
     with torch.no_grad(), _quiet_torch_export():
-        torch.onnx.export(encoder, (px,), str(out / "encoder.onnx"), input_names=[enc_io["pixel_values"]],
+        torch.onnx.export(encoder, (px, *prompt_ids), str(out / "encoder.onnx"),
+                          input_names=[enc_io["pixel_values"]] + ["input_ids"] * len(prompt_ids),
                           output_names=enc_out, opset_version=opset, dynamo=False, do_constant_folding=True,
-                          dynamic_axes={n: {0: "batch"} for n in [enc_io["pixel_values"]] + enc_out},
+                          dynamic_axes={**{n: {0: "batch"} for n in [enc_io["pixel_values"]] + enc_out},
+                                        **({"input_ids": {0: "batch", 1: "prompt_len"}} if prompt_ids else {})},
                           custom_opsets={"com.microsoft": 1})
 
     past_names = [n for pair in zip(dec_io["past_k"], dec_io["past_v"]) for n in pair]
@@ -236,7 +241,7 @@ def export_graphs(hf_model: Any, family: Family, shape: ModelShape, out: Path, o
     dyn: dict[str, dict[int, str]] = {dec_io["input_ids"]: {0: "batch", 1: "new_tokens"}, dec_io["logits"]: {0: "batch"}}
     dyn.update({n: {0: "batch", 2: "past_len"} for n in past_names})
     dyn.update({n: {0: "batch", 2: "total_len"} for n in present_names})
-    dyn.update({n: {0: "batch"} for n in cross_names})
+    dyn.update({n: {0: "batch", **({2: "encoder_len"} if prompt_ids else {})} for n in cross_names})  # prompt-long
     with torch.no_grad(), _quiet_torch_export():
         torch.onnx.export(step, (ids, *past, *cross), str(out / "decoder.onnx"),
                           input_names=[dec_io["input_ids"]] + past_names + cross_names,
@@ -350,7 +355,8 @@ def export_model(model: str, out: str | os.PathLike, *, opset: int = DEFAULT_OPS
             "generation": gen,
             **({"prompt": prompt} if (prompt := family.prompt_spec(hf_model)) else {}),
             "graphs": graphs,
-            "io": io_names(shape.num_layers),
+            "io": io_names(shape.num_layers, prompt_ids=any(t["name"] == "input_ids" for t in
+                                                            graphs["fp32"]["encoder"]["inputs"])),
             "validation": {"status": "not run"},
         }
         write_manifest(out, manifest)

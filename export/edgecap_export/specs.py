@@ -98,11 +98,13 @@ class Family(Protocol):
         prefix it started from (start token and prompt)."""
 
 
-def io_names(layers: int) -> dict[str, dict[str, Any]]:
-    """The graph contract's tensor names, generated from the layer count."""
+def io_names(layers: int, *, prompt_ids: bool = False) -> dict[str, dict[str, Any]]:
+    """The graph contract's tensor names, generated from the layer count; ``prompt_ids``: the encoder also takes
+    the prompt's token ids (Florence-2)."""
     return {
         "encoder": {
             "pixel_values": "pixel_values",
+            **({"input_ids": "input_ids"} if prompt_ids else {}),
             "cross_k": [f"cross_k.{i}" for i in range(layers)],
             "cross_v": [f"cross_v.{i}" for i in range(layers)],
             "pooled": "pooled",

@@ -2,7 +2,8 @@
 
 Tolerances (fp32): |ort - torch| <= ATOL + RTOL * |torch| for the cross K/V, pooled embedding and logits. Tokens
 must be identical for greedy search and for beam search at batch 1 and 3 on distinct images, for every prompt form
-the family supports (unconditional, and a caption prefix for BLIP); that is the check that matters: an export that
+the family supports (unconditional, and a caption prefix for BLIP; the tasks for Florence-2, whose encoder outputs
+and logits are compared under its default task); that is the check that matters: an export that
 says different words is a bug. A prompt's prefix ids must equal the ones transformers' generate starts from.
 """
 
@@ -120,7 +121,7 @@ def validate_export(hf_model: Any, model: str, out: Path, *, progress: bool = Tr
         ref_ids = [strip_sequence(row, defaults.eos_token_id, prompt_len) for row in ref]
         ours = cap.generate(px[:b], prompt, **kw)
         same = ours == ref_ids
-        case = f"{mode}.batch{b}" if prompt is None else f"{mode}.batch{b}.prompt"
+        case = f"{mode}.batch{b}" + _prompt_suffix(prompt, family.validation_prompts)
         tokens[case] = {"identical": same, "num_beams": kw["num_beams"], "tokens": sum(len(r) for r in ours)}
         if not same:
             bad = next(i for i, (a, r) in enumerate(zip(ours, ref_ids)) if a != r)
@@ -134,6 +135,14 @@ def validate_export(hf_model: Any, model: str, out: Path, *, progress: bool = Tr
     return {"passed": not mismatches, "mismatches": mismatches, "atol": ATOL, "rtol": RTOL,
             "outputs": results, "generate": tokens, "images": len(images),
             "reference_preprocess": px_ref is not None}
+
+
+def _prompt_suffix(prompt: str | None, prompts: tuple[str | None, ...]) -> str:
+    """A grid case's prompt part: none when unconditional, ".prompt" for a family's one prompt form, else the
+    prompt itself (Florence-2's tasks)."""
+    if prompt is None:
+        return ""
+    return ".prompt" if sum(p is not None for p in prompts) == 1 else f".{prompt}"
 
 
 def _ort_logits(cap: Any, enc: Any, forced: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -13,10 +13,11 @@ import numpy as np
 from ._log import logger
 from .errors import InputError, ManifestError, ModelError
 from .generation import GenerationOptions, Stepper, beam_search, greedy_search, strip_sequence
-from .imaging import ImageConfig, preprocess
+from .imaging import ImageConfig, load_image, preprocess
 from .manifest import Manifest, load_manifest
 from .models import resolve_model
 from .prompting import PromptArg, PromptEncoder
+from .tasks import DetectedObject, parse_objects, pure_text
 
 PRECISIONS = ("fp32", "int8")
 
@@ -33,7 +34,10 @@ class Caption:
         timings: milliseconds per stage for the batch this caption was part of
             (preprocess, encoder, decoder_first, decoder_rest, total).
         confidence: mean log-probability of the generated tokens (0 is certain; lower is less sure).
-        prompt: the prompt the caption was generated from (None: unconditional).
+        prompt: the prompt the caption was generated from (None: unconditional, or a task model's default task).
+        objects: for detection-style tasks (Florence-2's ``<OD>``, ``<CAPTION_TO_PHRASE_GROUNDING>``), the
+            labelled boxes in pixels of the original image, as ``post_process_generation`` returns them; the
+            text is then their labels joined by ", ". None for text tasks.
     """
 
     text: str
@@ -41,15 +45,22 @@ class Caption:
     timings: dict[str, float] = field(default_factory=dict)
     confidence: float | None = None
     prompt: str | None = None
+    objects: list[DetectedObject] | None = None
 
 
 @dataclass(frozen=True)
 class EncoderOutput:
-    """Per-layer cross-attention K/V [B, heads, S, head_dim] and the pooled image embedding [B, D]."""
+    """Per-layer cross-attention K/V [B, heads, S, head_dim] and the pooled image embedding [B, D].
+
+    ``prompt`` is the task prompt a prompt-reading encoder (Florence-2) ran with (None: the default task, or a model
+    whose encoder reads no prompt); ``image_sizes`` the original images' (width, height) when encoded from images.
+    """
 
     cross_k: list[np.ndarray]
     cross_v: list[np.ndarray]
     pooled: np.ndarray | None
+    prompt: str | None = None
+    image_sizes: tuple[tuple[int, int], ...] | None = None
 
     @property
     def batch(self) -> int:
@@ -59,7 +70,8 @@ class EncoderOutput:
         """The encoder output of a subset of the batch."""
         idx = np.asarray(rows, dtype=np.intp)
         return EncoderOutput([k[idx] for k in self.cross_k], [v[idx] for v in self.cross_v],
-                             None if self.pooled is None else self.pooled[idx])
+                             None if self.pooled is None else self.pooled[idx], self.prompt,
+                             None if self.image_sizes is None else tuple(self.image_sizes[i] for i in idx))
 
 
 def _session(path: Path, providers: Sequence[str] | None, threads: int | None, *, spin: bool = True):
@@ -155,7 +167,9 @@ class Captioner:
             num_beams=int(g.get("num_beams") or 1), length_penalty=float(g.get("length_penalty", 1.0)),
             early_stopping=g.get("early_stopping", False),
             no_repeat_ngram_size=int(g.get("no_repeat_ngram_size") or 0),
-            repetition_penalty=float(g.get("repetition_penalty") or 1.0))
+            repetition_penalty=float(g.get("repetition_penalty") or 1.0),
+            forced_bos_token_id=None if g.get("forced_bos_token_id") is None else int(g["forced_bos_token_id"]),
+            forced_eos_token_id=None if g.get("forced_eos_token_id") is None else int(g["forced_eos_token_id"]))
 
     def _load_tokenizer(self, m: dict):
         from tokenizers import Tokenizer
@@ -188,14 +202,34 @@ class Captioner:
             raise InputError("expected at least one image, got an empty batch")
         return np.ascontiguousarray(pixel_values, dtype=np.float32)
 
-    def encode(self, pixel_values: np.ndarray) -> EncoderOutput:
-        """Run the encoder once: the cross-attention K/V of every decoder layer (and the pooled embedding)."""
+    def encode(self, pixel_values: np.ndarray, prompt: str | None = None) -> EncoderOutput:
+        """Run the encoder once: the cross-attention K/V of every decoder layer (and the pooled embedding).
+
+        Args:
+            pixel_values: float32 [B, 3, H, W] from `preprocess`.
+            prompt: for a model whose encoder reads the prompt (Florence-2), the task prompt of the whole batch
+                (None: the default task); other models ignore it (their prompt goes to the decoder).
+        """
         px = self._check_pixels(pixel_values)
         io = self._enc_io
+        feeds = {io["pixel_values"]: px}
+        if self.prompts.encodes_prompt:
+            ids = self.prompts.encoder_ids(prompt)
+            feeds[io["input_ids"]] = np.tile(np.asarray([ids], dtype=np.int64), (px.shape[0], 1))
         names = list(io["cross_k"]) + list(io["cross_v"]) + ([io["pooled"]] if io.get("pooled") else [])
-        outs = self._encoder.run(names, {io["pixel_values"]: px})
+        outs = self._encoder.run(names, feeds)
         n = self.manifest.num_layers
-        return EncoderOutput(outs[:n], outs[n:2 * n], outs[2 * n] if io.get("pooled") else None)
+        return EncoderOutput(outs[:n], outs[n:2 * n], outs[2 * n] if io.get("pooled") else None,
+                             prompt if self.prompts.encodes_prompt else None)
+
+    def _prompt_groups(self, prompts: list[str | None]) -> list[tuple[str | None, list[int]]]:
+        """The rows each encoder run covers: all of them, or one run per prompt when the encoder reads it."""
+        if not self.prompts.encodes_prompt:
+            return [(None, list(range(len(prompts))))]
+        groups: dict[str | None, list[int]] = {}
+        for row, p in enumerate(prompts):
+            groups.setdefault(p, []).append(row)
+        return list(groups.items())
 
     def check_prompt(self, prompt: str | None) -> None:
         """Raise InputError (one line) if this model cannot take ``prompt``; before any work is queued for it."""
@@ -230,11 +264,17 @@ class Captioner:
         opts = self.options(**options)
         px = self._check_pixels(pixel_values)
         prompts = self._checked_prompts(prompt, px.shape[0])
-        t0 = time.perf_counter()
-        enc = self.encode(px)
-        if _timings is not None:
-            _timings["encoder"] = (time.perf_counter() - t0) * 1e3
-        return [ids for ids, _ in self._generate_encoded(enc, opts, prompts, use_cache=use_cache, timings=_timings)]
+        out: list[list[int]] = [[] for _ in prompts]
+        for group_prompt, rows in self._prompt_groups(prompts):
+            t0 = time.perf_counter()
+            enc = self.encode(px if len(rows) == len(prompts) else px[rows], group_prompt)
+            if _timings is not None:
+                _timings["encoder"] = _timings.get("encoder", 0.0) + (time.perf_counter() - t0) * 1e3
+            decoded = self._generate_encoded(enc, opts, [prompts[r] for r in rows], use_cache=use_cache,
+                                             timings=_timings)
+            for row, (ids, _) in zip(rows, decoded):
+                out[row] = ids
+        return out
 
     def _generate_encoded(self, enc: EncoderOutput, opts: GenerationOptions, prompts: list[str | None], *,
                           use_cache: bool = True, timings: dict | None = None) -> list[tuple[list[int], float]]:
@@ -252,12 +292,15 @@ class Captioner:
                 results[row] = (strip_sequence(seq, opts.eos_token_id, len(prefix)), float(c))
         return results
 
-    def encode_images(self, images: Sequence[Any], *, timings: dict[str, float] | None = None) -> EncoderOutput:
-        """Preprocess and encode images (recording preprocess/encoder ms in ``timings``); see `caption_encoded`."""
+    def encode_images(self, images: Sequence[Any], prompt: str | None = None, *,
+                      timings: dict[str, float] | None = None) -> EncoderOutput:
+        """Preprocess and encode images (recording preprocess/encoder ms in ``timings``); see `caption_encoded`.
+        ``prompt`` is the batch's task prompt for a model whose encoder reads it (see `encode`)."""
         t0 = time.perf_counter()
-        px = self.preprocess(list(images))
+        arrays = [load_image(image) for image in images]
+        px = self.preprocess(arrays)
         t1 = time.perf_counter()
-        enc = self.encode(px)
+        enc = replace(self.encode(px, prompt), image_sizes=tuple((a.shape[1], a.shape[0]) for a in arrays))
         if timings is not None:
             timings["preprocess"] = (t1 - t0) * 1e3
             timings["encoder"] = (time.perf_counter() - t1) * 1e3
@@ -275,6 +318,9 @@ class Captioner:
         """
         opts = self.options(**options)
         prompts = self._checked_prompts(prompt, enc.batch)
+        if self.prompts.encodes_prompt and any(p != enc.prompt for p in prompts):
+            raise InputError(f"these images were encoded for the prompt {enc.prompt!r}, not {prompt!r}: this model's "
+                             "encoder reads the prompt; pass it to encode_images(images, prompt)")
         return self._captions(enc, opts, prompts, {} if timings is None else timings)
 
     def _captions(self, enc: EncoderOutput, opts: GenerationOptions, prompts: list[str | None],
@@ -283,8 +329,22 @@ class Captioner:
         results = self._generate_encoded(enc, opts, prompts, timings=timings)
         timings["total"] = timings.get("preprocess", 0.0) + timings.get("encoder", 0.0) + \
             (time.perf_counter() - t0) * 1e3
-        return [Caption(self.decode_text(ids), ids, dict(timings), conf, p)
-                for (ids, conf), p in zip(results, prompts)]
+        sizes = enc.image_sizes or ((0, 0),) * enc.batch
+        return [self._caption(ids, conf, p, size, timings) for (ids, conf), p, size in zip(results, prompts, sizes)]
+
+    def _caption(self, ids: list[int], confidence: float, prompt: str | None, size: tuple[int, int],
+                 timings: dict[str, float]) -> Caption:
+        """A task model's answer is read as its processor's post_process_generation reads it."""
+        if not self.prompts.encodes_prompt:
+            return Caption(self.decode_text(ids), ids, dict(timings), confidence, prompt)
+        token, _ = self.prompts.task(prompt)
+        kind = self.prompts.spec["tasks"][token]["post_processing"]
+        raw = self.decode_text(ids, skip_special_tokens=False)
+        if kind == "pure_text":
+            return Caption(pure_text(raw), ids, dict(timings), confidence, prompt)
+        objects = parse_objects(raw, kind, size, banned=self.prompts.spec["banned_grounding_tokens"],
+                                quantize_bins=self.prompts.spec["quantize_bins"])
+        return Caption(", ".join(o.label for o in objects), ids, dict(timings), confidence, prompt, objects)
 
     @property
     def decoder_session(self) -> Any:
@@ -332,10 +392,11 @@ class Captioner:
             timings["decoder_steps"] = timings.get("decoder_steps", 0) + len(step_times)
         return seqs, confidence
 
-    def decode_text(self, token_ids: Sequence[int]) -> str:
-        """Token ids -> text, skipping special tokens as the checkpoint's tokenizer does."""
+    def decode_text(self, token_ids: Sequence[int], *, skip_special_tokens: bool | None = None) -> str:
+        """Token ids -> text, skipping special tokens as the checkpoint's tokenizer does (or as asked)."""
         tok = self.manifest.data["tokenizer"]
-        text = self._tokenizer.decode(list(token_ids), skip_special_tokens=bool(tok.get("skip_special_tokens", True)))
+        skip = bool(tok.get("skip_special_tokens", True)) if skip_special_tokens is None else skip_special_tokens
+        text = self._tokenizer.decode(list(token_ids), skip_special_tokens=skip)
         if tok.get("clean_up_tokenization_spaces"):
             for a, b in ((" .", "."), (" ?", "?"), (" !", "!"), (" ,", ","), (" ' ", "'"), (" n't", "n't"),
                          (" 'm", "'m"), (" 's", "'s"), (" 've", "'ve"), (" 're", "'re")):
@@ -360,8 +421,13 @@ class Captioner:
         images = list(images)
         opts = self.options(**options)  # bad options and prompts fail before any work
         prompts = self._checked_prompts(prompt, len(images))
-        timings: dict[str, float] = {}
-        return self._captions(self.encode_images(images, timings=timings), opts, prompts, timings)
+        out: list[Caption | None] = [None] * len(images)
+        for group_prompt, rows in self._prompt_groups(prompts):
+            timings: dict[str, float] = {}
+            enc = self.encode_images([images[r] for r in rows], group_prompt, timings=timings)
+            for row, cap in zip(rows, self._captions(enc, opts, [prompts[r] for r in rows], timings)):
+                out[row] = cap
+        return out
 
     def caption(self, images: Sequence[Any] | Any, prompt: PromptArg = None,
                 **options: Any) -> Caption | list[Caption]:

@@ -1,7 +1,7 @@
 """Greedy and beam search in numpy over a KV-cached decoder step, token-identical to transformers' ``generate``.
 
 The loop mirrors transformers 4.5x/5.x: logits processors in the same order (repetition penalty, no-repeat n-gram,
-min length, min new tokens), greedy on processed logits, and the vectorised beam search (top 2*num_beams candidates
+min length, min new tokens, forced BOS, forced EOS), greedy on processed logits, and the vectorised beam search (top 2*num_beams candidates
 on accumulated float32 log-probs, finished hypotheses merged by length-penalised score, the same early-stopping
 heuristic). Arithmetic stays in float32 where transformers computes in float32, so scores round the same way.
 """
@@ -34,6 +34,8 @@ class GenerationOptions:
         decoder_start_token_id: the first decoder input id.
         max_length: the checkpoint's cap on the whole sequence, prefix included (transformers' ``max_length``);
             it applies only when ``max_new_tokens`` is None, as in transformers.
+        forced_bos_token_id: the only token allowed as the first one after the start token (None: any).
+        forced_eos_token_id: the only token allowed as the last one the length limit leaves room for.
     """
 
     max_new_tokens: int | None
@@ -48,6 +50,8 @@ class GenerationOptions:
     no_repeat_ngram_size: int = 0
     repetition_penalty: float = 1.0
     max_length: int | None = None
+    forced_bos_token_id: int | None = None
+    forced_eos_token_id: int | None = None
 
     def new_tokens(self, prefix_len: int) -> int:
         """The token budget after a decoder prefix of ``prefix_len`` ids (start token and prompt)."""
@@ -117,9 +121,16 @@ def _neg_inf_like_eos(scores: np.ndarray, eos: tuple[int, ...]) -> None:
     scores[:, list(eos)] = -np.inf
 
 
-def process_scores(seqs: np.ndarray, scores: np.ndarray, opts: GenerationOptions, prompt_len: int = 1) -> np.ndarray:
+def _force(scores: np.ndarray, token: int) -> None:
+    scores[:] = -np.inf
+    scores[:, token] = 0.0
+
+
+def process_scores(seqs: np.ndarray, scores: np.ndarray, opts: GenerationOptions, prompt_len: int = 1,
+                   max_length: int | None = None) -> np.ndarray:
     """Apply transformers' logits processors, in its order, to scores [N, V] given sequences [N, L] (in place);
-    the first ``prompt_len`` ids of each sequence are the decoder prefix (start token and prompt)."""
+    the first ``prompt_len`` ids of each sequence are the decoder prefix (start token and prompt) and
+    ``max_length`` the whole sequence's limit (where a forced EOS goes)."""
     cur_len = seqs.shape[1]
     if opts.repetition_penalty != 1.0:
         rows = np.repeat(np.arange(seqs.shape[0]), cur_len)
@@ -139,6 +150,10 @@ def process_scores(seqs: np.ndarray, scores: np.ndarray, opts: GenerationOptions
             _neg_inf_like_eos(scores, opts.eos_token_id)
         if opts.min_new_tokens > 0 and cur_len - prompt_len < opts.min_new_tokens:
             _neg_inf_like_eos(scores, opts.eos_token_id)
+    if opts.forced_bos_token_id is not None and cur_len == 1:
+        _force(scores, opts.forced_bos_token_id)
+    if opts.forced_eos_token_id is not None and max_length is not None and cur_len == max_length - 1:
+        _force(scores, opts.forced_eos_token_id)
     return scores
 
 
@@ -179,10 +194,11 @@ def greedy_search(step: Stepper, prefix: np.ndarray, opts: GenerationOptions) ->
     logp_sum = np.zeros(batch, dtype=np.float64)
     counted = np.zeros(batch, dtype=np.int64)
     rows = np.arange(batch)
-    for t in range(opts.new_tokens(prompt_len)):
+    budget = opts.new_tokens(prompt_len)
+    for t in range(budget):
         logits = step(seqs if t == 0 else seqs[:, -1:]).astype(np.float32, copy=True)
         raw_logp = _log_softmax(logits)
-        scores = process_scores(seqs, logits, opts, prompt_len)
+        scores = process_scores(seqs, logits, opts, prompt_len, prompt_len + budget)
         nxt = scores.argmax(axis=-1).astype(np.int64)
         logp_sum += np.where(unfinished, raw_logp[rows, nxt], 0.0)
         counted += unfinished
@@ -236,7 +252,7 @@ def beam_search(step: Stepper, prefix: np.ndarray, opts: GenerationOptions) -> t
     while True:
         flat = running[:, :, :cur_len].reshape(batch * k, cur_len)
         logits = step(flat if cur_len == prompt_len else flat[:, -1:]).astype(f32, copy=False)
-        log_probs = process_scores(flat, _log_softmax(logits), opts, prompt_len)
+        log_probs = process_scores(flat, _log_softmax(logits), opts, prompt_len, max_length)
         vocab = log_probs.shape[-1]
         acc = (log_probs.reshape(batch, k, vocab) + running_scores[:, :, None]).reshape(batch, k * vocab)
         topk_lp, topk_ix = _topk(acc, keep)

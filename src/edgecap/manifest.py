@@ -11,14 +11,20 @@ Schema (version 1), written by the export step::
     tokenizer:     {file, skip_special_tokens, clean_up_tokenization_spaces}
     special_tokens:{decoder_start_token_id, eos_token_id: [..], pad_token_id, bos_token_id}
     generation:    {max_new_tokens (null: max_length counts the prefix), max_length, min_new_tokens, min_length,
-                    num_beams, length_penalty, early_stopping, no_repeat_ngram_size, repetition_penalty}
+                    num_beams, length_penalty, early_stopping, no_repeat_ngram_size, repetition_penalty,
+                    forced_bos_token_id, forced_eos_token_id (optional)}
     prompt:        optional; absent: the model takes no prompt. {kind: "prefix", add_special_tokens, first_token_id,
                    drop_last, max_positions}: the prompt is tokenized (with the tokenizer's special tokens when
                    add_special_tokens), its first id replaced by first_token_id and, with drop_last, its last id
-                   dropped; the result is the decoder's prefix (BLIP's conditional captioning)
+                   dropped; the result is the decoder's prefix (BLIP's conditional captioning). {kind: "task", tasks:
+                   {TOKEN: {text, takes_input, post_processing}}, default_task, bos_token, eos_token, max_positions,
+                   banned_grounding_tokens, quantize_bins}: the prompt is a task token (with text after it when
+                   takes_input); bos_token + the task's text + eos_token, tokenized without added specials, is the
+                   encoder's ``input_ids`` (Florence-2); the decoder starts from its start token alone
     graphs:        {<precision>: {encoder: GRAPH, decoder: GRAPH}}  with GRAPH = {file, sha256, inputs, outputs}
                    and each input/output {name, dtype, shape} (a shape entry is an int or an axis name)
-    io:            roles -> graph names: encoder {pixel_values, cross_k[], cross_v[], pooled}
+    io:            roles -> graph names: encoder {pixel_values, input_ids (only a "task" prompt's encoder), cross_k[],
+                                                  cross_v[], pooled}
                                          decoder {input_ids, past_k[], past_v[], cross_k[], cross_v[], logits,
                                                   present_k[], present_v[]}
     validation:    what the export checked against transformers, with tolerances and results
@@ -35,6 +41,7 @@ from typing import Any, Callable
 
 from .errors import ManifestError, ModelError
 from .imaging import RESAMPLE_NAMES
+from .tasks import TASK_POST_PROCESSING
 
 SCHEMA_VERSION = 1
 MANIFEST_FILE = "manifest.json"
@@ -185,6 +192,7 @@ _SECTIONS: dict[str, dict[str, _Rule]] = {
         "max_length": _Rule("an integer >= 2", lambda v: _is_int(v) and v >= 2, required=False, nullable=True),
         "min_new_tokens": _OPTIONAL_NON_NEGATIVE, "min_length": _OPTIONAL_NON_NEGATIVE,
         "no_repeat_ngram_size": _OPTIONAL_NON_NEGATIVE,
+        "forced_bos_token_id": _OPTIONAL_NON_NEGATIVE, "forced_eos_token_id": _OPTIONAL_NON_NEGATIVE,
         "num_beams": _Rule("an integer >= 1", lambda v: _is_int(v) and v >= 1, required=False, nullable=True),
         "length_penalty": _Rule("a number", _is_number, required=False),
         "early_stopping": _Rule('true, false or "never"', lambda v: v is True or v is False or v == "never",
@@ -194,10 +202,20 @@ _SECTIONS: dict[str, dict[str, _Rule]] = {
     },
 }
 # The prompt forms the runtime implements (the manifest's ``prompt.kind``) and the keys each one reads.
-PROMPT_KINDS = ("prefix",)
+PROMPT_KINDS = ("prefix", "task")
+_TASK_TABLE = _Rule("an object of task token -> {text, takes_input, post_processing}", lambda v: isinstance(v, dict)
+                    and bool(v) and all(isinstance(t, dict) and isinstance(t.get("text"), str)
+                                        and isinstance(t.get("takes_input"), bool)
+                                        and t.get("post_processing") in TASK_POST_PROCESSING for t in v.values()))
 _PROMPT_RULES: dict[str, dict[str, _Rule]] = {
     "prefix": {"add_special_tokens": _BOOL, "first_token_id": _TOKEN_ID, "drop_last": _BOOL,
                "max_positions": _POSITIVE_INT},
+    "task": {"tasks": _TASK_TABLE, "default_task": _NAME, "bos_token": _NAME, "eos_token": _NAME,
+             "max_positions": _POSITIVE_INT,
+             "banned_grounding_tokens": _Rule("a list of strings", lambda v: isinstance(v, list) and all(
+                 isinstance(x, str) for x in v)),
+             "quantize_bins": _Rule("two integers >= 1", lambda v: isinstance(v, list) and len(v) == 2 and all(
+                 _is_int(x) and x >= 1 for x in v))},
 }
 _GRAPH_PARTS = ("encoder", "decoder")
 _IO_NAMES = {"encoder": ("pixel_values",), "decoder": ("input_ids", "logits")}
@@ -258,6 +276,10 @@ class _Checker:
         self.file(data["tokenizer"]["file"], "tokenizer.file")
         self.graphs(self.section(data["graphs"], "graphs"))
         self.io(self.section(data["io"], "io"), data["architecture"]["num_layers"])
+        task = (data.get("prompt") or {}).get("kind") == "task"
+        if task != ("input_ids" in data["io"]["encoder"]):
+            raise self.fail("io.encoder.input_ids", "present exactly when prompt.kind is \"task\"",
+                            data["io"]["encoder"].get("input_ids", _MISSING))
 
     def prompt(self, prompt: dict[str, Any]) -> None:
         kind = prompt.get("kind", _MISSING)
@@ -290,6 +312,9 @@ class _Checker:
                 if not isinstance(names, list) or len(names) != layers or not all(
                         isinstance(n, str) and n for n in names):
                     raise self.fail(f"io.{part}.{role}", f"a list of {layers} names (one per layer)", names)
+        ids = io["encoder"].get("input_ids")
+        if ids is not None and not (isinstance(ids, str) and ids):
+            raise self.fail("io.encoder.input_ids", "a non-empty string or absent", ids)
         pooled = io["encoder"].get("pooled")
         if pooled is not None and not (isinstance(pooled, str) and pooled):
             raise self.fail("io.encoder.pooled", "a non-empty string or null", pooled)

@@ -4,6 +4,9 @@ The manifest's ``prompt`` section says how (see :mod:`edgecap.manifest`); a mode
 Kind ``"prefix"`` (BLIP): the prompt is the start of the caption. BLIP's processor tokenizes it with the
 tokenizer's template (``[CLS] text [SEP]``) and ``BlipForConditionalGeneration.generate`` replaces the first id
 with the decoder's bos (``[DEC]``) and drops the last one, so the decoder continues the text.
+Kind ``"task"`` (Florence-2): the prompt is a task token from the manifest's table, with text after it for the
+tasks that take text; ``Florence2Processor`` expands it into the task's instruction and the encoder reads
+``<s> instruction </s>`` (:meth:`PromptEncoder.encoder_ids`); the decoder starts from its start token alone.
 """
 
 from __future__ import annotations
@@ -66,8 +69,47 @@ class PromptEncoder:
             raise InputError(f"{self.model} takes no prompt (it captions unconditionally); drop the prompt")
         return prompts
 
+    @property
+    def encodes_prompt(self) -> bool:
+        """True when the prompt goes to the encoder (a task prompt) rather than the decoder's prefix."""
+        return self.spec is not None and self.spec["kind"] == "task"
+
+    def task(self, prompt: str | None) -> tuple[str, str]:
+        """(the task token, the instruction the processor expands it into) for a task prompt (None: the default
+        task).
+
+        Raises:
+            InputError: the prompt does not start with a task token of the model, or adds text to a task that
+                takes none.
+        """
+        tasks = self.spec["tasks"]
+        prompt = self.spec["default_task"] if prompt is None else prompt
+        token = next((t for t in tasks if prompt.startswith(t)), None)
+        if token is None:
+            raise InputError(f"{self.model} expects a task prompt, one of {', '.join(tasks)}, got {prompt[:40]!r}")
+        entry = tasks[token]
+        if not entry["takes_input"]:
+            if prompt != token:
+                raise InputError(f"the task {token} takes no text after it, got {prompt[:40]!r}; "
+                                 f"pass {token} alone")
+            return token, entry["text"]
+        return token, entry["text"].format(input=prompt[len(token):].strip())
+
+    def encoder_ids(self, prompt: str | None) -> list[int]:
+        """The encoder's input_ids for a task prompt: ``<s> instruction </s>``, tokenized as the processor does."""
+        _, text = self.task(prompt)
+        ids = list(self.tokenizer.encode(self.spec["bos_token"] + text + self.spec["eos_token"],
+                                         add_special_tokens=False).ids)
+        if len(ids) >= int(self.spec["max_positions"]):
+            raise InputError(f"the prompt is {len(ids)} tokens, the model's encoder holds {self.spec['max_positions']} "
+                             "positions in all; shorten the prompt")
+        return ids
+
     def prefix(self, prompt: str | None) -> list[int]:
         """The decoder prefix for one prompt (None: the start token alone)."""
+        if self.encodes_prompt:
+            self.encoder_ids(prompt)  # checks the prompt and its length
+            return [self.start_token_id]
         if prompt is None or self.spec is None:
             return [self.start_token_id]
         spec = self.spec

@@ -30,6 +30,8 @@ def cmd_caption(args: argparse.Namespace) -> int:
                    "milliseconds": round(out.timings.get("total", 0.0), 2)}
             if out.prompt is not None:
                 row["prompt"] = out.prompt
+            if out.objects is not None:
+                row["objects"] = [{"label": o.label, "box": list(o.box)} for o in out.objects]
             print(json.dumps(row, ensure_ascii=False))
         else:
             print(f"{path}\t{out.text}")
@@ -107,11 +109,13 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="beam count (default: the model's generation config)")
     p.add_argument("--max-new-tokens", type=positive_int, default=None, help="token budget (default: the model's)")
     p.add_argument("--prompt", default=None,
-                   help='prompt for models that take one, e.g. BLIP\'s caption start "a photography of" '
-                        "(default: none, an unconditional caption)")
+                   help='prompt for models that take one: BLIP\'s caption start ("a photography of"), Florence-2\'s '
+                        'task token ("<DETAILED_CAPTION>", "<OD>", "<CAPTION_TO_PHRASE_GROUNDING>a red car") '
+                        "(default: an unconditional caption; Florence-2's <CAPTION>)")
     add_precision(p)
     add_threads(p)
-    p.add_argument("--json", action="store_true", help="print JSON lines: path, text, token_ids, milliseconds (and prompt, if given)")
+    p.add_argument("--json", action="store_true", help="print JSON lines: path, text, token_ids, milliseconds (and prompt, "
+                   "objects with label and pixel box for detection tasks)")
     p.set_defaults(func=cmd_caption)
 
     p = sub.add_parser("evaluate", help="attribute accuracy on held-out synthetic scenes",

@@ -1,0 +1,151 @@
+"""transformers' ``Florence2ForConditionalGeneration``: a DaViT vision tower, a projector and a BART
+encoder-decoder (florence-community/Florence-2-base and -large, native in transformers >= 4.56).
+
+What Florence-2 does differently, and the manifest records so that the runtime reproduces it:
+
+* the prompt is a task token. ``Florence2Processor`` expands it into an English instruction (its task tables), writes
+  ``<image>`` x image_seq_length, ``<s>``, the instruction, ``</s>`` and tokenizes that without adding specials; the
+  image features replace the placeholders and the BART encoder reads the whole sequence. So the encoder side takes
+  the prompt's token ids, and the decoder starts from ``decoder_start_token_id`` alone;
+* generation forces ``<s>`` first and ``</s>`` at the length limit (``forced_bos_token_id``,
+  ``forced_eos_token_id``); published configs use 3 beams, no_repeat_ngram_size 3 and early stopping;
+* detection-style answers are ``label<loc_x0><loc_y0><loc_x1><loc_y1>`` runs that ``post_process_generation`` turns
+  into pixel boxes with the processor's post-processor settings (recorded in the ``prompt`` section).
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any
+
+from edgecap.errors import UnsupportedModelError
+
+from ..specs import ModelShape
+
+# The tasks edgecap runs, with the post-processing Florence2Processor applies to each answer.
+TASKS = {"<CAPTION>": "pure_text", "<DETAILED_CAPTION>": "pure_text", "<MORE_DETAILED_CAPTION>": "pure_text",
+         "<OCR>": "pure_text", "<OD>": "description_with_bboxes", "<CAPTION_TO_PHRASE_GROUNDING>": "phrase_grounding"}
+DEFAULT_TASK = "<CAPTION>"  # what a caption without a prompt asks
+
+
+class Florence2:
+    """The ``florence2`` family (see :class:`edgecap_export.specs.Family`)."""
+
+    name = "florence2"
+    model_types = ("florence2",)
+    validation_prompts: tuple[str | None, ...] = ("<CAPTION>", "<DETAILED_CAPTION>", "<OD>")
+
+    def describe(self) -> str:
+        return "florence2 (Florence2ForConditionalGeneration: DaViT + BART)"
+
+    def shape(self, config: Any) -> ModelShape:
+        text = config.text_config
+        archs = getattr(config, "architectures", None) or ["Florence2ForConditionalGeneration"]
+        if "Florence2ForConditionalGeneration" not in archs:
+            raise UnsupportedModelError(f"unsupported Florence-2 head {archs[0]}: edgecap exports "
+                                        "Florence2ForConditionalGeneration")
+        if text.d_model % text.decoder_attention_heads:
+            raise UnsupportedModelError(f"Florence-2 d_model {text.d_model} is not a multiple of its "
+                                        f"{text.decoder_attention_heads} decoder heads")
+        # The config holds no image size: the processor does (size, and image_seq_length image features).
+        from ..exporter import image_processor_settings
+
+        pc = image_processor_settings(config.name_or_path)
+        size = pc.get("size") or {}
+        if "height" not in size or "image_seq_length" not in pc:
+            raise UnsupportedModelError(f"{config.name_or_path} has no Florence-2 image processor settings "
+                                        "(size and image_seq_length); save the processor with the model")
+        return ModelShape(encoder_type="florence_vision", decoder_type="bart",
+                          num_layers=int(text.decoder_layers), num_heads=int(text.decoder_attention_heads),
+                          head_dim=int(text.d_model) // int(text.decoder_attention_heads),
+                          vocab_size=int(text.vocab_size), image_size=(int(size["height"]), int(size["width"])),
+                          num_channels=3, encoder_seq_len=int(pc["image_seq_length"]),
+                          encoder_hidden_size=int(text.d_model))
+
+    def load(self, model: str) -> Any:
+        from transformers import Florence2ForConditionalGeneration
+
+        return Florence2ForConditionalGeneration.from_pretrained(model, attn_implementation="eager").eval()
+
+    def graph_modules(self, hf_model: Any, attention: str) -> tuple[Any, Any]:
+        from ..florence2_graphs import BartCachedStep, Florence2EncoderWithCrossKV
+
+        step = BartCachedStep(hf_model.model.language_model.decoder, hf_model.lm_head, attention=attention).eval()
+        return Florence2EncoderWithCrossKV(hf_model, step).eval(), step
+
+    def generation_config(self, hf_model: Any) -> Any:
+        return hf_model.generation_config
+
+    def special_tokens(self, hf_model: Any) -> dict[str, Any]:
+        gc, text = hf_model.generation_config, hf_model.config.text_config
+
+        def pick(name: str) -> int | None:
+            value = getattr(gc, name, None)
+            value = getattr(text, name, None) if value is None else value
+            return None if value is None else int(value[0] if isinstance(value, list) else value)
+
+        eos = gc.eos_token_id if gc.eos_token_id is not None else text.eos_token_id
+        return {"decoder_start_token_id": pick("decoder_start_token_id"),
+                "eos_token_id": [int(t) for t in (eos if isinstance(eos, list) else [eos])],
+                "pad_token_id": pick("pad_token_id"), "bos_token_id": pick("bos_token_id")}
+
+    def prompt_spec(self, hf_model: Any) -> dict[str, Any]:
+        """The ``task`` prompt section: the processor's expansion of each task token, how it wraps the text, and
+        the post-processing settings (read from the checkpoint's processor)."""
+        proc = _processor(hf_model)
+        tasks = {}
+        for token, kind in TASKS.items():
+            takes_input = token in proc.task_prompts_with_input
+            table = proc.task_prompts_with_input if takes_input else proc.task_prompts_without_inputs
+            tasks[token] = {"text": table[token], "takes_input": takes_input, "post_processing": kind}
+        tok = proc.tokenizer
+        config = proc.post_processor_config or {}
+        return {"kind": "task", "default_task": DEFAULT_TASK, "tasks": tasks, "bos_token": tok.bos_token,
+                "eos_token": tok.eos_token,
+                "banned_grounding_tokens": list(config.get("phrase_grounding", {}).get("banned_grounding_tokens", [])),
+                "quantize_bins": list(proc.post_processor.quantize_bins),
+                "max_positions": int(hf_model.config.text_config.max_position_embeddings)}
+
+    def _inputs(self, hf_model: Any, pixel_values: Any, prompt: str | None) -> Any:
+        """The processor's input_ids for ``prompt`` (None: the default task), image placeholders included."""
+        import numpy as np
+
+        images = [np.zeros((8, 8, 3), np.uint8)] * int(pixel_values.shape[0])
+        return _processor(hf_model)(text=[prompt or DEFAULT_TASK] * len(images), images=images,
+                                    return_tensors="pt")["input_ids"]
+
+    def reference_cross_kv(self, hf_model: Any, pixel_values: Any, heads: int) -> tuple[list, list, Any]:
+        ids = self._inputs(hf_model, pixel_values, None)
+        out = hf_model.model(input_ids=ids, pixel_values=pixel_values, decoder_input_ids=ids[:, :1])
+        states = out.encoder_last_hidden_state
+        ks, vs = [], []
+        for layer in hf_model.model.language_model.decoder.layers:
+            xa = layer.encoder_attn
+            shape = (states.shape[0], states.shape[1], heads, -1)
+            ks.append(xa.k_proj(states).view(shape).transpose(1, 2))
+            vs.append(xa.v_proj(states).view(shape).transpose(1, 2))
+        return ks, vs, hf_model.model.get_image_features(pixel_values).pooler_output.mean(dim=1)
+
+    def reference_logits(self, hf_model: Any, pixel_values: Any, ids: Any) -> Any:
+        inputs = self._inputs(hf_model, pixel_values, None)
+        return hf_model(input_ids=inputs, pixel_values=pixel_values, decoder_input_ids=ids).logits
+
+    def reference_generate(self, hf_model: Any, model: str, pixel_values: Any, prompt: str | None,
+                           **kw: Any) -> tuple[Any, int]:
+        inputs = self._inputs(hf_model, pixel_values, prompt)
+        return hf_model.generate(input_ids=inputs, pixel_values=pixel_values, **kw), 1
+
+
+def _processor(hf_model: Any) -> Any:
+    return _load_processor(hf_model.name_or_path)
+
+
+@lru_cache(maxsize=4)
+def _load_processor(model: str) -> Any:
+    """The checkpoint's Florence2Processor, read once per export (the parity grid asks for it per case)."""
+    from transformers import AutoProcessor
+
+    return AutoProcessor.from_pretrained(model)
+
+
+FLORENCE2 = Florence2()
