@@ -590,3 +590,58 @@ def test_a_prompt_the_model_cannot_take_fails_before_the_run(tmp_path):
         Runtime(PromptedCaptioner(), [cam], RecordingSink(), source_factory=scripted())
     with pytest.raises(InputError, match="takes none"):
         Runtime(FakeCaptioner(), [cam], RecordingSink(), source_factory=scripted())
+
+
+class DetectingCaptioner(FakeCaptioner):
+    """An encode-first backend answering a detection prompt: labels as the caption, boxes as objects."""
+
+    def __init__(self):
+        super().__init__()
+        self.encoded_prompts = []
+
+    def check_prompt(self, prompt):
+        pass
+
+    def encode_images(self, images, prompt=None, *, timings=None):
+        from edgecap.captioner import EncoderOutput
+
+        self.encoded_prompts.append(prompt)
+        return EncoderOutput([np.zeros((len(images), 1, 1, 1), np.float32)], [np.zeros((len(images), 1, 1, 1),
+                                                                                        np.float32)], None)
+
+    def caption_encoded(self, enc, prompt=None, *, timings=None, **kw):
+        from edgecap.tasks import DetectedObject
+
+        if prompt == "<OD>":
+            return [Caption("car, person", [1], {"total": 1.0}, -0.1, prompt,
+                            [DetectedObject("car", 1, 2, 30, 40), DetectedObject("person", 5, 6, 7, 8)])
+                    for _ in range(enc.batch)]
+        return [Caption("a scene", [1], {"total": 1.0}, -0.1, prompt) for _ in range(enc.batch)]
+
+
+def test_cameras_with_different_prompts_are_encoded_per_prompt_and_objects_land_in_details(tmp_path):
+    # a model such as Florence-2 reads the prompt in its encoder: a batch mixing prompts is encoded per prompt
+    backend, sink = DetectingCaptioner(), RecordingSink()
+    cams = [CameraSpec(SourceConfig("door", "unused.mp4"), GateConfig(settle_samples=0), prompt="<OD>"),
+            _spec("yard", tmp_path / "unused.mp4", settle_samples=0)]
+    rt = Runtime(backend, cams, sink, source_factory=scripted(_two_scene_frames()[:2]))
+    assert rt.run() == 0 and rt.stats.failed_batches == 0
+    assert {"<OD>", None} <= set(backend.encoded_prompts)
+    scenes = {e.camera: e for e in sink.latest().values() if e.kind == "scene"}
+    assert scenes["door"].caption == "car, person" and scenes["door"].details["objects"] == [
+        {"label": "car", "x0": 1, "y0": 2, "x1": 30, "y1": 40}, {"label": "person", "x0": 5, "y0": 6, "x1": 7, "y1": 8}]
+    assert "objects" not in scenes["yard"].details
+
+
+@pytest.mark.slow
+def test_a_florence2_camera_with_a_detection_prompt_runs_without_failed_batches(exported_factory, tmp_path):
+    from edgecap import Captioner
+
+    cap = Captioner(exported_factory("florence2"))
+    sink = RecordingSink()
+    cams = [CameraSpec(SourceConfig("door", "unused.mp4"), GateConfig(settle_samples=0), prompt="<OD>"),
+            CameraSpec(SourceConfig("yard", "unused.mp4"), GateConfig(settle_samples=0))]
+    rt = Runtime(cap, cams, sink, source_factory=scripted(_two_scene_frames()[:2]))
+    assert rt.run() == 0 and rt.stats.failed_batches == 0
+    scenes = {e.camera: e for e in sink.latest().values() if e.kind == "scene"}
+    assert scenes["door"].details["prompt"] == "<OD>" and "prompt" not in scenes["yard"].details

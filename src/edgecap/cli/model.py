@@ -143,9 +143,9 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
     """The options of `edgecap bench` (also used by benchmarks/bench.py)."""
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--model", help="an exported directory (transformers eager is included if DIR/hf exists)")
-    src.add_argument("--arch", choices=("vitgpt2-base", "blip-base"),
+    src.add_argument("--arch", choices=("vitgpt2-base", "blip-base", "florence2-base"),
                      help="build, export and quantize a random-weight model at a real architecture's dimensions: "
-                          "vit-gpt2-image-captioning, or blip-image-captioning-base")
+                          "vit-gpt2-image-captioning, blip-image-captioning-base or Florence-2-base")
     src.add_argument("--vitgpt2-random", action="store_true", help="the same as --arch vitgpt2-base")
     p.add_argument("--workdir", default=None,
                    help="where the random model is built and exported (default: ./engines/ARCH-random, e.g. "
@@ -165,7 +165,8 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export", help="export a Hugging Face captioner to ONNX with a full KV cache",
                        description="Export a captioner (a VisionEncoderDecoder with ViT/DeiT encoder + GPT-2 "
-                                   "decoder, or BLIP's BlipForConditionalGeneration) to "
+                                   "decoder, BLIP's BlipForConditionalGeneration or Florence2ForConditionalGeneration) "
+                                   "to "
                                    "encoder.onnx (which also computes every decoder layer's cross-attention K/V) and "
                                    "decoder.onnx (one cached step, no If node), copy tokenizer.json, write "
                                    "manifest.json, and validate against transformers (tokens must be identical). "

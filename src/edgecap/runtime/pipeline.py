@@ -16,6 +16,7 @@ has failed for ``fail_after_s`` and at least ``fail_after_batches`` batches in a
 
 from __future__ import annotations
 
+import dataclasses
 import queue
 import threading
 import time
@@ -373,6 +374,8 @@ class Runtime:
                        "ms": {k: round(v, 1) for k, v in c.timings.items() if k != "decoder_steps"}}
             if cam.spec.prompt is not None:
                 details["prompt"] = cam.spec.prompt
+            if getattr(c, "objects", None):  # detection tasks: the caption is the labels (searchable), boxes here
+                details["objects"] = [dataclasses.asdict(o) for o in c.objects]
             closed, scene, is_new = cam.tracker.observe(c.text, sample.wall_utc, sample.pts_s,
                                                         c.confidence or 0.0, details,
                                                         changed_at=(since.wall_utc, since.pts_s))
@@ -418,12 +421,25 @@ class Runtime:
         return self.opts.embeddings and isinstance(self.backend, EmbeddingBackend)
 
     def _caption_encoded(self, pending):
-        """Encode the batch, then decode only the frames whose pooled embedding moved (stage 2 of the gate, for the
-        cameras that have it; every frame of the others). Returns the kept frames, their captions and their pooled
-        embeddings (None where the model has none or embeddings are not stored)."""
+        """Encode, then decode only the frames whose pooled embedding moved (stage 2 of the gate, for the cameras
+        that have it; every frame of the others), one group per prompt (a model such as Florence-2 reads the prompt
+        in its encoder). Returns the kept frames, their captions and their pooled embeddings (None where the model
+        has none or embeddings are not stored)."""
+        groups: dict[str | None, list[tuple[_Camera, FrameSample, FrameSample]]] = {}
+        for item in pending:
+            groups.setdefault(item[0].spec.prompt, []).append(item)
+        kept, caps, vecs = [], [], []
+        for prompt, items in groups.items():
+            k, c, v = self._caption_encoded_group(items, {} if prompt is None else {"prompt": prompt})
+            kept += k
+            caps += c
+            vecs += v
+        return kept, caps, vecs
+
+    def _caption_encoded_group(self, pending, prompt: dict[str, str]):
         timings: dict[str, float] = {}
         backend: EmbeddingBackend = self.backend  # type: ignore[assignment]  # checked in __init__
-        enc = backend.encode_images([s.image for _, s, _ in pending], timings=timings)
+        enc = backend.encode_images([s.image for _, s, _ in pending], timings=timings, **prompt)
         keep = []
         for i, (cam, sample, _) in enumerate(pending):
             pooled = None if enc.pooled is None else enc.pooled[i]
@@ -435,11 +451,9 @@ class Runtime:
                 cam.tracker.touch(sample.wall_utc, sample.pts_s)
         if not keep:
             return [], [], []
-        kept = [pending[i] for i in keep]
-        caps = backend.caption_encoded(enc.select(keep), timings=timings,
-                                       **self._options([cam for cam, _, _ in kept]))
+        caps = backend.caption_encoded(enc.select(keep), timings=timings, **prompt, **self.opts.generation)
         stored = self.opts.embeddings and enc.pooled is not None
-        return kept, caps, [enc.pooled[i] if stored else None for i in keep]
+        return [pending[i] for i in keep], caps, [enc.pooled[i] if stored else None for i in keep]
 
     def run(self, stop: threading.Event | None = None) -> int:
         """Run until all file sources finish (returns 0, or 1 if a source failed) or ``stop`` is set (0).
