@@ -13,13 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .wrappers import ATTENTION_KINDS, AttentionMHA, SelfAttentionMHA, attend, merge_heads, split_heads
-
-
-def fused_linear(layers: list[nn.Linear], x: torch.Tensor) -> torch.Tensor:
-    """Several Linear layers over the same input as one MatMul (their outputs concatenated)."""
-    weight = torch.cat([m.weight for m in layers], dim=0)
-    return nn.functional.linear(x, weight, torch.cat([m.bias for m in layers]))
+from .wrappers import AttentionMHA, CachedStepAttention, attend, merge_heads, split_heads
 
 
 class BlipEncoderWithCrossKV(nn.Module):
@@ -54,45 +48,19 @@ class BlipEncoderWithCrossKV(nn.Module):
         return (*ks, *vs, states.mean(dim=1))
 
 
-class BlipCachedStep(nn.Module):
+class BlipCachedStep(CachedStepAttention):
     """(input_ids, past_k/v per layer, cross_k/v per layer) -> (last logits, present_k/v per layer)."""
 
     def __init__(self, text_decoder: nn.Module, attention: str = "contrib"):
-        super().__init__()
-        if attention not in ATTENTION_KINDS:
-            raise ValueError(f"attention must be one of {ATTENTION_KINDS}, got {attention!r}")
-        self.attention = attention
+        cfg = text_decoder.config
+        super().__init__(attention, cfg.num_attention_heads, cfg.hidden_size)
         self.bert = text_decoder.bert
         self.head = text_decoder.cls
-        cfg = text_decoder.config
         self.layers = cfg.num_hidden_layers
-        self.heads = cfg.num_attention_heads
-        self.width = cfg.hidden_size
-        self.scale = float((cfg.hidden_size // cfg.num_attention_heads) ** -0.5)
 
     def cross_kv(self, states: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        ks, vs = [], []
-        for layer in self.bert.encoder.layer:
-            xa = layer.crossattention.self
-            k, v = fused_linear([xa.key, xa.value], states).split(self.width, dim=2)
-            ks.append(split_heads(k, self.heads))
-            vs.append(split_heads(v, self.heads))
-        return ks, vs
-
-    def _self_attention(self, sa: nn.Module, x: torch.Tensor, past_k: torch.Tensor, past_v: torch.Tensor,
-                        causal: torch.Tensor | None):
-        q, k, v = fused_linear([sa.query, sa.key, sa.value], x).split(self.width, dim=2)
-        if self.attention == "contrib":
-            return SelfAttentionMHA.apply(q, k, v, past_k, past_v, self.heads, self.scale)
-        k = torch.cat([past_k, split_heads(k, self.heads)], dim=2)
-        v = torch.cat([past_v, split_heads(v, self.heads)], dim=2)
-        return merge_heads(attend(split_heads(q, self.heads), k, v, self.scale, causal)), k, v
-
-    def _cross_attention(self, xa: nn.Module, x: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        q = xa.query(x)
-        if self.attention == "contrib":
-            return AttentionMHA.apply(q, k, v, self.heads, self.scale)
-        return merge_heads(attend(split_heads(q, self.heads), k, v, self.scale))
+        return self.project_cross_kv([(layer.crossattention.self.key, layer.crossattention.self.value)
+                                      for layer in self.bert.encoder.layer], states)
 
     def forward(self, input_ids: torch.Tensor, *caches: torch.Tensor):
         n = self.layers
@@ -107,11 +75,12 @@ class BlipCachedStep(nn.Module):
             causal = key_pos.unsqueeze(0) <= positions.unsqueeze(1)  # [T, P+T]
         presents = []
         for i, layer in enumerate(self.bert.encoder.layer):
-            a, k, v = self._self_attention(layer.attention.self, hidden, past[2 * i], past[2 * i + 1], causal)
+            sa = layer.attention.self
+            a, k, v = self.self_attention([sa.query, sa.key, sa.value], hidden, past[2 * i], past[2 * i + 1], causal)
             presents += [k, v]
             out = layer.attention.output
             hidden = out.LayerNorm(out.dense(a) + hidden)
-            a = self._cross_attention(layer.crossattention.self, hidden, cross[i], cross[n + i])
+            a = self.cross_attention(layer.crossattention.self.query, hidden, cross[i], cross[n + i])
             out = layer.crossattention.output
             hidden = out.LayerNorm(out.dense(a) + hidden)
             inner = layer.intermediate.intermediate_act_fn(layer.intermediate.dense(hidden))

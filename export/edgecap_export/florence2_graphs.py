@@ -15,8 +15,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .blip_graphs import fused_linear
-from .wrappers import ATTENTION_KINDS, AttentionMHA, SelfAttentionMHA, attend, merge_heads, split_heads
+from .wrappers import CachedStepAttention
 
 
 class Florence2EncoderWithCrossKV(nn.Module):
@@ -40,45 +39,19 @@ class Florence2EncoderWithCrossKV(nn.Module):
         return (*ks, *vs, image.mean(dim=1))
 
 
-class BartCachedStep(nn.Module):
+class BartCachedStep(CachedStepAttention):
     """(input_ids, past_k/v per layer, cross_k/v per layer) -> (last logits, present_k/v per layer)."""
 
     def __init__(self, decoder: nn.Module, lm_head: nn.Module, attention: str = "contrib"):
-        super().__init__()
-        if attention not in ATTENTION_KINDS:
-            raise ValueError(f"attention must be one of {ATTENTION_KINDS}, got {attention!r}")
-        self.attention = attention
+        cfg = decoder.config
+        super().__init__(attention, cfg.decoder_attention_heads, cfg.d_model)
         self.decoder = decoder
         self.head = lm_head
-        cfg = decoder.config
         self.layers = cfg.decoder_layers
-        self.heads = cfg.decoder_attention_heads
-        self.width = cfg.d_model
-        self.scale = float((cfg.d_model // cfg.decoder_attention_heads) ** -0.5)
 
     def cross_kv(self, states: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        ks, vs = [], []
-        for layer in self.decoder.layers:
-            xa = layer.encoder_attn
-            k, v = fused_linear([xa.k_proj, xa.v_proj], states).split(self.width, dim=2)
-            ks.append(split_heads(k, self.heads))
-            vs.append(split_heads(v, self.heads))
-        return ks, vs
-
-    def _self_attention(self, sa: nn.Module, x: torch.Tensor, past_k: torch.Tensor, past_v: torch.Tensor,
-                        causal: torch.Tensor | None):
-        q, k, v = fused_linear([sa.q_proj, sa.k_proj, sa.v_proj], x).split(self.width, dim=2)
-        if self.attention == "contrib":
-            return SelfAttentionMHA.apply(q, k, v, past_k, past_v, self.heads, self.scale)
-        k = torch.cat([past_k, split_heads(k, self.heads)], dim=2)
-        v = torch.cat([past_v, split_heads(v, self.heads)], dim=2)
-        return merge_heads(attend(split_heads(q, self.heads), k, v, self.scale, causal)), k, v
-
-    def _cross_attention(self, xa: nn.Module, x: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        q = xa.q_proj(x)
-        if self.attention == "contrib":
-            return AttentionMHA.apply(q, k, v, self.heads, self.scale)
-        return merge_heads(attend(split_heads(q, self.heads), k, v, self.scale))
+        return self.project_cross_kv([(layer.encoder_attn.k_proj, layer.encoder_attn.v_proj)
+                                      for layer in self.decoder.layers], states)
 
     def forward(self, input_ids: torch.Tensor, *caches: torch.Tensor):
         n = self.layers
@@ -94,10 +67,12 @@ class BartCachedStep(nn.Module):
             causal = key_pos.unsqueeze(0) <= positions.unsqueeze(1)  # [T, P+T]
         presents = []
         for i, layer in enumerate(dec.layers):
-            a, k, v = self._self_attention(layer.self_attn, hidden, past[2 * i], past[2 * i + 1], causal)
+            sa = layer.self_attn
+            a, k, v = self.self_attention([sa.q_proj, sa.k_proj, sa.v_proj], hidden, past[2 * i], past[2 * i + 1],
+                                          causal)
             presents += [k, v]
             hidden = layer.self_attn_layer_norm(layer.self_attn.out_proj(a) + hidden)
-            a = self._cross_attention(layer.encoder_attn, hidden, cross[i], cross[n + i])
+            a = self.cross_attention(layer.encoder_attn.q_proj, hidden, cross[i], cross[n + i])
             hidden = layer.encoder_attn_layer_norm(layer.encoder_attn.out_proj(a) + hidden)
             hidden = layer.final_layer_norm(layer.fc2(layer.activation_fn(layer.fc1(hidden))) + hidden)
         logits = self.head(hidden[:, -1, :])

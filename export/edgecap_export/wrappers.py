@@ -105,6 +105,51 @@ class AttentionMHA(torch.autograd.Function):
         return out
 
 
+def fused_linear(layers: list[nn.Linear], x: torch.Tensor) -> torch.Tensor:
+    """Several Linear layers over the same input as one MatMul (their outputs concatenated)."""
+    weight = torch.cat([m.weight for m in layers], dim=0)
+    return nn.functional.linear(x, weight, torch.cat([m.bias for m in layers]))
+
+
+class CachedStepAttention(nn.Module):
+    """The attention of a cached decoder step over Linear projections (BLIP's BERT decoder, Florence-2's BART
+    decoder): every layer's cross K/V from the encoder states, cached self-attention, cross-attention, in either
+    lowering."""
+
+    def __init__(self, attention: str, heads: int, width: int):
+        super().__init__()
+        if attention not in ATTENTION_KINDS:
+            raise ValueError(f"attention must be one of {ATTENTION_KINDS}, got {attention!r}")
+        self.attention, self.heads, self.width = attention, heads, width
+        self.scale = float((width // heads) ** -0.5)
+
+    def project_cross_kv(self, pairs: list[tuple[nn.Linear, nn.Linear]], states: torch.Tensor
+                         ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """(key, value) projections per layer -> per-layer K and V [B, heads, S, head_dim]."""
+        ks, vs = [], []
+        for key, value in pairs:
+            k, v = fused_linear([key, value], states).split(self.width, dim=2)
+            ks.append(split_heads(k, self.heads))
+            vs.append(split_heads(v, self.heads))
+        return ks, vs
+
+    def self_attention(self, qkv: list[nn.Linear], x: torch.Tensor, past_k: torch.Tensor, past_v: torch.Tensor,
+                       causal: torch.Tensor | None):
+        """(query, key, value) projections -> (merged attention output, present K, present V)."""
+        q, k, v = fused_linear(qkv, x).split(self.width, dim=2)
+        if self.attention == "contrib":
+            return SelfAttentionMHA.apply(q, k, v, past_k, past_v, self.heads, self.scale)
+        k = torch.cat([past_k, split_heads(k, self.heads)], dim=2)
+        v = torch.cat([past_v, split_heads(v, self.heads)], dim=2)
+        return merge_heads(attend(split_heads(q, self.heads), k, v, self.scale, causal)), k, v
+
+    def cross_attention(self, query: nn.Linear, x: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        q = query(x)
+        if self.attention == "contrib":
+            return AttentionMHA.apply(q, k, v, self.heads, self.scale)
+        return merge_heads(attend(split_heads(q, self.heads), k, v, self.scale))
+
+
 def _fusable_vit(encoder: nn.Module) -> bool:
     """True when the encoder has the ViT/DeiT layout of transformers 5 that :func:`_vit_forward` reimplements."""
     layer = getattr(encoder, "layers", [None])[0]
