@@ -19,8 +19,7 @@ def _cli_options(args: argparse.Namespace) -> dict[str, Any]:
 
 def _site(args: argparse.Namespace):
     """Cameras and retention from the flags and --config, every source checked (before any model loads)."""
-    from ..runtime import RetentionConfig, SiteConfig, camera_spec, check_source, default_camera_name, load_config
-    from ..sources import mask_url
+    from ..runtime import RetentionConfig, SiteConfig, check_source, load_config, specs_for_sources
 
     options = _cli_options(args)
     retention = RetentionConfig(older_than=args.retain)
@@ -28,9 +27,7 @@ def _site(args: argparse.Namespace):
     cameras = site.cameras
     if args.serve:
         from .. import web  # noqa: F401  (a missing web extra fails here, before any model loads)
-    taken = {c.name for c in cameras}
-    for src in args.sources:
-        cameras.append(camera_spec(default_camera_name(src, taken), src, options, where=mask_url(src)))
+    cameras += specs_for_sources(args.sources, options, taken={c.name for c in cameras})
     if not cameras:
         raise InputError("no sources: pass video files, URLs, webcams or image folders, or --config cameras.toml")
     for cam in cameras:  # a typo'd path or a refused scheme fails before the model loads

@@ -39,7 +39,7 @@ import os
 import re
 import tomllib
 import typing
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from enum import Enum
@@ -212,6 +212,18 @@ def default_camera_name(url: str, taken: set[str]) -> str:
         name, n = f"{base}-{n}", n + 1
     taken.add(name)
     return name
+
+
+def specs_for_sources(sources: Sequence[str | int | os.PathLike], values: Mapping[str, Any] | None = None, *,
+                      taken: set[str] | None = None) -> list[CameraSpec]:
+    """Cameras for sources given by location alone (command-line SOURCEs, `edgecap.stream`), each named by
+    `default_camera_name` (unique among ``taken``, which it extends) with the same option keys."""
+    taken = set() if taken is None else taken
+    out = []
+    for src in sources:
+        url = os.fspath(src) if isinstance(src, os.PathLike) else src
+        out.append(camera_spec(default_camera_name(str(url), taken), url, values, where=mask_url(url)))
+    return out
 
 
 def check_source(spec: CameraSpec) -> None:

@@ -11,7 +11,7 @@ from typing import Any
 from ..errors import InputError
 from ..events import Ack, Event
 from .backend import CaptionBackend
-from .config import CameraSpec, camera_spec, check_source, default_camera_name
+from .config import CameraSpec, check_source, specs_for_sources
 from .pipeline import RunOptions, Runtime
 
 _DONE = object()
@@ -37,13 +37,13 @@ class _QueueSink:
         pass
 
 
-def _cameras(cameras: Sequence[str | int | CameraSpec] | str | int, options: dict[str, Any]) -> list[CameraSpec]:
+def _cameras(cameras: Sequence[str | int | CameraSpec] | str | int | CameraSpec,
+             options: dict[str, Any]) -> list[CameraSpec]:
     if isinstance(cameras, (str, int, CameraSpec, os.PathLike)):
         cameras = [cameras]
-    taken = {c.name for c in cameras if isinstance(c, CameraSpec)}
-    out = [c if isinstance(c, CameraSpec) else camera_spec(default_camera_name(str(c), taken), os.fspath(c)
-                                                           if isinstance(c, os.PathLike) else c, options)
-           for c in cameras]
+    given = [c for c in cameras if isinstance(c, CameraSpec)]
+    out = given + specs_for_sources([c for c in cameras if not isinstance(c, CameraSpec)], options,
+                                    taken={c.name for c in given})
     if not out:
         raise InputError("stream() needs at least one camera: a file, folder, stream URL, webcam or CameraSpec")
     for cam in out:
