@@ -13,11 +13,11 @@ from typing import Sequence
 
 from .._version import __version__
 from ..errors import EdgecapError, RunFailedError
-from . import caption, events, ingest, model, run, serve
+from . import ask, caption, events, ingest, model, run, serve
 from .args import EXIT_USER_ERROR, OneLineParser
 
-GROUPS = (caption.register_demo, run.register, events.register, serve.register, caption.register, model.register,
-          ingest.register)
+GROUPS = (caption.register_demo, run.register, events.register, serve.register, caption.register, ask.register,
+          model.register, ingest.register)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -19,6 +19,17 @@ def thumbnail_dir(db_path: str | os.PathLike) -> Path:
     return Path(db_path).absolute().parent / "thumbnails"
 
 
+def resolve_thumbnail(folder: Path, stored: str) -> Path | None:
+    """The file a stored thumbnail path names, only if it resolves (symlinks followed) to a ``.jpg`` file inside
+    ``folder``; None otherwise (missing, outside the folder, not a JPEG name). ``folder`` must be resolved."""
+    try:
+        path = (folder / stored).resolve(strict=True)  # an absolute stored path replaces the folder
+    except (OSError, RuntimeError, ValueError):
+        return None
+    ok = path.is_relative_to(folder) and path.suffix.lower() == ".jpg" and path.is_file()
+    return path if ok else None
+
+
 def save_jpeg(path: str | os.PathLike, image: np.ndarray, *, max_side: int = 320, quality: int = 5) -> Path:
     """Write an RGB image as a JPEG, downscaled so its longer side is at most ``max_side``, atomically.
 

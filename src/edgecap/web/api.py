@@ -23,6 +23,7 @@ from starlette.routing import Route
 from ..errors import InputError
 from ..events import Event, EventStoreError, cameras, changes, get_event, search_page
 from ..events.similar import SimilarIndex
+from ..events.thumbs import resolve_thumbnail
 from ..sources import mask_url
 
 MAX_PAGE = 500
@@ -137,18 +138,10 @@ class Api:
     def thumbnail(self, request: Request) -> Response:
         """The thumbnail, only if its stored path resolves (symlinks followed) to a file inside the folder."""
         ev = get_event(self.db, request.path_params["event_id"])
-        path = None if ev is None or not ev.thumbnail else self._inside(ev.thumbnail)
+        path = None if ev is None or not ev.thumbnail else resolve_thumbnail(self.thumbnails, ev.thumbnail)
         if path is None:
             return JSONResponse({"error": "no thumbnail"}, status_code=404, headers=_NO_STORE)
         return FileResponse(path, media_type="image/jpeg", headers={"cache-control": "private, max-age=300"})
-
-    def _inside(self, stored: str) -> Path | None:
-        try:
-            path = (self.thumbnails / stored).resolve(strict=True)  # an absolute stored path replaces the folder
-        except (OSError, RuntimeError, ValueError):
-            return None
-        ok = path.is_relative_to(self.thumbnails) and path.suffix.lower() == ".jpg" and path.is_file()
-        return path if ok else None
 
     def cameras(self, request: Request) -> Response:
         """Each camera: its newest event and status, its open outage, and a state."""
