@@ -404,6 +404,11 @@ class Captioner:
         return text.strip()
 
     @property
+    def accepts_questions(self) -> bool:
+        """True for a vision-language model whose prompt is any question or instruction (`edgecap ask`)."""
+        return self.prompts.spec is not None and self.prompts.spec.get("kind") == "chat"
+
+    @property
     def provenance(self) -> dict[str, Any]:
         """What made a caption: model name, precision and the encoder graph's hash prefix (for event details)."""
         graph = self.manifest.data["graphs"][self.precision]["encoder"]
