@@ -111,9 +111,48 @@ def test_check_trt_fails_on_a_non_zero_zero_point(tmp_path, capsys):
     assert code == 0 and "1 graph(s) pass the TensorRT 10.15 lint: bad.onnx" in out, err
 
 
+def _traced_shape_arithmetic() -> onnx.ModelProto:
+    """What torch.onnx traces for ``x.view(x.shape[0], -1)`` and ``(6 - x.shape[2] % 4) % 4`` on x [batch, 4, 6]:
+    Shape/Gather chains over a dynamic and a static dimension."""
+    c = {n: numpy_helper.from_array(np.array(v, np.int64), n) for n, v in
+         (("i0", 0), ("i2", 2), ("four", 4), ("six", 6), ("ax0", [0]), ("minus1", [-1]))}
+    nodes = [helper.make_node("Shape", ["x"], ["s"], name="shape"),
+             helper.make_node("Gather", ["s", "i2"], ["w"], name="gather_w"),
+             helper.make_node("Mod", ["w", "four"], ["wm"], name="mod"),
+             helper.make_node("Sub", ["six", "wm"], ["pad"], name="sub"),
+             helper.make_node("Cast", ["pad"], ["padf"], name="cast", to=TensorProto.FLOAT),
+             helper.make_node("Add", ["x", "padf"], ["y"], name="add"),
+             helper.make_node("Gather", ["s", "i0"], ["b"], name="gather_b"),
+             helper.make_node("Unsqueeze", ["b", "ax0"], ["b1"], name="unsq"),
+             helper.make_node("Concat", ["b1", "minus1"], ["target"], name="concat", axis=0),
+             helper.make_node("Reshape", ["y", "target"], ["z"], name="reshape")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4, 6])],
+                              [helper.make_tensor_value_info("z", TensorProto.FLOAT, None)], list(c.values()))
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_fold_turns_static_shape_arithmetic_into_constants_and_keeps_dynamic_axes():
+    ort = pytest.importorskip("onnxruntime")
+    from edgecap_export.tensorrt.fold import fold_static_shapes
+
+    model = _traced_shape_arithmetic()
+    folded = fold_static_shapes(model)
+    ops = [n.op_type for n in folded.graph.node]
+    assert "Shape" not in ops and "Mod" not in ops and ops.count("Reshape") == 1, ops
+    reshape = next(n for n in folded.graph.node if n.op_type == "Reshape")
+    target = {i.name: numpy_helper.to_array(i) for i in folded.graph.initializer}[reshape.input[1]]
+    assert target.tolist() == [0, -1]  # the batch is kept (0), not frozen
+    for batch in (1, 3):
+        x = np.random.default_rng(batch).standard_normal((batch, 4, 6)).astype(np.float32)
+        want, got = (ort.InferenceSession(m.SerializeToString()).run(None, {"x": x})[0] for m in (model, folded))
+        assert got.shape == (batch, 24) and np.array_equal(got, want)
+
+
 # -- `--target tensorrt` exports -----------------------------------------------------------------------------------
 
-FAMILIES = ("vit-gpt2", "blip")
+FAMILIES = ("vit-gpt2", "blip", "florence2")
+# the slow grid: Florence-2 with three DaViT stages and three BART layers at 64 px as well
+ALL_FAMILIES = [*FAMILIES, pytest.param("florence2-deep", marks=pytest.mark.slow)]
 
 
 @pytest.fixture(scope="module")
@@ -165,7 +204,7 @@ def _assert_tensorrt_graph(path, low: int, high: int) -> None:
             assert not inits[n.input[2]].any(), n.name
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", ALL_FAMILIES)
 def test_tensorrt_export_passes_check_parity_and_records_the_target(family, trt_export):
     d = trt_export(family)
     manifest = json.loads((d / "manifest.json").read_text())
@@ -246,7 +285,7 @@ def test_tensorrt_target_refuses_contrib_attention_and_an_opset_out_of_range(che
     assert not any((tmp_path / x).exists() for x in "abc")
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", ALL_FAMILIES)
 def test_tensorrt_int8_is_static_symmetric_qdq_that_passes_the_lint(family, trt_int8):
     d, report = trt_int8(family)
     assert lint_dir(d) == []
