@@ -29,6 +29,8 @@ def test_the_plain_loop_unless_asked_or_on_a_gpu(monkeypatch):
 
     monkeypatch.delenv(ENV_FLAG)
     assert bound_device(Gpu()) == "cuda"
+    monkeypatch.setenv(ENV_FLAG, "0")
+    assert bound_device(Gpu()) is None and bound_device(cap.decoder_session) is None
 
 
 def test_gather_model_reorders_rows_of_every_tensor():

@@ -272,6 +272,27 @@ def test_shape_arithmetic_does_not_grow_with_attention(family, trt_export):
         assert sum(n.op_type == "Shape" for n in g.node) <= 4, part
 
 
+@pytest.mark.parametrize("family", FAMILIES)
+def test_every_op_of_the_tensorrt_graphs_is_in_the_table_and_one_left_out_fails(family, trt_export, trt_int8,
+                                                                               monkeypatch):
+    """The lint passes these graphs because the table lists each of their ops, not by default: an op taken out of
+    the table is reported on every node that uses it."""
+    from edgecap_export.tensorrt import lint as lint_module
+
+    table = support_table()
+    paths = [trt_export(family) / f"{part}.{p}onnx" for part in ("encoder", "decoder") for p in ("", "fp16.")]
+    paths += [trt_int8(family)[0] / f"{part}.int8.onnx" for part in ("encoder", "decoder")]
+    used = {n.op_type for path in paths for n in onnx.load(str(path)).graph.node}
+    assert used <= set(table["ops"]), used - set(table["ops"])
+    for op in ("Erf", "LayerNormalization", "DequantizeLinear"):
+        reduced = {**table, "ops": {k: v for k, v in table["ops"].items() if k != op}}
+        monkeypatch.setattr(lint_module, "support_table", lambda reduced=reduced: reduced)
+        found = [v for path in paths for v in lint_model(onnx.load(str(path)), graph=path.name, trt_version="10.0")]
+        users = sum(n.op_type == op for path in paths for n in onnx.load(str(path)).graph.node)
+        assert users and len(found) == users and all(
+            v.op == op and v.rule == f"op {op} is not supported by TensorRT's ONNX parser" for v in found), op
+
+
 def test_tensorrt_target_refuses_contrib_attention_and_an_opset_out_of_range(checkpoint_factory, tmp_path):
     from edgecap_export import export_model
 

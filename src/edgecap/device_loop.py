@@ -12,7 +12,8 @@ step. :class:`DeviceStepper` instead:
 
 The device is "cuda" when the decoder session runs on the CUDA or TensorRT provider, and "cpu" when the environment
 variable ``EDGECAP_IO_BINDING=1`` asks for the bound loop on the CPU provider: the same code path, which the tests
-run here for token identity with the plain loop (greedy and beam). The CUDA path has NOT been run (no GPU here).
+run here for token identity with the plain loop (greedy and beam). ``EDGECAP_IO_BINDING=0`` keeps the plain loop
+everywhere. The CUDA path has NOT been run (no GPU here).
 
 The Gather graph is written as ONNX protobuf bytes by hand (a few fields), because the runtime does not import onnx.
 """
@@ -31,10 +32,14 @@ _GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
 
 def bound_device(session: Any) -> str | None:
     """The device a decoder session's loop keeps its cache on: "cuda" (CUDA or TensorRT provider), "cpu" when
-    ``EDGECAP_IO_BINDING=1``, else None (the plain loop)."""
+    ``EDGECAP_IO_BINDING=1``, else None (the plain loop); ``EDGECAP_IO_BINDING=0`` turns it off on a GPU too (to
+    compare the two loops)."""
+    flag = os.environ.get(ENV_FLAG, "")
+    if flag == "0":
+        return None
     if any(p in _GPU_PROVIDERS for p in session.get_providers()):
         return "cuda"
-    return "cpu" if os.environ.get(ENV_FLAG, "") == "1" else None
+    return "cpu" if flag == "1" else None
 
 
 class DeviceStepper:
