@@ -356,6 +356,23 @@ def test_provider_options_for_tensorrt_cuda_and_cpu(trt_export):
         session_providers(["rocm"], d / "decoder.onnx")
 
 
+def test_florence2_profiles_cover_the_prompt_and_the_cross_kv_it_lengthens(trt_export):
+    """Florence-2's encoder reads the prompt ids ([batch, prompt_len]) and its cross K/V hold image features +
+    prompt positions ("encoder_len"): both get ranges, not 1..1."""
+    from edgecap.providers import ProfileLimits, session_providers
+
+    d = trt_export("florence2")
+    arch = json.loads((d / "manifest.json").read_text())["architecture"]
+    heads, head_dim, image = arch["num_heads"], arch["head_dim"], arch["encoder_seq_len"]
+    limits = ProfileLimits(max_batch=2, max_prompt=40)
+    (_, enc), *_ = session_providers(["tensorrt"], d / "encoder.onnx", limits)
+    assert "input_ids:1x1" in enc["trt_profile_min_shapes"].split(",")
+    assert "input_ids:2x40" in enc["trt_profile_max_shapes"].split(",")
+    (_, dec), *_ = session_providers(["tensorrt"], d / "decoder.fp16.onnx", limits)
+    assert f"cross_k.0:1x{heads}x{image + 1}x{head_dim}" in dec["trt_profile_min_shapes"].split(",")
+    assert f"cross_v.0:2x{heads}x{image + 40}x{head_dim}" in dec["trt_profile_max_shapes"].split(",")
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("provider", ["tensorrt", "cuda"])
 def test_gpu_providers_caption_like_cpu(provider, trt_export):
