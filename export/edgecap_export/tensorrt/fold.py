@@ -7,13 +7,16 @@ embeddings sized from the image) trace dozens of such chains per encoder, shape 
 build time and ops it may not import (Mod). This pass, run on ``--target tensorrt`` graphs:
 
 * replaces a Shape, a Gather of a Shape or a Slice of a Shape by a constant when every dimension it yields is
-  static in ONNX shape inference;
+  static (see :func:`_static_dims`: shape inference with the dynamic axes probed at two sets of primes);
+* gives a Reshape whose target concatenates constants and reads of dynamic dimensions a constant target: a read of
+  the dimension the data already has at that position becomes 0 (ONNX: keep it), one dynamic read left becomes -1;
 * evaluates every node whose inputs are all constants (the onnx reference evaluator), up to ``max_elements``
   elements per output, so constants stay small;
 * drops nodes nothing reads, and repeats until nothing changes.
 
-Dynamic dimensions (batch, sequence, past length) keep their Shape nodes, so the graph's shapes stay as dynamic as
-before; parity with transformers is checked on the folded graphs by the export's validation.
+Dynamic dimensions (batch, sequence, past length) stay dynamic: what cannot be shown static keeps its Shape nodes.
+The probes are evidence, not proof (a dimension like ``min(batch, 1)`` would look static), so the export's parity
+check against transformers runs on the folded graphs, at several batch sizes and lengths.
 """
 
 from __future__ import annotations
