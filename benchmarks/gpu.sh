@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # GPU benchmark of a --target tensorrt export: export (with the ONNX Runtime CPU parity check against transformers),
 # quantize (static QDQ, quality gate), lint, build TensorRT engines (when the tensorrt package is installed), check
-# that the GPU captions equal the CPU ones, and time FP16 and INT8 at batch 1 and 8 with exactly 20 new tokens.
+# that the GPU captions equal the CPU ones, and time FP16 and INT8 at batch 1 and 8 with exactly 20 new tokens, each
+# with the IO-bound decoder loop (KV cache on the GPU) and the plain one.
 # One results JSON. Budget: under 10 minutes on one GPU for ViT-GPT2 base.
 #
 # NOT VALIDATED: written on machines without a GPU, onnxruntime-gpu or TensorRT; it has never run.
@@ -30,7 +31,7 @@ if "$PY" -c "import tensorrt" 2>/dev/null; then
 fi
 
 "$PY" - "$WORK" "$OUT" "$PROVIDER" "$RUNS" "$start" <<'PYEOF'
-import json, statistics, sys, tempfile, time
+import json, os, statistics, sys, tempfile, time
 from pathlib import Path
 
 import onnxruntime as ort
@@ -51,14 +52,23 @@ with tempfile.TemporaryDirectory() as tmp:
     for name, cap in systems.items():
         entry = {"parity_vs_cpu_fp32": caption_agreement(cpu, cap, frames), "latency_ms": {}}
         for batch in (1, 8):
-            cap.caption(frames[:batch], **opts)  # warm-up: engine build or cache load, allocations
-            times = []
+            # the decoder loop with IO binding (KV cache on the GPU, the default there) and the plain one
+            # (EDGECAP_IO_BINDING=0: K/V through the host every step), alternated run by run
+            loops = {"io_binding": "1", "plain": "0"}
+            times = {loop: [] for loop in loops}
+            for flag in loops.values():
+                os.environ["EDGECAP_IO_BINDING"] = flag
+                cap.caption(frames[:batch], **opts)  # warm-up: engine build or cache load, allocations
             for _ in range(runs):
-                t = time.perf_counter()
-                cap.caption(frames[:batch], **opts)
-                times.append((time.perf_counter() - t) * 1000)
-            entry["latency_ms"][f"batch{batch}"] = {"median": statistics.median(times), "min": min(times),
-                                                    "captions_per_s": batch * 1000 / statistics.median(times)}
+                for loop, flag in loops.items():
+                    os.environ["EDGECAP_IO_BINDING"] = flag
+                    t = time.perf_counter()
+                    cap.caption(frames[:batch], **opts)
+                    times[loop].append((time.perf_counter() - t) * 1000)
+            entry["latency_ms"][f"batch{batch}"] = {
+                loop: {"median": statistics.median(ts), "min": min(ts),
+                       "captions_per_s": batch * 1000 / statistics.median(ts)} for loop, ts in times.items()}
+            os.environ.pop("EDGECAP_IO_BINDING")
         results["systems"][name] = entry
 results["wall_s"] = time.time() - start
 out.parent.mkdir(parents=True, exist_ok=True)

@@ -111,9 +111,48 @@ def test_check_trt_fails_on_a_non_zero_zero_point(tmp_path, capsys):
     assert code == 0 and "1 graph(s) pass the TensorRT 10.15 lint: bad.onnx" in out, err
 
 
+def _traced_shape_arithmetic() -> onnx.ModelProto:
+    """What torch.onnx traces for ``x.view(x.shape[0], -1)`` and ``(6 - x.shape[2] % 4) % 4`` on x [batch, 4, 6]:
+    Shape/Gather chains over a dynamic and a static dimension."""
+    c = {n: numpy_helper.from_array(np.array(v, np.int64), n) for n, v in
+         (("i0", 0), ("i2", 2), ("four", 4), ("six", 6), ("ax0", [0]), ("minus1", [-1]))}
+    nodes = [helper.make_node("Shape", ["x"], ["s"], name="shape"),
+             helper.make_node("Gather", ["s", "i2"], ["w"], name="gather_w"),
+             helper.make_node("Mod", ["w", "four"], ["wm"], name="mod"),
+             helper.make_node("Sub", ["six", "wm"], ["pad"], name="sub"),
+             helper.make_node("Cast", ["pad"], ["padf"], name="cast", to=TensorProto.FLOAT),
+             helper.make_node("Add", ["x", "padf"], ["y"], name="add"),
+             helper.make_node("Gather", ["s", "i0"], ["b"], name="gather_b"),
+             helper.make_node("Unsqueeze", ["b", "ax0"], ["b1"], name="unsq"),
+             helper.make_node("Concat", ["b1", "minus1"], ["target"], name="concat", axis=0),
+             helper.make_node("Reshape", ["y", "target"], ["z"], name="reshape")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4, 6])],
+                              [helper.make_tensor_value_info("z", TensorProto.FLOAT, None)], list(c.values()))
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_fold_turns_static_shape_arithmetic_into_constants_and_keeps_dynamic_axes():
+    ort = pytest.importorskip("onnxruntime")
+    from edgecap_export.tensorrt.fold import fold_static_shapes
+
+    model = _traced_shape_arithmetic()
+    folded = fold_static_shapes(model)
+    ops = [n.op_type for n in folded.graph.node]
+    assert "Shape" not in ops and "Mod" not in ops and ops.count("Reshape") == 1, ops
+    reshape = next(n for n in folded.graph.node if n.op_type == "Reshape")
+    target = {i.name: numpy_helper.to_array(i) for i in folded.graph.initializer}[reshape.input[1]]
+    assert target.tolist() == [0, -1]  # the batch is kept (0), not frozen
+    for batch in (1, 3):
+        x = np.random.default_rng(batch).standard_normal((batch, 4, 6)).astype(np.float32)
+        want, got = (ort.InferenceSession(m.SerializeToString()).run(None, {"x": x})[0] for m in (model, folded))
+        assert got.shape == (batch, 24) and np.array_equal(got, want)
+
+
 # -- `--target tensorrt` exports -----------------------------------------------------------------------------------
 
-FAMILIES = ("vit-gpt2", "blip")
+FAMILIES = ("vit-gpt2", "blip", "florence2")
+# the slow grid: Florence-2 with three DaViT stages and three BART layers at 64 px as well
+ALL_FAMILIES = [*FAMILIES, pytest.param("florence2-deep", marks=pytest.mark.slow)]
 
 
 @pytest.fixture(scope="module")
@@ -165,7 +204,7 @@ def _assert_tensorrt_graph(path, low: int, high: int) -> None:
             assert not inits[n.input[2]].any(), n.name
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", ALL_FAMILIES)
 def test_tensorrt_export_passes_check_parity_and_records_the_target(family, trt_export):
     d = trt_export(family)
     manifest = json.loads((d / "manifest.json").read_text())
@@ -233,6 +272,27 @@ def test_shape_arithmetic_does_not_grow_with_attention(family, trt_export):
         assert sum(n.op_type == "Shape" for n in g.node) <= 4, part
 
 
+@pytest.mark.parametrize("family", FAMILIES)
+def test_every_op_of_the_tensorrt_graphs_is_in_the_table_and_one_left_out_fails(family, trt_export, trt_int8,
+                                                                               monkeypatch):
+    """The lint passes these graphs because the table lists each of their ops, not by default: an op taken out of
+    the table is reported on every node that uses it."""
+    from edgecap_export.tensorrt import lint as lint_module
+
+    table = support_table()
+    paths = [trt_export(family) / f"{part}.{p}onnx" for part in ("encoder", "decoder") for p in ("", "fp16.")]
+    paths += [trt_int8(family)[0] / f"{part}.int8.onnx" for part in ("encoder", "decoder")]
+    used = {n.op_type for path in paths for n in onnx.load(str(path)).graph.node}
+    assert used <= set(table["ops"]), used - set(table["ops"])
+    for op in ("Erf", "LayerNormalization", "DequantizeLinear"):
+        reduced = {**table, "ops": {k: v for k, v in table["ops"].items() if k != op}}
+        monkeypatch.setattr(lint_module, "support_table", lambda reduced=reduced: reduced)
+        found = [v for path in paths for v in lint_model(onnx.load(str(path)), graph=path.name, trt_version="10.0")]
+        users = sum(n.op_type == op for path in paths for n in onnx.load(str(path)).graph.node)
+        assert users and len(found) == users and all(
+            v.op == op and v.rule == f"op {op} is not supported by TensorRT's ONNX parser" for v in found), op
+
+
 def test_tensorrt_target_refuses_contrib_attention_and_an_opset_out_of_range(checkpoint_factory, tmp_path):
     from edgecap_export import export_model
 
@@ -246,7 +306,7 @@ def test_tensorrt_target_refuses_contrib_attention_and_an_opset_out_of_range(che
     assert not any((tmp_path / x).exists() for x in "abc")
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", ALL_FAMILIES)
 def test_tensorrt_int8_is_static_symmetric_qdq_that_passes_the_lint(family, trt_int8):
     d, report = trt_int8(family)
     assert lint_dir(d) == []
@@ -294,6 +354,23 @@ def test_provider_options_for_tensorrt_cuda_and_cpu(trt_export):
     assert "input_ids:1x1" in opts["trt_profile_min_shapes"].split(",")
     with pytest.raises(InputError, match="unknown provider 'rocm'"):
         session_providers(["rocm"], d / "decoder.onnx")
+
+
+def test_florence2_profiles_cover_the_prompt_and_the_cross_kv_it_lengthens(trt_export):
+    """Florence-2's encoder reads the prompt ids ([batch, prompt_len]) and its cross K/V hold image features +
+    prompt positions ("encoder_len"): both get ranges, not 1..1."""
+    from edgecap.providers import ProfileLimits, session_providers
+
+    d = trt_export("florence2")
+    arch = json.loads((d / "manifest.json").read_text())["architecture"]
+    heads, head_dim, image = arch["num_heads"], arch["head_dim"], arch["encoder_seq_len"]
+    limits = ProfileLimits(max_batch=2, max_prompt=40)
+    (_, enc), *_ = session_providers(["tensorrt"], d / "encoder.onnx", limits)
+    assert "input_ids:1x1" in enc["trt_profile_min_shapes"].split(",")
+    assert "input_ids:2x40" in enc["trt_profile_max_shapes"].split(",")
+    (_, dec), *_ = session_providers(["tensorrt"], d / "decoder.fp16.onnx", limits)
+    assert f"cross_k.0:1x{heads}x{image + 1}x{head_dim}" in dec["trt_profile_min_shapes"].split(",")
+    assert f"cross_v.0:2x{heads}x{image + 40}x{head_dim}" in dec["trt_profile_max_shapes"].split(",")
 
 
 @pytest.mark.gpu

@@ -211,8 +211,10 @@ def graph_io(path: Path) -> dict[str, list[dict[str, Any]]]:
 
 
 def export_graphs(hf_model: Any, family: Family, shape: ModelShape, out: Path, opset: int,
-                  attention: str = "contrib") -> dict[str, Any]:
-    """Trace and write encoder.onnx and decoder.onnx; return their manifest entries."""
+                  attention: str = "contrib", fold_shapes: bool = False) -> dict[str, Any]:
+    """Trace and write encoder.onnx and decoder.onnx; return their manifest entries. ``fold_shapes`` (the TensorRT
+    target) folds the shape arithmetic over static dimensions into constants
+    (:mod:`edgecap_export.tensorrt.fold`)."""
     import torch
 
     names = io_names(shape.num_layers)
@@ -250,6 +252,10 @@ def export_graphs(hf_model: Any, family: Family, shape: ModelShape, out: Path, o
     graphs = {}
     for part in ("encoder", "decoder"):
         path = out / f"{part}.onnx"
+        if fold_shapes:
+            from .tensorrt.fold import fold_file
+
+            fold_file(path)
         graphs[part] = {"file": path.name, "sha256": sha256_file(path), **graph_io(path)}
     _assert_no_if(out / "decoder.onnx")
     return {"fp32": graphs}
@@ -332,7 +338,8 @@ def export_model(model: str, out: str | os.PathLike, *, opset: int = DEFAULT_OPS
         image = image_config(model, shape)
         advance(stages[1])
         out.mkdir(parents=True, exist_ok=True)
-        graphs = export_graphs(hf_model, family, shape, out, opset, attention)
+        graphs = export_graphs(hf_model, family, shape, out, opset, attention,
+                               fold_shapes=target is Target.TENSORRT)
         if target is Target.TENSORRT:
             require_trt_lint(out, [out / "encoder.onnx", out / "decoder.onnx"], target_info["trt_version"])
         if fp16:

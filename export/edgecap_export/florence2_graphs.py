@@ -12,10 +12,12 @@ post-LayerNorm with learned positions offset by 2 and a LayerNorm over the embed
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import torch
 from torch import nn
 
-from .wrappers import CachedStepAttention
+from .wrappers import CachedStepAttention, qscaled_attention_in
 
 
 class Florence2EncoderWithCrossKV(nn.Module):
@@ -32,9 +34,11 @@ class Florence2EncoderWithCrossKV(nn.Module):
         self.step = step
 
     def forward(self, pixel_values: torch.Tensor, input_ids: torch.Tensor):
-        image = self.model.get_image_features(pixel_values).pooler_output
-        embeds = torch.cat([image, self.embed(input_ids)], dim=1)
-        states = self.model.language_model.encoder(inputs_embeds=embeds).last_hidden_state
+        # the standard lowering scales Q before Q.K^T in transformers' own attention modules too (TensorRT)
+        with qscaled_attention_in(self.model) if self.step.attention == "standard" else nullcontext():
+            image = self.model.get_image_features(pixel_values).pooler_output
+            embeds = torch.cat([image, self.embed(input_ids)], dim=1)
+            states = self.model.language_model.encoder(inputs_embeds=embeds).last_hidden_state
         ks, vs = self.step.cross_kv(states)
         return (*ks, *vs, image.mean(dim=1))
 

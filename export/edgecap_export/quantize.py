@@ -100,6 +100,17 @@ class _Reader:
         return next(self._it, None)
 
 
+def _encoder_feeds(cap: Any, io: dict[str, Any], pixel_values: np.ndarray) -> list[dict[str, np.ndarray]]:
+    """One feed per calibration frame; an encoder that reads the prompt (Florence-2) gets the tasks without
+    input text in turn, so that the calibrated ranges cover every instruction it will read."""
+    feeds = [{io["pixel_values"]: pixel_values[i:i + 1]} for i in range(len(pixel_values))]
+    if cap.prompts.encodes_prompt:
+        tasks = [t for t, spec in cap.prompts.spec["tasks"].items() if not spec["takes_input"]]
+        for i, feed in enumerate(feeds):
+            feed[io["input_ids"]] = np.asarray([cap.prompts.encoder_ids(tasks[i % len(tasks)])], dtype=np.int64)
+    return feeds
+
+
 def _decoder_feeds(cap: Any, pixel_values: np.ndarray, max_feeds: int) -> list[dict[str, np.ndarray]]:
     """Record the decoder's real inputs while the FP32 model captions the calibration frames."""
     feeds: list[dict[str, np.ndarray]] = []
@@ -147,7 +158,44 @@ def _quantize_static(src: Path, dst: Path, feeds: list[dict[str, np.ndarray]], *
                                        "QuantizeBias": not tensorrt,
                                        "CalibMaxIntermediateOutputs": _chunk(len(feeds))})
     if tensorrt:
+        _float_into_non_gemms(dst)
         _drop_unused_opset_imports(dst)
+
+
+def _float_into_non_gemms(path: Path) -> None:
+    """Feed the float tensor itself to every non-GEMM consumer of a quantized activation, and drop the Q/DQ pairs
+    left unused. ONNX Runtime shares one pair between a GEMM and the tensor's other consumers (a Shape read of a
+    LayerNorm output in Florence-2's DaViT) and may quantize a GEMM output that feeds a LayerNorm; TensorRT wants
+    nothing quantized around LayerNorm or Softmax, and a Shape needs no quantized input."""
+    import onnx
+
+    model = onnx.load(str(path))
+    g = model.graph
+    inits = {i.name for i in g.initializer}
+    producer = {o: n for n in g.node for o in n.output}
+    float_of = {}  # DQ output -> the float tensor its Q read
+    for n in g.node:
+        q = producer.get(n.input[0])
+        if n.op_type == "DequantizeLinear" and q is not None and q.op_type == "QuantizeLinear" \
+                and q.input[0] not in inits:
+            float_of[n.output[0]] = q.input[0]
+    for n in g.node:
+        if n.op_type not in ("MatMul", "Gemm"):
+            for k, name in enumerate(n.input):
+                if name in float_of:
+                    n.input[k] = float_of[name]
+    used = {o.name for o in g.output} | {i for n in g.node for i in n.input}
+    while True:
+        keep = [n for n in g.node if any(o in used for o in n.output)]
+        if len(keep) == len(g.node):
+            break
+        del g.node[:]
+        g.node.extend(keep)
+        used = {o.name for o in g.output} | {i for n in g.node for i in n.input}
+    kept_inits = [i for i in g.initializer if i.name in used]
+    del g.initializer[:]
+    g.initializer.extend(kept_inits)
+    onnx.save(model, str(path))
 
 
 def _drop_unused_opset_imports(path: Path) -> None:
@@ -372,7 +420,7 @@ def quantize_dir(model_dir: str | os.PathLike, *, calib: str | None = None, cali
     cap = Captioner(d)
     px = cap.preprocess(calib_set) if static else None
     if encoder_mode == "static":
-        enc_feeds = [{manifest.io("encoder")["pixel_values"]: px[i:i + 1]} for i in range(len(px))]
+        enc_feeds = _encoder_feeds(cap, manifest.io("encoder"), px)
         _quantize_static(d / "encoder.onnx", d / "encoder.int8.onnx", enc_feeds, tensorrt=trt_version is not None)
     else:
         quantize_dynamic_graph(d / "encoder.onnx", d / "encoder.int8.onnx")

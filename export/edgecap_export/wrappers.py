@@ -19,6 +19,8 @@ reshapes back, tracing a Shape/Gather/Concat/Reshape chain around every projecti
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import torch
 from torch import nn
 
@@ -63,6 +65,43 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scaling: float,
     if mask is not None:
         w = torch.where(mask, w, torch.finfo(w.dtype).min)
     return torch.matmul(torch.softmax(w, dim=-1), v)
+
+
+QSCALED_ATTENTION = "edgecap_qscaled"
+
+
+def qscaled_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                      attention_mask: torch.Tensor | None, scaling: float | None = None, dropout: float = 0.0,
+                      **kwargs) -> tuple[torch.Tensor, None]:
+    """transformers' eager attention (queries [B, heads, T, d] in, [B, T, heads, d] out, additive mask) with Q
+    scaled before Q.K^T, for the modules the standard lowering traces as they are (Florence-2's DaViT and BART
+    encoder); registered as the attention implementation ``QSCALED_ATTENTION``."""
+    scaling = query.size(-1) ** -0.5 if scaling is None else scaling
+    w = torch.matmul(query * scaling, key.transpose(2, 3))
+    if attention_mask is not None:
+        w = w + attention_mask
+    return torch.matmul(torch.softmax(w, dim=-1), value).transpose(1, 2).contiguous(), None
+
+
+@contextmanager
+def qscaled_attention_in(model: nn.Module):
+    """Run ``model``'s transformers attention modules with :func:`qscaled_attention` inside the block (tracing),
+    restoring every config's implementation after it (the export's validation compares with transformers' own)."""
+    from transformers import AttentionInterface, AttentionMaskInterface
+    from transformers.masking_utils import eager_mask
+
+    AttentionInterface.register(QSCALED_ATTENTION, qscaled_attention)
+    AttentionMaskInterface.register(QSCALED_ATTENTION, eager_mask)
+    configs = {id(c): c for c in (getattr(m, "config", None) for m in model.modules())
+               if hasattr(c, "_attn_implementation_internal")}
+    saved = {k: c._attn_implementation_internal for k, c in configs.items()}
+    try:
+        for c in configs.values():  # each config by itself: the public setter would recurse into sub-configs
+            c._attn_implementation_internal = QSCALED_ATTENTION
+        yield
+    finally:
+        for k, c in configs.items():
+            c._attn_implementation_internal = saved[k]
 
 
 class SelfAttentionMHA(torch.autograd.Function):

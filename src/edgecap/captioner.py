@@ -11,6 +11,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ._log import logger
+from .device_loop import DeviceStepper, bound_device
 from .errors import InputError, ManifestError, ModelError
 from .generation import GenerationOptions, Stepper, beam_search, greedy_search, strip_sequence
 from .imaging import ImageConfig, load_image, preprocess
@@ -384,6 +385,8 @@ class Captioner:
             return out
 
         stepper = Stepper(run, past0) if use_cache else _UncachedStepper(run, past0)
+        if use_cache and (device := bound_device(self._decoder)) is not None:  # the KV cache stays on the device
+            stepper = DeviceStepper(self._decoder, self._dec_io, cross_feeds, past0, device=device, times=step_times)
         search = greedy_search if opts.num_beams == 1 else beam_search
         seqs, confidence = search(stepper, prefix, opts)
         if timings is not None and step_times:  # several prefix groups add up

@@ -11,7 +11,7 @@ NOT VALIDATED: this machine has no GPU and no onnxruntime-gpu; only the option c
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -38,18 +38,31 @@ class ProfileLimits:
         max_batch: images per call.
         max_past: cached positions (past length); the decoder's K/V profile runs 0..max_past.
         max_new_tokens: ids fed in one step (the prompt's prefill).
+        max_prompt: prompt ids an encoder that reads the prompt takes (Florence-2's task instruction).
+        image_tokens: the encoder positions before the prompt (Florence-2's image features): its cross K/V hold
+            image_tokens + prompt_len positions. Set from the manifest by :func:`model_limits`.
     """
 
     max_batch: int = 8
     max_past: int = 64
     max_new_tokens: int = 32
+    max_prompt: int = 64
+    image_tokens: int = 0
+
+
+def model_limits(manifest: dict[str, Any], limits: ProfileLimits) -> ProfileLimits:
+    """``limits`` with ``image_tokens`` from an export's manifest (its encoder sequence length)."""
+    return replace(limits, image_tokens=int(manifest.get("architecture", {}).get("encoder_seq_len", 0)))
 
 
 def profile_dims(shape: Sequence[Any], limits: ProfileLimits) -> tuple[tuple[int, ...], ...]:
     """(min, opt, max) dims of one input whose axes are ints or the exporter's axis names ("batch", "past_len",
-    "new_tokens"; another name gets 1)."""
+    "new_tokens", "prompt_len", "encoder_len"; another name gets 1). Opt sits at half the past and a quarter of
+    the prompt maximum."""
+    prompt = (1, max(1, limits.max_prompt // 4), limits.max_prompt)
     ranges = {"batch": (1, 1, limits.max_batch), "past_len": (0, limits.max_past // 2, limits.max_past),
-              "new_tokens": (1, 1, limits.max_new_tokens)}
+              "new_tokens": (1, 1, limits.max_new_tokens), "prompt_len": prompt,
+              "encoder_len": tuple(limits.image_tokens + n for n in prompt)}
     return tuple(tuple(d if isinstance(d, int) else ranges.get(d, (1, 1, 1))[k] for d in shape) for k in range(3))
 
 
@@ -123,7 +136,9 @@ def session_providers(providers: Sequence[str] | None, graph: Path,
             raise InputError(f"unknown provider {name!r}: expected one of {', '.join(p.value for p in Provider)} "
                              "or an ONNX Runtime provider name") from None
         if p is Provider.TENSORRT:
-            out.append((_ORT_NAMES[p], tensorrt_options(graph, _graph_inputs(graph), limits=limits)))
+            manifest = _manifest(graph)
+            out.append((_ORT_NAMES[p], tensorrt_options(graph, _graph_inputs(manifest, graph),
+                                                        limits=model_limits(manifest, limits))))
             out.append((_ORT_NAMES[Provider.CUDA], cuda_options()))  # TensorRT hands what it cannot run to CUDA
         elif p is Provider.CUDA:
             out.append((_ORT_NAMES[p], cuda_options()))
@@ -133,10 +148,14 @@ def session_providers(providers: Sequence[str] | None, graph: Path,
     return out
 
 
-def _graph_inputs(graph: Path) -> list[dict[str, Any]]:
+def _manifest(graph: Path) -> dict[str, Any]:
     from .manifest import load_manifest
 
-    for parts in load_manifest(graph.parent).data["graphs"].values():
+    return load_manifest(graph.parent).data
+
+
+def _graph_inputs(manifest: dict[str, Any], graph: Path) -> list[dict[str, Any]]:
+    for parts in manifest["graphs"].values():
         for part in ("encoder", "decoder"):
             if isinstance(parts.get(part), dict) and parts[part].get("file") == graph.name:
                 return list(parts[part]["inputs"])

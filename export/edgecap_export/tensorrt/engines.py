@@ -21,7 +21,7 @@ from typing import Any
 from edgecap._log import logger
 from edgecap.errors import DependencyError, InputError
 from edgecap.manifest import load_manifest
-from edgecap.providers import ProfileLimits, profile_dims
+from edgecap.providers import ProfileLimits, model_limits, profile_dims
 
 @dataclass(frozen=True)
 class EngineKey:
@@ -82,6 +82,7 @@ def build_engines(model_dir: str | Path, *, precisions: tuple[str, ...] | None =
     missing = [p for p in chosen if p not in graphs]
     if missing:
         raise InputError(f"{d} holds no {', '.join(missing)} graphs; it has {', '.join(graphs)}")
+    limits = model_limits(manifest, limits)
     trt = _tensorrt()
     sm = gpu_sm()
     cache = d / "engines"
