@@ -53,8 +53,10 @@ def _compare(name: str, got: np.ndarray, ref: np.ndarray, results: dict, mismatc
         mismatches.append(f"{name}: max abs diff {diff:.3g} > atol {atol:g} + rtol {rtol:g}*|ref|")
 
 
-def reference_pixels(model: str, images: list[np.ndarray]) -> np.ndarray | None:
-    """The checkpoint's own image processor output (Pillow backend), or None if it cannot be built here."""
+def reference_pixels(model: str, images: list[np.ndarray], *, one_tile: bool = False) -> np.ndarray | None:
+    """The checkpoint's own image processor output (Pillow backend), or None if it cannot be built here.
+    ``one_tile``: an Idefics3 processor, given one image per sample, whose [B, 1, 3, H, W] is returned as
+    [B, 3, H, W]."""
     from transformers import AutoImageProcessor
 
     try:
@@ -63,6 +65,9 @@ def reference_pixels(model: str, images: list[np.ndarray]) -> np.ndarray | None:
         proc = AutoImageProcessor.from_pretrained(model)
     except (OSError, ValueError, ImportError):
         return None
+    if one_tile:
+        return np.asarray(proc(images=[[i] for i in images], return_tensors="np")["pixel_values"][:, 0],
+                          dtype=np.float32)
     return np.asarray(proc(images=images, return_tensors="np")["pixel_values"], dtype=np.float32)
 
 
@@ -75,6 +80,10 @@ def validate_export(hf_model: Any, model: str, out: Path, *, progress: bool = Tr
     from edgecap import Captioner
 
     transformers.logging.set_verbosity_error()  # generate() warns about max_length vs max_new_tokens on every call
+    if getattr(family_for(hf_model.config), "decoder_only", False):
+        from .validate_decoder_only import validate_decoder_only
+
+        return validate_decoder_only(hf_model, model, out, progress=progress)
     cap = Captioner(out)
     images = test_images(3)
     results: dict[str, Any] = {}

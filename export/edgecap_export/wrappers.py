@@ -106,9 +106,13 @@ class AttentionMHA(torch.autograd.Function):
 
 
 def fused_linear(layers: list[nn.Linear], x: torch.Tensor) -> torch.Tensor:
-    """Several Linear layers over the same input as one MatMul (their outputs concatenated)."""
+    """Several Linear layers over the same input as one MatMul (their outputs concatenated); no bias when none of
+    them has one (Llama's projections)."""
     weight = torch.cat([m.weight for m in layers], dim=0)
-    return nn.functional.linear(x, weight, torch.cat([m.bias for m in layers]))
+    if all(m.bias is None for m in layers):
+        return nn.functional.linear(x, weight)
+    bias = torch.cat([m.bias if m.bias is not None else torch.zeros(m.out_features) for m in layers])
+    return nn.functional.linear(x, weight, bias)
 
 
 class CachedStepAttention(nn.Module):

@@ -11,6 +11,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ._log import logger
+from .decoder_only import DecoderOnlyLM
 from .errors import InputError, ManifestError, ModelError
 from .generation import GenerationOptions, Stepper, beam_search, greedy_search, strip_sequence
 from .imaging import ImageConfig, load_image, preprocess
@@ -151,6 +152,9 @@ class Captioner:
         _check_io(self._decoder, m["graphs"][precision]["decoder"], dec_path)
         self._dec_outputs = [self._dec_io["logits"]] + [
             n for pair in zip(self._dec_io["present_k"], self._dec_io["present_v"]) for n in pair]
+        # a decoder-only model (SmolVLM): the encoder graph is a prefill over image + prompt
+        self.lm = DecoderOnlyLM(self.manifest, self._encoder, self._decoder, self.defaults.pad_token_id) \
+            if self.manifest.decoder_only else None
         logger.debug("loaded %s (%s, providers=%s)", self.manifest.directory, precision,
                      self._decoder.get_providers())
 
@@ -187,6 +191,10 @@ class Captioner:
         """Images (HxWx3 uint8 RGB arrays, PIL images or paths) -> float32 pixel values [B, 3, H, W]."""
         if not isinstance(images, (list, tuple)):
             images = [images]
+        if self.manifest.data["image"].get("processor_type") == "Idefics3ImageProcessor":
+            from .idefics3_image import preprocess_idefics3
+
+            return preprocess_idefics3(images, self.manifest.data["image"])
         return preprocess(images, self.image_config)
 
     def _check_pixels(self, pixel_values: Any) -> np.ndarray:
@@ -211,6 +219,9 @@ class Captioner:
                 (None: the default task); other models ignore it (their prompt goes to the decoder).
         """
         px = self._check_pixels(pixel_values)
+        if self.lm is not None:
+            raise InputError(f"{self.manifest.data.get('name')} is decoder-only: it reads image and prompt together, "
+                             "so there is no separate image encoding; use caption() or generate()")
         io = self._enc_io
         feeds = {io["pixel_values"]: px}
         if self.prompts.encodes_prompt:
@@ -230,6 +241,11 @@ class Captioner:
         for row, p in enumerate(prompts):
             groups.setdefault(p, []).append(row)
         return list(groups.items())
+
+    @property
+    def accepts_questions(self) -> bool:
+        """True when the model answers free-text prompts about an image (``edgecap ask``), from the manifest."""
+        return self.prompts.accepts_questions
 
     def check_prompt(self, prompt: str | None) -> None:
         """Raise InputError (one line) if this model cannot take ``prompt``; before any work is queued for it."""
@@ -259,11 +275,15 @@ class Captioner:
 
         Returns:
             One list of ids per image, as transformers returns them minus the leading decoder start token (so
-            a prompt's ids come first), cut after the first EOS (the padding removed).
+            a prompt's ids come first), cut after the first EOS (the padding removed). A decoder-only model
+            (SmolVLM) returns the new ids only (what follows the prompt in transformers' output).
         """
         opts = self.options(**options)
         px = self._check_pixels(pixel_values)
         prompts = self._checked_prompts(prompt, px.shape[0])
+        if self.lm is not None:
+            return [ids for ids, _ in self.lm.generate(px, [self.prompts.prefix(p) for p in prompts], opts,
+                                                       use_cache=use_cache, timings=_timings)]
         out: list[list[int]] = [[] for _ in prompts]
         for group_prompt, rows in self._prompt_groups(prompts):
             t0 = time.perf_counter()
@@ -421,6 +441,8 @@ class Captioner:
         images = list(images)
         opts = self.options(**options)  # bad options and prompts fail before any work
         prompts = self._checked_prompts(prompt, len(images))
+        if self.lm is not None:
+            return self._lm_captions(images, prompts, opts)
         out: list[Caption | None] = [None] * len(images)
         for group_prompt, rows in self._prompt_groups(prompts):
             timings: dict[str, float] = {}
@@ -428,6 +450,16 @@ class Captioner:
             for row, cap in zip(rows, self._captions(enc, opts, [prompts[r] for r in rows], timings)):
                 out[row] = cap
         return out
+
+    def _lm_captions(self, images: list[Any], prompts: list[str | None], opts: GenerationOptions) -> list[Caption]:
+        """A decoder-only model's captions: the answers to each image's prompt, in one left-padded batch."""
+        timings: dict[str, float] = {}
+        t0 = time.perf_counter()
+        px = self.preprocess([load_image(image) for image in images])
+        timings["preprocess"] = (time.perf_counter() - t0) * 1e3
+        results = self.lm.generate(px, [self.prompts.prefix(p) for p in prompts], opts, timings=timings)
+        timings["total"] = (time.perf_counter() - t0) * 1e3
+        return [Caption(self.decode_text(ids), ids, dict(timings), c, p) for (ids, c), p in zip(results, prompts)]
 
     def caption(self, images: Sequence[Any] | Any, prompt: PromptArg = None,
                 **options: Any) -> Caption | list[Caption]:
