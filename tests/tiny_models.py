@@ -249,12 +249,15 @@ def build_smol_tokenizer(vocab_size: int):
 def build_smolvlm(out: Path, *, image_size: int = 64, patch_size: int = 8, scale_factor: int = 2,
                   vision_layers: int = 2, vision_hidden: int = 32, vision_heads: int = 2, layers: int = 2,
                   hidden: int = 32, heads: int = 4, kv_heads: int = 2, vocab_size: int = 200, seed: int = 0,
-                  arch: str = "idefics3", eos_boost: float = 1.0, generation: dict | None = None) -> Path:
+                  arch: str = "idefics3", eos_like: int | None = None, eos_boost: float = 1.1, init_range: float = 0.02,
+                  generation: dict | None = None) -> Path:
     """save_pretrained a random-weight SmolVLM (``arch`` "idefics3": Idefics3ForConditionalGeneration, as the
     published SmolVLM-256M/500M checkpoints name it; "smolvlm": SmolVLMForConditionalGeneration) with a tiny SigLIP
     tower, a pixel-shuffle connector and a Llama decoder with grouped-query attention (``kv_heads`` < ``heads``), and
     its Idefics3Processor (Pillow image processor, single tile: ``do_image_splitting`` off) with SmolVLM's chat
-    template, into ``out``. ``eos_boost`` scales <end_of_utterance>'s logit so that some answers end early."""
+    template, into ``out``. With ``eos_like``, <end_of_utterance>'s LM-head row becomes that token's times ``eos_boost``
+    so that answers end where the random model would say that token; ``init_range`` is the decoder's initializer
+    range (0.2 makes the image and the prompt change the answers)."""
     import torch
     from transformers import (Idefics3Config, Idefics3ForConditionalGeneration, Idefics3ImageProcessorPil,
                               Idefics3Processor, SmolVLMConfig, SmolVLMForConditionalGeneration)
@@ -269,16 +272,17 @@ def build_smolvlm(out: Path, *, image_size: int = 64, patch_size: int = 8, scale
                 num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads,
                 max_position_embeddings=512, rope_theta=100000.0, rms_norm_eps=1e-5, tie_word_embeddings=False,
                 bos_token_id=ids["<|im_start|>"], eos_token_id=ids["<end_of_utterance>"],
-                pad_token_id=ids["<|im_end|>"])
+                pad_token_id=ids["<|im_end|>"], initializer_range=init_range)
     config_cls, model_cls = {"idefics3": (Idefics3Config, Idefics3ForConditionalGeneration),
                              "smolvlm": (SmolVLMConfig, SmolVLMForConditionalGeneration)}[arch]
     cfg = config_cls(vision_config=vision, text_config=text, scale_factor=scale_factor,
                      image_token_id=ids["<image>"], tie_word_embeddings=False)
     model = model_cls(cfg).eval()
     with torch.no_grad():
-        # decisive logits, the image features made to matter (as for BLIP and Florence-2), EOS boosted
+        # decisive logits, and the image features made to matter (as for BLIP and Florence-2)
         model.lm_head.weight.mul_(40.0)
-        model.lm_head.weight[ids["<end_of_utterance>"]].mul_(eos_boost)
+        if eos_like is not None:  # EOS scores as a token the random decoder often picks: some answers end early
+            model.lm_head.weight[ids["<end_of_utterance>"]] = model.lm_head.weight[eos_like] * eos_boost
         model.model.connector.modality_projection.proj.weight.mul_(20.0)
     gen = {"bos_token_id": ids["<|im_start|>"], "eos_token_id": ids["<end_of_utterance>"],
            "pad_token_id": ids["<|im_end|>"], "max_new_tokens": 12, **(generation or {})}
