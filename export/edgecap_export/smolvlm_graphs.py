@@ -25,7 +25,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .wrappers import ATTENTION_KINDS, AttentionMHA, _Reshape, attend, fused_linear, merge_heads, split_heads
+from .wrappers import (ATTENTION_KINDS, AttentionMHA, attend, const_reshape, fused_linear, merge_heads,
+                       split_heads)
 
 
 class MaskedAttentionMHA(torch.autograd.Function):
@@ -76,7 +77,7 @@ class LlamaCachedStep(nn.Module):
         rep = self.heads // self.kv_heads
         if rep == 1:
             return x
-        return _Reshape.apply(torch.cat([x.unsqueeze(2)] * rep, dim=2), (0, self.heads, -1, self.head_dim))
+        return const_reshape(torch.cat([x.unsqueeze(2)] * rep, dim=2), (0, self.heads, -1, self.head_dim))
 
     def decode(self, embeds: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor,
                past: list[torch.Tensor] | None):
@@ -173,9 +174,9 @@ class SmolVLMPrefill(nn.Module):
         size into the graph)."""
         side, s, dim = self.patch_grid, int(self.connector.scale_factor), self.vision_width
         seq = side * side
-        x = _Reshape.apply(x, (0, side, side // s, dim * s)).permute(0, 2, 1, 3)
-        x = _Reshape.apply(x, (0, side // s, side // s, dim * s * s)).permute(0, 2, 1, 3)
-        return _Reshape.apply(x, (0, seq // (s * s), dim * s * s))
+        x = const_reshape(x, (0, side, side // s, dim * s)).permute(0, 2, 1, 3)
+        x = const_reshape(x, (0, side // s, side // s, dim * s * s)).permute(0, 2, 1, 3)
+        return const_reshape(x, (0, seq // (s * s), dim * s * s))
 
     def forward(self, pixel_values: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                 position_ids: torch.Tensor):
@@ -186,7 +187,7 @@ class SmolVLMPrefill(nn.Module):
         index = torch.clamp(torch.cumsum(is_image.long(), dim=1) - 1, min=0)
         per_image = (self.patch_grid // int(self.connector.scale_factor)) ** 2
         rows = torch.arange(input_ids.shape[0], device=input_ids.device).unsqueeze(1) * per_image
-        placed = nn.functional.embedding(index + rows, _Reshape.apply(features, (-1, self.text_width)))
+        placed = nn.functional.embedding(index + rows, const_reshape(features, (-1, self.text_width)))
         embeds = torch.where(is_image.unsqueeze(-1), placed, embeds)
         logits, presents = self.step.decode(embeds, attention_mask, position_ids, None)
         return (logits, *presents, pooled)

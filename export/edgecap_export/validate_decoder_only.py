@@ -21,7 +21,7 @@ import numpy as np
 
 from .families import family_for
 from .families.smolvlm import chat_text, processor_for
-from .validate import ATOL, RTOL, _compare, reference_pixels, test_images
+from .validate import ATOL, RTOL, compare, reference_pixels, test_images
 
 PIXEL_ATOL = 1e-4
 # Texts whose tokenization the rendering must reproduce besides the family's validation prompts.
@@ -44,7 +44,7 @@ def validate_decoder_only(hf_model: Any, model: str, out: Path, *, progress: boo
     px_ours = cap.preprocess(images)
     px_ref = reference_pixels(model, images, one_tile=True)
     if px_ref is not None:
-        _compare("preprocess.pixel_values", px_ours, px_ref, results, mismatches, atol=PIXEL_ATOL, rtol=0.0)
+        compare("preprocess.pixel_values", px_ours, px_ref, results, mismatches, atol=PIXEL_ATOL, rtol=0.0)
     px = px_ref if px_ref is not None else px_ours
 
     proc = processor_for(model)
@@ -64,10 +64,10 @@ def validate_decoder_only(hf_model: Any, model: str, out: Path, *, progress: boo
         mismatches.append("prefill input_ids: edgecap's left-padded batch differs from the processor's")
     with torch.no_grad():
         ref = hf_model(**inputs, position_ids=_positions(mask), use_cache=True)
-    _compare("prefill.logits", pre.logits, ref.logits[:, -1].numpy(), results, mismatches)
+    compare("prefill.logits", pre.logits, ref.logits[:, -1].numpy(), results, mismatches)
     for i, layer in enumerate(ref.cache.layers):
-        _compare(f"prefill.present_k.{i}", pre.past[2 * i], layer.keys.numpy(), results, mismatches)
-        _compare(f"prefill.present_v.{i}", pre.past[2 * i + 1], layer.values.numpy(), results, mismatches)
+        compare(f"prefill.present_k.{i}", pre.past[2 * i], layer.keys.numpy(), results, mismatches)
+        compare(f"prefill.present_v.{i}", pre.past[2 * i + 1], layer.values.numpy(), results, mismatches)
 
     # Forced tokens after the prompts: cached steps and one uncached prefill vs transformers' logits
     vocab = int(cap.manifest.data["architecture"]["vocab_size"])
@@ -82,10 +82,10 @@ def validate_decoder_only(hf_model: Any, model: str, out: Path, *, progress: boo
     prompt_len = pre.input_ids.shape[1]
     for t in range(forced.shape[1]):
         logits = stepper(forced[:, t:t + 1])
-        _compare(f"step.logits.cached.pos{t}", logits, ref_logits[:, prompt_len + t], results, mismatches)
+        compare(f"step.logits.cached.pos{t}", logits, ref_logits[:, prompt_len + t], results, mismatches)
     full = full_mask.numpy()
     uncached = cap.lm.run_prefill(px, ids.numpy(), full, _positions(full_mask).numpy())[0]
-    _compare("prefill.logits.uncached.last", uncached, ref_logits[:, -1], results, mismatches)
+    compare("prefill.logits.uncached.last", uncached, ref_logits[:, -1], results, mismatches)
 
     defaults = cap.defaults
     beam_n = defaults.num_beams if defaults.num_beams > 1 else 3

@@ -37,6 +37,11 @@ class _Reshape(torch.autograd.Function):
         return g.op("Reshape", x, g.op("Constant", value_t=torch.tensor(list(shape), dtype=torch.int64)))
 
 
+def const_reshape(x: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+    """Reshape to a constant target (0 keeps the input's dimension) as one ONNX Reshape with a constant shape."""
+    return _Reshape.apply(x, shape)
+
+
 def split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
     """[B, T, heads * d] -> [B, heads, T, d] (T >= 1)."""
     return _Reshape.apply(x, (0, 0, heads, -1)).transpose(1, 2)

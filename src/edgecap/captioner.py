@@ -31,7 +31,7 @@ class Caption:
         text: the decoded caption (it starts with the prompt's text when the prompt is the caption's start, as
             BLIP's processor decodes it).
         token_ids: the ids generate returns without the decoder start token (the prompt's ids included),
-            cut after the first EOS.
+            cut after the first EOS; for a decoder-only model (SmolVLM), the answer's new ids only.
         timings: milliseconds per stage for the batch this caption was part of
             (preprocess, encoder, decoder_first, decoder_rest, total).
         confidence: mean log-probability of the generated tokens (0 is certain; lower is less sure).
