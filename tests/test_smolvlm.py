@@ -253,3 +253,13 @@ def test_int8_quantize_holds_quantized_matmuls_and_generates(smol_checkpoint, sm
     px = _pixels(smol_checkpoint("smol"), _images(4, 3))
     answers = int8.generate(px, QUESTIONS, num_beams=3)
     assert len(answers) == 3 and all(answers)
+
+
+def test_tensorrt_target_export_passes_the_lint(smol_checkpoint, tmp_path):
+    # standard ops only, no Clip/If in either graph (the lint raises ExportError otherwise)
+    from edgecap_export import export_model
+
+    out = export_model(str(smol_checkpoint("smol")), tmp_path / "trt", progress=False, target="tensorrt",
+                       validate=False)
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["target"]["check_trt"] == "passed" and m["architecture"]["attention"] == "standard"

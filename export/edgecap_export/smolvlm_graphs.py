@@ -184,7 +184,7 @@ class SmolVLMPrefill(nn.Module):
         embeds = self.step.lm.embed_tokens(input_ids)
         is_image = input_ids == self.image_token_id
         # the k-th <image> token of a row takes the row's k-th image feature
-        index = torch.clamp(torch.cumsum(is_image.long(), dim=1) - 1, min=0)
+        index = torch.where(is_image, torch.cumsum(is_image.long(), dim=1) - 1, 0)  # no Clip: TensorRT lacks it
         per_image = (self.patch_grid // int(self.connector.scale_factor)) ** 2
         rows = torch.arange(input_ids.shape[0], device=input_ids.device).unsqueeze(1) * per_image
         placed = nn.functional.embedding(index + rows, const_reshape(features, (-1, self.text_width)))
