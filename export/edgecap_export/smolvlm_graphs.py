@@ -49,8 +49,9 @@ class MaskedAttentionMHA(torch.autograd.Function):
         return out
 
 
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
+def _rotate_half(x: torch.Tensor, half: int) -> torch.Tensor:
+    """transformers' rotate_half with the half width a constant (``x.shape[-1] // 2`` traces a Shape/Gather/Div
+    chain per call: 120 Div nodes at SmolVLM-256M's 30 layers)."""
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
 
@@ -100,8 +101,8 @@ class LlamaCachedStep(nn.Module):
             x = layer.input_layernorm(hidden)
             q, k, v = fused_linear([sa.q_proj, sa.k_proj, sa.v_proj], x).split([q_width, kv_width, kv_width], 2)
             q, k, v = split_heads(q, self.heads), split_heads(k, self.kv_heads), split_heads(v, self.kv_heads)
-            q = q * cos + _rotate_half(q) * sin
-            k = k * cos + _rotate_half(k) * sin
+            q = q * cos + _rotate_half(q, self.head_dim // 2) * sin
+            k = k * cos + _rotate_half(k, self.head_dim // 2) * sin
             if past is not None:
                 k = torch.cat([past[2 * i], k], dim=2)
                 v = torch.cat([past[2 * i + 1], v], dim=2)
