@@ -455,7 +455,7 @@ class Captioner:
         """A decoder-only model's captions: the answers to each image's prompt, in one left-padded batch."""
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
-        px = self.preprocess([load_image(image) for image in images])
+        px = self.preprocess(images)  # Idefics3's preprocessing loads them itself (alpha onto white, as its processor)
         timings["preprocess"] = (time.perf_counter() - t0) * 1e3
         results = self.lm.generate(px, [self.prompts.prefix(p) for p in prompts], opts, timings=timings)
         timings["total"] = (time.perf_counter() - t0) * 1e3

@@ -23,6 +23,7 @@ from functools import lru_cache
 from typing import Any
 
 from edgecap.errors import ExportError, UnsupportedModelError
+from edgecap.imaging import RESAMPLE_NAMES
 
 from ..specs import ModelShape
 
@@ -94,7 +95,7 @@ class SmolVLM:
         from ..exporter import image_processor_settings
 
         pc = image_processor_settings(model)
-        if pc.get("image_processor_type") not in ("Idefics3ImageProcessor", "SmolVLMImageProcessor"):
+        if not str(pc.get("image_processor_type")).startswith(("Idefics3ImageProcessor", "SmolVLMImageProcessor")):
             raise UnsupportedModelError(f"{model} has image processor {pc.get('image_processor_type')!r}: expected "
                                         "Idefics3ImageProcessor settings (save the processor with the model)")
         if pc.get("do_image_splitting", True):
@@ -121,8 +122,6 @@ class SmolVLM:
                 value = bool(value)
             out[key] = value
         tile = out["max_image_size"]["longest_edge"]
-        from edgecap.imaging import RESAMPLE_NAMES
-
         return {"height": tile, "width": tile, "do_resize": out["do_resize"], "resample": out["resample"],
                 "resample_name": RESAMPLE_NAMES.get(out["resample"], str(out["resample"])),
                 "do_rescale": out["do_rescale"], "rescale_factor": out["rescale_factor"],
