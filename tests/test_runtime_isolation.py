@@ -81,6 +81,7 @@ def test_export_without_extra_says_what_to_install():
     assert "export extra" in proc.stderr and "torch" in proc.stderr
 
 
+@pytest.mark.slow
 def test_decoder_only_runtime_runs_with_torch_and_transformers_blocked(tmp_path):
     # SmolVLM's prefill + step loop, chat prompt rendering and left padding need none of the export side.
     pytest.importorskip("torch")
