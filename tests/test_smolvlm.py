@@ -263,3 +263,12 @@ def test_tensorrt_target_export_passes_the_lint(smol_checkpoint, tmp_path):
                        validate=False)
     m = json.loads((out / "manifest.json").read_text())
     assert m["target"]["check_trt"] == "passed" and m["architecture"]["attention"] == "standard"
+
+
+def test_timings_split_prefill_and_step_calls(smol_checkpoint, smol_export):
+    cap = Captioner(smol_export())
+    timings: dict = {}
+    ids = cap.generate(_pixels(smol_checkpoint("smol"), _images(6, 1)), QUESTIONS[0], _timings=timings,
+                       max_new_tokens=5, min_new_tokens=5)
+    assert len(ids[0]) == 5 and timings["decoder_steps"] == 4  # the first token is the prefill's
+    assert timings["encoder"] > 0 and timings["decoder_rest"] > 0 and "decoder_first" not in timings

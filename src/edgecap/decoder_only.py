@@ -162,12 +162,24 @@ class DecoderOnlyLM:
 
     def generate(self, pixel_values: np.ndarray, prompts: list[list[int]], opts: GenerationOptions, *,
                  use_cache: bool = True, timings: dict | None = None) -> list[tuple[list[int], float]]:
-        """(answer ids, mean log-probability) per image: one padded batch, greedy or beam search."""
+        """(answer ids, mean log-probability) per image: one padded batch, greedy or beam search.
+
+        ``timings`` (if given) gets ms of the prefill ("encoder"), of the step graph calls ("decoder_rest") and
+        their count ("decoder_steps"); the first token comes from the prefill, so there is no "decoder_first".
+        """
         t0 = time.perf_counter()
         pre = self.prefill(pixel_values, prompts)
-        t1 = time.perf_counter()
+        prefill_ms = (time.perf_counter() - t0) * 1e3
+        step_ms: list[float] = []
+
+        def timed_step(*args: Any) -> tuple[np.ndarray, list[np.ndarray]]:
+            t = time.perf_counter()
+            out = self.step(*args)
+            step_ms.append((time.perf_counter() - t) * 1e3)
+            return out
+
         if use_cache:
-            stepper: Any = CachedLMStep(self.step, pre.expanded(opts.num_beams))
+            stepper: Any = CachedLMStep(timed_step, pre.expanded(opts.num_beams))
         else:
             rows = np.repeat(np.arange(len(prompts)), opts.num_beams)
             stepper = UncachedLMStep(lambda px, ids, m, pos: self.run_prefill(px, ids, m, pos)[0],
@@ -175,7 +187,8 @@ class DecoderOnlyLM:
         search = greedy_search if opts.num_beams == 1 else beam_search
         seqs, confidence = search(stepper, pre.input_ids, opts)
         if timings is not None:
-            timings["encoder"] = timings.get("encoder", 0.0) + (t1 - t0) * 1e3
-            timings["decoder_rest"] = timings.get("decoder_rest", 0.0) + (time.perf_counter() - t1) * 1e3
+            timings["encoder"] = timings.get("encoder", 0.0) + prefill_ms
+            timings["decoder_rest"] = timings.get("decoder_rest", 0.0) + float(sum(step_ms))
+            timings["decoder_steps"] = timings.get("decoder_steps", 0) + len(step_ms)
         prompt_len = pre.input_ids.shape[1]
         return [(answer_ids(row, prompt_len, opts.eos_token_id), float(c)) for row, c in zip(seqs, confidence)]
