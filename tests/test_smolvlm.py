@@ -198,7 +198,8 @@ def test_answers_end_early_and_depend_on_image_and_prompt(smol_checkpoint, smol_
 def test_caption_of_a_question_list_equals_each_question_alone(smol_export):
     cap = Captioner(smol_export())
     image = _images(3, 1)[0]
-    together = cap.caption([image] * 3, prompt=QUESTIONS)
+    together = cap.caption(image, prompt=QUESTIONS)
+    assert [c.token_ids for c in cap.caption([image] * 3, prompt=QUESTIONS)] == [c.token_ids for c in together]
     for question, caption in zip(QUESTIONS, together):
         alone = cap.caption(image, prompt=question)
         assert (caption.token_ids, caption.text, caption.prompt) == (alone.token_ids, alone.text, question)
@@ -222,6 +223,8 @@ def test_unsupported_prompts_are_one_clear_line(smol_export):
         assert needle in str(err.value) and "\n" not in str(err.value)
     with pytest.raises(InputError, match="one prompt per image"):
         cap.caption([image, image], prompt=QUESTIONS)
+    with pytest.raises(InputError, match="at least one prompt"):
+        cap.caption(image, prompt=[])
     with pytest.raises(InputError, match="decoder-only"):
         cap.encode_images([image])
     assert cap.accepts_questions

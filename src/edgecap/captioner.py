@@ -467,11 +467,16 @@ class Captioner:
 
         Args:
             images: an image or a list of images (HxWx3 uint8 RGB arrays, PIL images or paths).
-            prompt: see `generate` (with one image, a string).
+            prompt: see `generate`. With one image, a string, or a list of prompts (questions) about that image:
+                then a list with one Caption per prompt, each what that prompt alone gives.
             **options: generation options, see `generate`.
         """
         if isinstance(images, (list, tuple)):
             return self.caption_batch(images, prompt, **options)
+        if isinstance(prompt, (list, tuple)):
+            if not prompt:
+                raise InputError("expected at least one prompt for the image, got an empty list")
+            return self.caption_batch([images] * len(prompt), prompt, **options)
         return self.caption_batch([images], prompt, **options)[0]
 
 

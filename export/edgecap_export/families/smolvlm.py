@@ -58,8 +58,8 @@ class SmolVLM:
     model_types = ("idefics3", "smolvlm")
     decoder_only = True
     # The export's parity grid: prompts of different lengths, in one padded batch and alone.
-    validation_prompts: tuple[str | None, ...] = (DEFAULT_PROMPT, "Is the gate open?", "How many people are at "
-                                                  "the door, and what are they wearing?")
+    validation_prompts: tuple[str | None, ...] = (
+        DEFAULT_PROMPT, "Is the gate open?", "How many people are at the door, and what are they wearing?")
 
     def describe(self) -> str:
         return "smolvlm (SmolVLM / Idefics3ForConditionalGeneration: SigLIP + Llama, one image tile)"
