@@ -225,8 +225,6 @@ def test_unsupported_prompts_are_one_clear_line(smol_export):
         cap.caption([image, image], prompt=QUESTIONS)
     with pytest.raises(InputError, match="at least one prompt"):
         cap.caption(image, prompt=[])
-    with pytest.raises(InputError, match="decoder-only"):
-        cap.encode_images([image])
     assert cap.accepts_questions
 
 
@@ -275,3 +273,17 @@ def test_timings_split_prefill_and_step_calls(smol_checkpoint, smol_export):
                        max_new_tokens=5, min_new_tokens=5)
     assert len(ids[0]) == 5 and timings["decoder_steps"] == 4  # the first token is the prefill's
     assert timings["encoder"] > 0 and timings["decoder_rest"] > 0 and "decoder_first" not in timings
+
+
+def test_encode_images_then_caption_encoded_equals_caption(smol_export):
+    # the runtime's path when it keeps embeddings or gates on them: the prefill is the encoding, per prompt
+    cap = Captioner(smol_export())
+    images = _images(8, 3)
+    enc = cap.encode_images(images, QUESTIONS[1])
+    assert enc.batch == 3 and enc.pooled.shape[0] == 3 and not enc.cross_k
+    kept = enc.select([0, 2])
+    got = cap.caption_encoded(kept, QUESTIONS[1], num_beams=3)
+    assert [c.token_ids for c in got] == [c.token_ids for c in cap.caption([images[0], images[2]],
+                                                                             prompt=QUESTIONS[1], num_beams=3)]
+    with pytest.raises(InputError, match="encoded for the prompt"):
+        cap.caption_encoded(enc, QUESTIONS[0])

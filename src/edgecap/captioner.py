@@ -11,7 +11,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ._log import logger
-from .decoder_only import DecoderOnlyLM
+from .decoder_only import DecoderOnlyLM, Prefill
 from .errors import InputError, ManifestError, ModelError
 from .generation import GenerationOptions, Stepper, beam_search, greedy_search, strip_sequence
 from .imaging import ImageConfig, load_image, preprocess
@@ -55,6 +55,7 @@ class EncoderOutput:
 
     ``prompt`` is the task prompt a prompt-reading encoder (Florence-2) ran with (None: the default task, or a model
     whose encoder reads no prompt); ``image_sizes`` the original images' (width, height) when encoded from images.
+    A decoder-only model (SmolVLM) has no cross K/V (empty lists): its ``prefill`` of the images and ``prompt``.
     """
 
     cross_k: list[np.ndarray]
@@ -62,17 +63,19 @@ class EncoderOutput:
     pooled: np.ndarray | None
     prompt: str | None = None
     image_sizes: tuple[tuple[int, int], ...] | None = None
+    prefill: Prefill | None = None
 
     @property
     def batch(self) -> int:
-        return int(self.cross_k[0].shape[0])
+        return int(self.prefill.logits.shape[0] if self.prefill is not None else self.cross_k[0].shape[0])
 
     def select(self, rows: Sequence[int]) -> "EncoderOutput":
         """The encoder output of a subset of the batch."""
         idx = np.asarray(rows, dtype=np.intp)
         return EncoderOutput([k[idx] for k in self.cross_k], [v[idx] for v in self.cross_v],
                              None if self.pooled is None else self.pooled[idx], self.prompt,
-                             None if self.image_sizes is None else tuple(self.image_sizes[i] for i in idx))
+                             None if self.image_sizes is None else tuple(self.image_sizes[i] for i in idx),
+                             None if self.prefill is None else self.prefill.select(idx))
 
 
 def _session(path: Path, providers: Sequence[str] | None, threads: int | None, *, spin: bool = True):
@@ -216,12 +219,14 @@ class Captioner:
         Args:
             pixel_values: float32 [B, 3, H, W] from `preprocess`.
             prompt: for a model whose encoder reads the prompt (Florence-2), the task prompt of the whole batch
-                (None: the default task); other models ignore it (their prompt goes to the decoder).
+                (None: the default task); for a decoder-only model (SmolVLM), the batch's prompt, run through the
+                prefill with the images (None: the default prompt); other models ignore it (their prompt goes to
+                the decoder).
         """
         px = self._check_pixels(pixel_values)
-        if self.lm is not None:
-            raise InputError(f"{self.manifest.data.get('name')} is decoder-only: it reads image and prompt together, "
-                             "so there is no separate image encoding; use caption() or generate()")
+        if self.lm is not None:  # the prefill: images and the prompt together
+            pre = self.lm.prefill(px, [self.prompts.prefix(prompt)] * px.shape[0])
+            return EncoderOutput([], [], pre.pooled, prompt, prefill=pre)
         io = self._enc_io
         feeds = {io["pixel_values"]: px}
         if self.prompts.encodes_prompt:
@@ -300,6 +305,8 @@ class Captioner:
                           use_cache: bool = True, timings: dict | None = None) -> list[tuple[list[int], float]]:
         """Decode each group of images that share a prefix as one batch (transformers batches prompts of one
         length; separate groups need no padding, so each row decodes as it would alone)."""
+        if enc.prefill is not None:
+            return self.lm.decode(enc.prefill, opts, timings=timings)
         groups: dict[tuple[int, ...], list[int]] = {}
         for row, p in enumerate(prompts):
             groups.setdefault(tuple(self.prompts.prefix(p)), []).append(row)
@@ -338,7 +345,7 @@ class Captioner:
         """
         opts = self.options(**options)
         prompts = self._checked_prompts(prompt, enc.batch)
-        if self.prompts.encodes_prompt and any(p != enc.prompt for p in prompts):
+        if (self.prompts.encodes_prompt or self.lm is not None) and any(p != enc.prompt for p in prompts):
             raise InputError(f"these images were encoded for the prompt {enc.prompt!r}, not {prompt!r}: this model's "
                              "encoder reads the prompt; pass it to encode_images(images, prompt)")
         return self._captions(enc, opts, prompts, {} if timings is None else timings)

@@ -62,6 +62,11 @@ class Prefill:
     past: list[np.ndarray]
     pooled: np.ndarray | None
 
+    def select(self, rows: np.ndarray) -> "Prefill":
+        """The prefill of a subset of the batch (its padding left as it is)."""
+        return Prefill(self.input_ids[rows], self.attention_mask[rows], self.position_ids[rows], self.logits[rows],
+                       [p[rows] for p in self.past], None if self.pooled is None else self.pooled[rows])
+
     def expanded(self, beams: int) -> "Prefill":
         """Every row repeated ``beams`` times, as beam search lays out its rows."""
         if beams == 1:
@@ -169,7 +174,14 @@ class DecoderOnlyLM:
         """
         t0 = time.perf_counter()
         pre = self.prefill(pixel_values, prompts)
-        prefill_ms = (time.perf_counter() - t0) * 1e3
+        if timings is not None:
+            timings["encoder"] = timings.get("encoder", 0.0) + (time.perf_counter() - t0) * 1e3
+        return self.decode(pre, opts, pixel_values=None if use_cache else pixel_values, timings=timings)
+
+    def decode(self, pre: Prefill, opts: GenerationOptions, *, pixel_values: np.ndarray | None = None,
+               timings: dict | None = None) -> list[tuple[list[int], float]]:
+        """(answer ids, mean log-probability) per row of a prefill; with ``pixel_values``, the uncached reference
+        path (the prefill graph over the whole sequence at every step) instead of the step graph."""
         step_ms: list[float] = []
 
         def timed_step(*args: Any) -> tuple[np.ndarray, list[np.ndarray]]:
@@ -178,16 +190,15 @@ class DecoderOnlyLM:
             step_ms.append((time.perf_counter() - t) * 1e3)
             return out
 
-        if use_cache:
+        if pixel_values is None:
             stepper: Any = CachedLMStep(timed_step, pre.expanded(opts.num_beams))
         else:
-            rows = np.repeat(np.arange(len(prompts)), opts.num_beams)
+            rows = np.repeat(np.arange(len(pre.input_ids)), opts.num_beams)
             stepper = UncachedLMStep(lambda px, ids, m, pos: self.run_prefill(px, ids, m, pos)[0],
                                      pixel_values[rows], pre.attention_mask[rows])
         search = greedy_search if opts.num_beams == 1 else beam_search
         seqs, confidence = search(stepper, pre.input_ids, opts)
         if timings is not None:
-            timings["encoder"] = timings.get("encoder", 0.0) + prefill_ms
             timings["decoder_rest"] = timings.get("decoder_rest", 0.0) + float(sum(step_ms))
             timings["decoder_steps"] = timings.get("decoder_steps", 0) + len(step_ms)
         prompt_len = pre.input_ids.shape[1]
