@@ -6,6 +6,7 @@ import subprocess
 import sys
 import textwrap
 
+import numpy as np
 import pytest
 
 BLOCK = textwrap.dedent("""
@@ -78,3 +79,31 @@ def test_export_without_extra_says_what_to_install():
     """, blocked=("torch",))
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
     assert "export extra" in proc.stderr and "torch" in proc.stderr
+
+
+@pytest.mark.slow
+def test_decoder_only_runtime_runs_with_torch_and_transformers_blocked(tmp_path):
+    # SmolVLM's prefill + step loop, chat prompt rendering and left padding need none of the export side.
+    pytest.importorskip("torch")
+    from tiny_models import build_smolvlm
+
+    from edgecap_export import export_model
+    from edgecap_export.validate import reference_pixels
+
+    ckpt = build_smolvlm(tmp_path / "ckpt", init_range=0.2, eos_like=153)
+    out = export_model(str(ckpt), tmp_path / "out", progress=False, validate=False)
+    images = [np.full((30 + 10 * i, 40, 3), 60 * i, np.uint8) for i in range(2)]
+    np.save(tmp_path / "px.npy", reference_pixels(str(ckpt), images, one_tile=True))
+    proc = _run(f"""
+        import numpy as np
+        from edgecap import Captioner
+        cap = Captioner({str(out)!r})
+        px = np.load({str(tmp_path / "px.npy")!r})
+        ids = cap.generate(px, ["Is the gate open?", "How many people are at the door?"], num_beams=2)
+        assert len(ids) == 2 and cap.accepts_questions
+        leaked = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "transformers", "onnx"))
+        assert not leaked, leaked
+        print("ok")
+    """)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "ok"

@@ -213,3 +213,85 @@ def build_florence2(out: Path, *, image_size: int = 32, embed_dim: tuple[int, ..
     images.image_seq_length = grid * grid + 1
     Florence2Processor(images, tok, post_processor_config=FLORENCE_POST_PROCESSING).save_pretrained(out)
     return out
+
+
+# SmolLM2's special tokens (ids 0-2) and the image/turn tokens SmolVLM's tokenizer adds (Idefics3Processor's names).
+SMOL_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+SMOL_ADDED = ["<fake_token_around_image>", "<image>", "<end_of_utterance>", "<global-img>"]
+# HuggingFaceTB/SmolVLM-256M-Instruct's chat template, as published.
+SMOL_CHAT_TEMPLATE = (
+    "<|im_start|>{% for message in messages %}{{message['role'] | capitalize}}{% if message['content'][0]['type'] "
+    "== 'image' %}{{':'}}{% else %}{{': '}}{% endif %}{% for line in message['content'] %}{% if line['type'] == "
+    "'text' %}{{line['text']}}{% elif line['type'] == 'image' %}{{ '<image>' }}{% endif %}{% endfor %}"
+    "<end_of_utterance>\n{% endfor %}{% if add_generation_prompt %}{{ 'Assistant:' }}{% endif %}")
+
+
+def build_smol_tokenizer(vocab_size: int):
+    """A byte-level BPE tokenizer in SmolLM2's layout (<|endoftext|> 0, <|im_start|> 1, <|im_end|> 2) trained in code
+    on questions and answers, holding SmolVLM's image and turn tokens as added special tokens."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token=None))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SMOL_SPECIALS,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    corpus = [" ".join(WORDS[(i * 7 + j) % len(WORDS)] for j in range(8)) for i in range(200)]
+    corpus += ["User: Assistant: Describe this image.", "Is the gate open?", "How many people are at the door?"]
+    tok.train_from_iterator(corpus, trainer)
+    wrapped = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|im_start|>", eos_token="<end_of_utterance>",
+                                      pad_token="<|im_end|>", unk_token="<|endoftext|>")
+    wrapped.add_special_tokens({"additional_special_tokens": SMOL_ADDED})
+    return wrapped
+
+
+def build_smolvlm(out: Path, *, image_size: int = 64, patch_size: int = 8, scale_factor: int = 2,
+                  vision_layers: int = 2, vision_hidden: int = 32, vision_heads: int = 2, layers: int = 2,
+                  hidden: int = 32, heads: int = 4, kv_heads: int = 2, vocab_size: int = 200, seed: int = 0,
+                  arch: str = "idefics3", eos_like: int | None = None, eos_boost: float = 1.1, init_range: float = 0.02,
+                  generation: dict | None = None) -> Path:
+    """save_pretrained a random-weight SmolVLM (``arch`` "idefics3": Idefics3ForConditionalGeneration, as the
+    published SmolVLM-256M/500M checkpoints name it; "smolvlm": SmolVLMForConditionalGeneration) with a tiny SigLIP
+    tower, a pixel-shuffle connector and a Llama decoder with grouped-query attention (``kv_heads`` < ``heads``), and
+    its Idefics3Processor (Pillow image processor, single tile: ``do_image_splitting`` off) with SmolVLM's chat
+    template, into ``out``. With ``eos_like``, <end_of_utterance>'s LM-head row becomes that token's times ``eos_boost``
+    so that answers end where the random model would say that token; ``init_range`` is the decoder's initializer
+    range (0.2 makes the image and the prompt change the answers)."""
+    import torch
+    from transformers import (Idefics3Config, Idefics3ForConditionalGeneration, Idefics3ImageProcessorPil,
+                              Idefics3Processor, SmolVLMConfig, SmolVLMForConditionalGeneration)
+
+    torch.manual_seed(seed)
+    tok = build_smol_tokenizer(vocab_size)
+    ids = {t: tok.convert_tokens_to_ids(t) for t in SMOL_SPECIALS + SMOL_ADDED}
+    vision = dict(image_size=image_size, patch_size=patch_size, num_hidden_layers=vision_layers,
+                  hidden_size=vision_hidden, num_attention_heads=vision_heads, intermediate_size=vision_hidden * 2,
+                  initializer_range=0.5)
+    text = dict(model_type="llama", vocab_size=len(tok), hidden_size=hidden, intermediate_size=hidden * 2,
+                num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads,
+                max_position_embeddings=512, rope_theta=100000.0, rms_norm_eps=1e-5, tie_word_embeddings=False,
+                bos_token_id=ids["<|im_start|>"], eos_token_id=ids["<end_of_utterance>"],
+                pad_token_id=ids["<|im_end|>"], initializer_range=init_range)
+    config_cls, model_cls = {"idefics3": (Idefics3Config, Idefics3ForConditionalGeneration),
+                             "smolvlm": (SmolVLMConfig, SmolVLMForConditionalGeneration)}[arch]
+    cfg = config_cls(vision_config=vision, text_config=text, scale_factor=scale_factor,
+                     image_token_id=ids["<image>"], tie_word_embeddings=False)
+    model = model_cls(cfg).eval()
+    with torch.no_grad():
+        # decisive logits, and the image features made to matter (as for BLIP and Florence-2)
+        model.lm_head.weight.mul_(40.0)
+        if eos_like is not None:  # EOS scores as a token the random decoder often picks: some answers end early
+            model.lm_head.weight[ids["<end_of_utterance>"]] = model.lm_head.weight[eos_like] * eos_boost
+        model.model.connector.modality_projection.proj.weight.mul_(20.0)
+    gen = {"bos_token_id": ids["<|im_start|>"], "eos_token_id": ids["<end_of_utterance>"],
+           "pad_token_id": ids["<|im_end|>"], "max_new_tokens": 12, **(generation or {})}
+    for k, v in gen.items():
+        setattr(model.generation_config, k, v)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    images = Idefics3ImageProcessorPil(do_image_splitting=False, size={"longest_edge": image_size},
+                                       max_image_size={"longest_edge": image_size})
+    seq = (image_size // patch_size) ** 2 // scale_factor ** 2
+    Idefics3Processor(images, tok, image_seq_len=seq, chat_template=SMOL_CHAT_TEMPLATE).save_pretrained(out)
+    return out

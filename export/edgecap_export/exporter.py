@@ -217,8 +217,11 @@ def export_graphs(hf_model: Any, family: Family, shape: ModelShape, out: Path, o
     (:mod:`edgecap_export.tensorrt.fold`)."""
     import torch
 
-    names = io_names(shape.num_layers)
     encoder, step = family.graph_modules(hf_model, attention)
+    if getattr(family, "decoder_only", False):
+        _export_decoder_only(encoder, step, shape, out, opset)
+        return {"fp32": _graph_entries(out, fold_shapes)}
+    names = io_names(shape.num_layers)
     heads, head_dim, seq = shape.num_heads, shape.head_dim, shape.encoder_seq_len
     enc_io, dec_io = names["encoder"], names["decoder"]
 
@@ -249,16 +252,61 @@ def export_graphs(hf_model: Any, family: Family, shape: ModelShape, out: Path, o
                           input_names=[dec_io["input_ids"]] + past_names + cross_names,
                           output_names=[dec_io["logits"]] + present_names, opset_version=opset, dynamo=False,
                           do_constant_folding=True, dynamic_axes=dyn, custom_opsets={"com.microsoft": 1})
-    graphs = {}
-    for part in ("encoder", "decoder"):
-        path = out / f"{part}.onnx"
-        if fold_shapes:
-            from .tensorrt.fold import fold_file
+    return {"fp32": _graph_entries(out, fold_shapes)}
 
-            fold_file(path)
-        graphs[part] = {"file": path.name, "sha256": sha256_file(path), **graph_io(path)}
+
+def _graph_entries(out: Path, fold_shapes: bool) -> dict[str, Any]:
+    """The manifest entries of out/encoder.onnx and out/decoder.onnx (shape arithmetic folded first for the
+    TensorRT target), after checking the step has no control flow."""
+    if fold_shapes:
+        from .tensorrt.fold import fold_file
+
+        for part in ("encoder", "decoder"):
+            fold_file(out / f"{part}.onnx")
     _assert_no_if(out / "decoder.onnx")
-    return {"fp32": graphs}
+    return {part: {"file": f"{part}.onnx", "sha256": sha256_file(out / f"{part}.onnx"), **graph_io(out / f"{part}.onnx")}
+            for part in ("encoder", "decoder")}
+
+
+def _export_decoder_only(prefill: Any, step: Any, shape: ModelShape, out: Path, opset: int) -> None:
+    """Trace a decoder-only family's prefill graph (as encoder.onnx) and step graph (decoder.onnx); the examples
+    are left-padded so that no mask or position path is traced as a constant."""
+    import torch
+
+    names = io_names(shape.num_layers, decoder_only=True)
+    pre_io, dec_io = names["encoder"], names["decoder"]
+    mask_pos = ["input_ids", "attention_mask", "position_ids"]
+    past_names = [n for pair in zip(dec_io["past_k"], dec_io["past_v"]) for n in pair]
+    present_names = [n for pair in zip(dec_io["present_k"], dec_io["present_v"]) for n in pair]
+    ids = torch.full((2, 4 + shape.encoder_seq_len), 1, dtype=torch.long)
+    ids[:, 2:2 + shape.encoder_seq_len] = prefill.image_token_id
+    mask = torch.ones_like(ids)
+    mask[1, :1] = 0
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)
+    px = torch.randn(2, shape.num_channels, *shape.image_size)
+    dyn = {n: {0: "batch", 1: "prompt_len"} for n in mask_pos}
+    dyn.update({n: {0: "batch", 2: "prompt_len"} for n in present_names})
+    dyn.update({pre_io["pixel_values"]: {0: "batch"}, pre_io["logits"]: {0: "batch"}, pre_io["pooled"]: {0: "batch"}})
+    with torch.no_grad(), _quiet_torch_export():
+        torch.onnx.export(prefill, (px, ids, mask, pos), str(out / "encoder.onnx"),
+                          input_names=[pre_io["pixel_values"]] + mask_pos,
+                          output_names=[pre_io["logits"]] + present_names + [pre_io["pooled"]], opset_version=opset,
+                          dynamo=False, do_constant_folding=True, dynamic_axes=dyn, custom_opsets={"com.microsoft": 1})
+    kv = shape.num_kv_heads or shape.num_heads
+    past = [torch.randn(2, kv, 3, shape.head_dim) for _ in past_names]
+    new_ids = torch.zeros(2, 2, dtype=torch.long)
+    step_mask = torch.ones(2, 5, dtype=torch.long)
+    step_mask[1, 0] = 0
+    step_pos = torch.tensor([[3, 4], [2, 3]])
+    dyn = {"input_ids": {0: "batch", 1: "new_tokens"}, "attention_mask": {0: "batch", 1: "total_len"},
+           "position_ids": {0: "batch", 1: "new_tokens"}, dec_io["logits"]: {0: "batch"}}
+    dyn.update({n: {0: "batch", 2: "past_len"} for n in past_names})
+    dyn.update({n: {0: "batch", 2: "total_len"} for n in present_names})
+    with torch.no_grad(), _quiet_torch_export():
+        torch.onnx.export(step, (new_ids, step_mask, step_pos, *past), str(out / "decoder.onnx"),
+                          input_names=mask_pos + past_names, output_names=[dec_io["logits"]] + present_names,
+                          opset_version=opset, dynamo=False, do_constant_folding=True, dynamic_axes=dyn,
+                          custom_opsets={"com.microsoft": 1})
 
 
 def _assert_no_if(path: Path) -> None:
@@ -335,7 +383,8 @@ def export_model(model: str, out: str | os.PathLike, *, opset: int = DEFAULT_OPS
         bar.set_postfix_str(stages[0])
         hf_model = load_checkpoint(family, model)
         special, gen = generation_settings(family, hf_model)
-        image = image_config(model, shape)
+        decoder_only = bool(getattr(family, "decoder_only", False))
+        image = family.image_settings(model) if decoder_only else image_config(model, shape)
         advance(stages[1])
         out.mkdir(parents=True, exist_ok=True)
         graphs = export_graphs(hf_model, family, shape, out, opset, attention,
@@ -362,8 +411,8 @@ def export_model(model: str, out: str | os.PathLike, *, opset: int = DEFAULT_OPS
             "generation": gen,
             **({"prompt": prompt} if (prompt := family.prompt_spec(hf_model)) else {}),
             "graphs": graphs,
-            "io": io_names(shape.num_layers, prompt_ids=any(t["name"] == "input_ids" for t in
-                                                            graphs["fp32"]["encoder"]["inputs"])),
+            "io": io_names(shape.num_layers, decoder_only=decoder_only, prompt_ids=not decoder_only and any(
+                t["name"] == "input_ids" for t in graphs["fp32"]["encoder"]["inputs"])),
             "validation": {"status": "not run"},
         }
         write_manifest(out, manifest)

@@ -28,6 +28,7 @@ class ModelShape:
         num_channels: image channels of the encoder's input.
         encoder_seq_len: encoder output positions (the cross K/V length).
         encoder_hidden_size: width of the encoder's output.
+        num_kv_heads: key/value heads of grouped-query attention (a decoder-only family's cache); None: num_heads.
     """
 
     encoder_type: str
@@ -40,13 +41,15 @@ class ModelShape:
     num_channels: int
     encoder_seq_len: int
     encoder_hidden_size: int
+    num_kv_heads: int | None = None
 
     def architecture(self) -> dict[str, Any]:
         """The manifest's ``architecture`` entries (the exporter adds opset and attention)."""
         return {"encoder_type": self.encoder_type, "decoder_type": self.decoder_type,
                 "num_layers": self.num_layers, "num_heads": self.num_heads, "head_dim": self.head_dim,
                 "hidden_size": self.num_heads * self.head_dim, "vocab_size": self.vocab_size,
-                "encoder_seq_len": self.encoder_seq_len, "encoder_hidden_size": self.encoder_hidden_size}
+                "encoder_seq_len": self.encoder_seq_len, "encoder_hidden_size": self.encoder_hidden_size,
+                **({"num_kv_heads": self.num_kv_heads, "decoder_only": True} if self.num_kv_heads else {})}
 
 
 class Family(Protocol):
@@ -54,6 +57,12 @@ class Family(Protocol):
 
     ``model_types`` are the top-level ``config.model_type`` values the family handles; ``validation_prompts`` the
     prompt forms the export's parity grid runs (None: unconditional).
+
+    A decoder-only family (``decoder_only = True``: SmolVLM) has no cross-attention: its first graph is a prefill
+    (:func:`io_names` with ``decoder_only``), its ``shape`` sets ``num_kv_heads``, and instead of the reference_*
+    methods below it provides ``image_settings(model)`` (the manifest's ``image`` section) and
+    ``reference_inputs(hf_model, pixel_values, prompts)`` (what its ``generate`` takes); see
+    :mod:`edgecap_export.families.smolvlm`.
     """
 
     name: str
@@ -98,9 +107,18 @@ class Family(Protocol):
         prefix it started from (start token and prompt)."""
 
 
-def io_names(layers: int, *, prompt_ids: bool = False) -> dict[str, dict[str, Any]]:
+def io_names(layers: int, *, prompt_ids: bool = False, decoder_only: bool = False) -> dict[str, dict[str, Any]]:
     """The graph contract's tensor names, generated from the layer count; ``prompt_ids``: the encoder also takes
-    the prompt's token ids (Florence-2)."""
+    the prompt's token ids (Florence-2); ``decoder_only``: the "encoder" graph is a prefill (image and prompt ids
+    -> every layer's K/V and the first logits) and the step graph reads no cross K/V but an attention mask and
+    position ids (SmolVLM)."""
+    if decoder_only:
+        inputs = {"input_ids": "input_ids", "attention_mask": "attention_mask", "position_ids": "position_ids"}
+        cache = {"logits": "logits", "present_k": [f"present_k.{i}" for i in range(layers)],
+                 "present_v": [f"present_v.{i}" for i in range(layers)]}
+        return {"encoder": {"pixel_values": "pixel_values", **inputs, **cache, "pooled": "pooled"},
+                "decoder": {**inputs, "past_k": [f"past_k.{i}" for i in range(layers)],
+                            "past_v": [f"past_v.{i}" for i in range(layers)], **cache}}
     return {
         "encoder": {
             "pixel_values": "pixel_values",

@@ -40,7 +40,7 @@ def test_images(count: int = 3, height: int = 240, width: int = 320) -> list[np.
     return images
 
 
-def _compare(name: str, got: np.ndarray, ref: np.ndarray, results: dict, mismatches: list[str],
+def compare(name: str, got: np.ndarray, ref: np.ndarray, results: dict, mismatches: list[str],
              atol: float = ATOL, rtol: float = RTOL) -> None:
     if got.shape != ref.shape:
         results[name] = {"ok": False, "shape": list(got.shape), "expected_shape": list(ref.shape)}
@@ -53,8 +53,10 @@ def _compare(name: str, got: np.ndarray, ref: np.ndarray, results: dict, mismatc
         mismatches.append(f"{name}: max abs diff {diff:.3g} > atol {atol:g} + rtol {rtol:g}*|ref|")
 
 
-def reference_pixels(model: str, images: list[np.ndarray]) -> np.ndarray | None:
-    """The checkpoint's own image processor output (Pillow backend), or None if it cannot be built here."""
+def reference_pixels(model: str, images: list[np.ndarray], *, one_tile: bool = False) -> np.ndarray | None:
+    """The checkpoint's own image processor output (Pillow backend), or None if it cannot be built here.
+    ``one_tile``: an Idefics3 processor, given one image per sample, whose [B, 1, 3, H, W] is returned as
+    [B, 3, H, W]."""
     from transformers import AutoImageProcessor
 
     try:
@@ -63,6 +65,9 @@ def reference_pixels(model: str, images: list[np.ndarray]) -> np.ndarray | None:
         proc = AutoImageProcessor.from_pretrained(model)
     except (OSError, ValueError, ImportError):
         return None
+    if one_tile:
+        return np.asarray(proc(images=[[i] for i in images], return_tensors="np")["pixel_values"][:, 0],
+                          dtype=np.float32)
     return np.asarray(proc(images=images, return_tensors="np")["pixel_values"], dtype=np.float32)
 
 
@@ -75,6 +80,10 @@ def validate_export(hf_model: Any, model: str, out: Path, *, progress: bool = Tr
     from edgecap import Captioner
 
     transformers.logging.set_verbosity_error()  # generate() warns about max_length vs max_new_tokens on every call
+    if getattr(family_for(hf_model.config), "decoder_only", False):
+        from .validate_decoder_only import validate_decoder_only
+
+        return validate_decoder_only(hf_model, model, out, progress=progress)
     cap = Captioner(out)
     images = test_images(3)
     results: dict[str, Any] = {}
@@ -83,7 +92,7 @@ def validate_export(hf_model: Any, model: str, out: Path, *, progress: bool = Tr
     px_ours = cap.preprocess(images)
     px_ref = reference_pixels(model, images)
     if px_ref is not None:
-        _compare("preprocess.pixel_values", px_ours, px_ref, results, mismatches, atol=PIXEL_ATOL, rtol=0.0)
+        compare("preprocess.pixel_values", px_ours, px_ref, results, mismatches, atol=PIXEL_ATOL, rtol=0.0)
     px = px_ref if px_ref is not None else px_ours
 
     enc = cap.encode(px)
@@ -92,10 +101,10 @@ def validate_export(hf_model: Any, model: str, out: Path, *, progress: bool = Tr
         ref_k, ref_v, ref_pooled = family.reference_cross_kv(
             hf_model, torch.from_numpy(px), cap.manifest.num_heads)
         for i, (k, v) in enumerate(zip(ref_k, ref_v)):
-            _compare(f"encoder.cross_k.{i}", enc.cross_k[i], k.numpy(), results, mismatches)
-            _compare(f"encoder.cross_v.{i}", enc.cross_v[i], v.numpy(), results, mismatches)
+            compare(f"encoder.cross_k.{i}", enc.cross_k[i], k.numpy(), results, mismatches)
+            compare(f"encoder.cross_v.{i}", enc.cross_v[i], v.numpy(), results, mismatches)
         if enc.pooled is not None:
-            _compare("encoder.pooled", enc.pooled, ref_pooled.numpy(), results, mismatches)
+            compare("encoder.pooled", enc.pooled, ref_pooled.numpy(), results, mismatches)
 
         # Decoder logits along a forced sequence, cached (one token per step) and uncached (all at once).
         start = cap.defaults.decoder_start_token_id
@@ -105,8 +114,8 @@ def validate_export(hf_model: Any, model: str, out: Path, *, progress: bool = Tr
     ref_logits = ref_logits.numpy()
     cached, uncached = _ort_logits(cap, enc, forced)
     for t in range(forced.shape[1]):
-        _compare(f"decoder.logits.cached.pos{t}", cached[t], ref_logits[:, t], results, mismatches)
-    _compare("decoder.logits.uncached.last", uncached, ref_logits[:, -1], results, mismatches)
+        compare(f"decoder.logits.cached.pos{t}", cached[t], ref_logits[:, t], results, mismatches)
+    compare("decoder.logits.uncached.last", uncached, ref_logits[:, -1], results, mismatches)
 
     defaults = cap.defaults
     beam_n = defaults.num_beams if defaults.num_beams > 1 else 3

@@ -39,6 +39,11 @@ class _Reshape(torch.autograd.Function):
         return g.op("Reshape", x, g.op("Constant", value_t=torch.tensor(list(shape), dtype=torch.int64)))
 
 
+def const_reshape(x: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+    """Reshape to a constant target (0 keeps the input's dimension) as one ONNX Reshape with a constant shape."""
+    return _Reshape.apply(x, shape)
+
+
 def split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
     """[B, T, heads * d] -> [B, heads, T, d] (T >= 1)."""
     return _Reshape.apply(x, (0, 0, heads, -1)).transpose(1, 2)
@@ -145,9 +150,13 @@ class AttentionMHA(torch.autograd.Function):
 
 
 def fused_linear(layers: list[nn.Linear], x: torch.Tensor) -> torch.Tensor:
-    """Several Linear layers over the same input as one MatMul (their outputs concatenated)."""
+    """Several Linear layers over the same input as one MatMul (their outputs concatenated); no bias when none of
+    them has one (Llama's projections)."""
     weight = torch.cat([m.weight for m in layers], dim=0)
-    return nn.functional.linear(x, weight, torch.cat([m.bias for m in layers]))
+    if all(m.bias is None for m in layers):
+        return nn.functional.linear(x, weight)
+    bias = torch.cat([m.bias if m.bias is not None else torch.zeros(m.out_features) for m in layers])
+    return nn.functional.linear(x, weight, bias)
 
 
 class CachedStepAttention(nn.Module):

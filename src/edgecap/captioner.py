@@ -11,6 +11,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ._log import logger
+from .decoder_only import DecoderOnlyLM, Prefill
 from .device_loop import DeviceStepper, bound_device
 from .errors import InputError, ManifestError, ModelError
 from .generation import GenerationOptions, Stepper, beam_search, greedy_search, strip_sequence
@@ -31,7 +32,7 @@ class Caption:
         text: the decoded caption (it starts with the prompt's text when the prompt is the caption's start, as
             BLIP's processor decodes it).
         token_ids: the ids generate returns without the decoder start token (the prompt's ids included),
-            cut after the first EOS.
+            cut after the first EOS; for a decoder-only model (SmolVLM), the answer's new ids only.
         timings: milliseconds per stage for the batch this caption was part of
             (preprocess, encoder, decoder_first, decoder_rest, total).
         confidence: mean log-probability of the generated tokens (0 is certain; lower is less sure).
@@ -55,6 +56,7 @@ class EncoderOutput:
 
     ``prompt`` is the task prompt a prompt-reading encoder (Florence-2) ran with (None: the default task, or a model
     whose encoder reads no prompt); ``image_sizes`` the original images' (width, height) when encoded from images.
+    A decoder-only model (SmolVLM) has no cross K/V (empty lists): its ``prefill`` of the images and ``prompt``.
     """
 
     cross_k: list[np.ndarray]
@@ -62,17 +64,19 @@ class EncoderOutput:
     pooled: np.ndarray | None
     prompt: str | None = None
     image_sizes: tuple[tuple[int, int], ...] | None = None
+    prefill: Prefill | None = None
 
     @property
     def batch(self) -> int:
-        return int(self.cross_k[0].shape[0])
+        return int(self.prefill.logits.shape[0] if self.prefill is not None else self.cross_k[0].shape[0])
 
     def select(self, rows: Sequence[int]) -> "EncoderOutput":
         """The encoder output of a subset of the batch."""
         idx = np.asarray(rows, dtype=np.intp)
         return EncoderOutput([k[idx] for k in self.cross_k], [v[idx] for v in self.cross_v],
                              None if self.pooled is None else self.pooled[idx], self.prompt,
-                             None if self.image_sizes is None else tuple(self.image_sizes[i] for i in idx))
+                             None if self.image_sizes is None else tuple(self.image_sizes[i] for i in idx),
+                             None if self.prefill is None else self.prefill.select(idx))
 
 
 def _session(path: Path, providers: Sequence[str] | None, threads: int | None, *, spin: bool = True):
@@ -152,6 +156,9 @@ class Captioner:
         _check_io(self._decoder, m["graphs"][precision]["decoder"], dec_path)
         self._dec_outputs = [self._dec_io["logits"]] + [
             n for pair in zip(self._dec_io["present_k"], self._dec_io["present_v"]) for n in pair]
+        # a decoder-only model (SmolVLM): the encoder graph is a prefill over image + prompt
+        self.lm = DecoderOnlyLM(self.manifest, self._encoder, self._decoder, self.defaults.pad_token_id) \
+            if self.manifest.decoder_only else None
         logger.debug("loaded %s (%s, providers=%s)", self.manifest.directory, precision,
                      self._decoder.get_providers())
 
@@ -188,6 +195,10 @@ class Captioner:
         """Images (HxWx3 uint8 RGB arrays, PIL images or paths) -> float32 pixel values [B, 3, H, W]."""
         if not isinstance(images, (list, tuple)):
             images = [images]
+        if self.manifest.data["image"].get("processor_type") == "Idefics3ImageProcessor":
+            from .idefics3_image import preprocess_idefics3
+
+            return preprocess_idefics3(images, self.manifest.data["image"])
         return preprocess(images, self.image_config)
 
     def _check_pixels(self, pixel_values: Any) -> np.ndarray:
@@ -209,9 +220,14 @@ class Captioner:
         Args:
             pixel_values: float32 [B, 3, H, W] from `preprocess`.
             prompt: for a model whose encoder reads the prompt (Florence-2), the task prompt of the whole batch
-                (None: the default task); other models ignore it (their prompt goes to the decoder).
+                (None: the default task); for a decoder-only model (SmolVLM), the batch's prompt, run through the
+                prefill with the images (None: the default prompt); other models ignore it (their prompt goes to
+                the decoder).
         """
         px = self._check_pixels(pixel_values)
+        if self.lm is not None:  # the prefill: images and the prompt together
+            pre = self.lm.prefill(px, [self.prompts.prefix(prompt)] * px.shape[0])
+            return EncoderOutput([], [], pre.pooled, prompt, prefill=pre)
         io = self._enc_io
         feeds = {io["pixel_values"]: px}
         if self.prompts.encodes_prompt:
@@ -231,6 +247,11 @@ class Captioner:
         for row, p in enumerate(prompts):
             groups.setdefault(p, []).append(row)
         return list(groups.items())
+
+    @property
+    def accepts_questions(self) -> bool:
+        """True when the model answers free-text prompts about an image (``edgecap ask``), from the manifest."""
+        return self.prompts.accepts_questions
 
     def check_prompt(self, prompt: str | None) -> None:
         """Raise InputError (one line) if this model cannot take ``prompt``; before any work is queued for it."""
@@ -260,11 +281,15 @@ class Captioner:
 
         Returns:
             One list of ids per image, as transformers returns them minus the leading decoder start token (so
-            a prompt's ids come first), cut after the first EOS (the padding removed).
+            a prompt's ids come first), cut after the first EOS (the padding removed). A decoder-only model
+            (SmolVLM) returns the new ids only (what follows the prompt in transformers' output).
         """
         opts = self.options(**options)
         px = self._check_pixels(pixel_values)
         prompts = self._checked_prompts(prompt, px.shape[0])
+        if self.lm is not None:
+            return [ids for ids, _ in self.lm.generate(px, [self.prompts.prefix(p) for p in prompts], opts,
+                                                       use_cache=use_cache, timings=_timings)]
         out: list[list[int]] = [[] for _ in prompts]
         for group_prompt, rows in self._prompt_groups(prompts):
             t0 = time.perf_counter()
@@ -281,6 +306,8 @@ class Captioner:
                           use_cache: bool = True, timings: dict | None = None) -> list[tuple[list[int], float]]:
         """Decode each group of images that share a prefix as one batch (transformers batches prompts of one
         length; separate groups need no padding, so each row decodes as it would alone)."""
+        if enc.prefill is not None:
+            return self.lm.decode(enc.prefill, opts, timings=timings)
         groups: dict[tuple[int, ...], list[int]] = {}
         for row, p in enumerate(prompts):
             groups.setdefault(tuple(self.prompts.prefix(p)), []).append(row)
@@ -319,7 +346,7 @@ class Captioner:
         """
         opts = self.options(**options)
         prompts = self._checked_prompts(prompt, enc.batch)
-        if self.prompts.encodes_prompt and any(p != enc.prompt for p in prompts):
+        if (self.prompts.encodes_prompt or self.lm is not None) and any(p != enc.prompt for p in prompts):
             raise InputError(f"these images were encoded for the prompt {enc.prompt!r}, not {prompt!r}: this model's "
                              "encoder reads the prompt; pass it to encode_images(images, prompt)")
         return self._captions(enc, opts, prompts, {} if timings is None else timings)
@@ -407,11 +434,6 @@ class Captioner:
         return text.strip()
 
     @property
-    def accepts_questions(self) -> bool:
-        """True for a vision-language model whose prompt is any question or instruction (`edgecap ask`)."""
-        return self.prompts.spec is not None and self.prompts.spec.get("kind") == "chat"
-
-    @property
     def provenance(self) -> dict[str, Any]:
         """What made a caption: model name, precision and the encoder graph's hash prefix (for event details)."""
         graph = self.manifest.data["graphs"][self.precision]["encoder"]
@@ -429,6 +451,8 @@ class Captioner:
         images = list(images)
         opts = self.options(**options)  # bad options and prompts fail before any work
         prompts = self._checked_prompts(prompt, len(images))
+        if self.lm is not None:
+            return self._lm_captions(images, prompts, opts)
         out: list[Caption | None] = [None] * len(images)
         for group_prompt, rows in self._prompt_groups(prompts):
             timings: dict[str, float] = {}
@@ -437,17 +461,32 @@ class Captioner:
                 out[row] = cap
         return out
 
+    def _lm_captions(self, images: list[Any], prompts: list[str | None], opts: GenerationOptions) -> list[Caption]:
+        """A decoder-only model's captions: the answers to each image's prompt, in one left-padded batch."""
+        timings: dict[str, float] = {}
+        t0 = time.perf_counter()
+        px = self.preprocess(images)  # Idefics3's preprocessing loads them itself (alpha onto white, as its processor)
+        timings["preprocess"] = (time.perf_counter() - t0) * 1e3
+        results = self.lm.generate(px, [self.prompts.prefix(p) for p in prompts], opts, timings=timings)
+        timings["total"] = (time.perf_counter() - t0) * 1e3
+        return [Caption(self.decode_text(ids), ids, dict(timings), c, p) for (ids, c), p in zip(results, prompts)]
+
     def caption(self, images: Sequence[Any] | Any, prompt: PromptArg = None,
                 **options: Any) -> Caption | list[Caption]:
         """Caption one image (returns a Caption) or a list of images (returns a list, one batch).
 
         Args:
             images: an image or a list of images (HxWx3 uint8 RGB arrays, PIL images or paths).
-            prompt: see `generate` (with one image, a string).
+            prompt: see `generate`. With one image, a string, or a list of prompts (questions) about that image:
+                then a list with one Caption per prompt, each what that prompt alone gives.
             **options: generation options, see `generate`.
         """
         if isinstance(images, (list, tuple)):
             return self.caption_batch(images, prompt, **options)
+        if isinstance(prompt, (list, tuple)):
+            if not prompt:
+                raise InputError("expected at least one prompt for the image, got an empty list")
+            return self.caption_batch([images] * len(prompt), prompt, **options)
         return self.caption_batch([images], prompt, **options)[0]
 
 

@@ -20,13 +20,22 @@ Schema (version 1), written by the export step::
                    {TOKEN: {text, takes_input, post_processing}}, default_task, bos_token, eos_token, max_positions,
                    banned_grounding_tokens, quantize_bins}: the prompt is a task token (with text after it when
                    takes_input); bos_token + the task's text + eos_token, tokenized without added specials, is the
-                   encoder's ``input_ids`` (Florence-2); the decoder starts from its start token alone
+                   encoder's ``input_ids`` (Florence-2); the decoder starts from its start token alone.
+                   {kind: "chat", before, after, default_prompt, accepts_questions, reserved, add_special_tokens,
+                   max_positions}: a decoder-only model's chat template rendered at export around the user text
+                   (the image already expanded into its tokens): before + text + after, tokenized (with the
+                   tokenizer's specials when add_special_tokens), is the prefill's prompt; a text holding one of
+                   the ``reserved`` (image) tokens is refused; no prompt asks ``default_prompt`` (SmolVLM)
     graphs:        {<precision>: {encoder: GRAPH, decoder: GRAPH}}  with GRAPH = {file, sha256, inputs, outputs}
                    and each input/output {name, dtype, shape} (a shape entry is an int or an axis name)
     io:            roles -> graph names: encoder {pixel_values, input_ids (only a "task" prompt's encoder), cross_k[],
                                                   cross_v[], pooled}
                                          decoder {input_ids, past_k[], past_v[], cross_k[], cross_v[], logits,
                                                   present_k[], present_v[]}
+                   decoder-only models (architecture.decoder_only, with num_kv_heads: the cache's heads): the
+                   encoder graph is the prefill {pixel_values, input_ids, attention_mask, position_ids, logits,
+                   present_k[], present_v[], pooled}; decoder {input_ids, attention_mask, position_ids, past_k[],
+                   past_v[], logits, present_k[], present_v[]}
     validation:    what the export checked against transformers, with tolerances and results
 """
 
@@ -71,6 +80,16 @@ class Manifest:
     @property
     def head_dim(self) -> int:
         return int(self.data["architecture"]["head_dim"])
+
+    @property
+    def decoder_only(self) -> bool:
+        """True for a decoder-only model: the encoder graph is a prefill (image and prompt -> K/V, first logits)."""
+        return bool(self.data["architecture"].get("decoder_only", False))
+
+    @property
+    def num_kv_heads(self) -> int:
+        """The cache's heads (fewer than num_heads with grouped-query attention)."""
+        return int(self.data["architecture"].get("num_kv_heads") or self.num_heads)
 
     @property
     def precisions(self) -> list[str]:
@@ -168,7 +187,9 @@ _OPTIONAL_BOOL = _Rule("true or false", lambda v: isinstance(v, bool), required=
 
 # The keys the runtime reads from each section (captioner, imaging, generation defaults, pipeline provenance).
 _SECTIONS: dict[str, dict[str, _Rule]] = {
-    "architecture": {"num_layers": _POSITIVE_INT, "num_heads": _POSITIVE_INT, "head_dim": _POSITIVE_INT},
+    "architecture": {"num_layers": _POSITIVE_INT, "num_heads": _POSITIVE_INT, "head_dim": _POSITIVE_INT,
+                     "num_kv_heads": _Rule("an integer >= 1", lambda v: _is_int(v) and v >= 1, required=False),
+                     "decoder_only": _OPTIONAL_BOOL},
     "image": {
         "height": _POSITIVE_INT, "width": _POSITIVE_INT, "do_resize": _BOOL,
         "resample": _Rule(f"one of the filter ids {sorted(RESAMPLE_NAMES)}",
@@ -202,7 +223,8 @@ _SECTIONS: dict[str, dict[str, _Rule]] = {
     },
 }
 # The prompt forms the runtime implements (the manifest's ``prompt.kind``) and the keys each one reads.
-PROMPT_KINDS = ("prefix", "task")
+PROMPT_KINDS = ("prefix", "task", "chat")
+_STRING = _Rule("a string", lambda v: isinstance(v, str))
 _TASK_TABLE = _Rule("an object of task token -> {text, takes_input, post_processing}", lambda v: isinstance(v, dict)
                     and bool(v) and all(isinstance(t, dict) and isinstance(t.get("text"), str)
                                         and isinstance(t.get("takes_input"), bool)
@@ -216,11 +238,18 @@ _PROMPT_RULES: dict[str, dict[str, _Rule]] = {
                  isinstance(x, str) for x in v)),
              "quantize_bins": _Rule("two integers >= 1", lambda v: isinstance(v, list) and len(v) == 2 and all(
                  _is_int(x) and x >= 1 for x in v))},
+    "chat": {"before": _STRING, "after": _STRING, "default_prompt": _NAME, "accepts_questions": _BOOL,
+             "add_special_tokens": _BOOL, "max_positions": _POSITIVE_INT,
+             "reserved": _Rule("a list of strings", lambda v: isinstance(v, list) and all(
+                 isinstance(x, str) and x for x in v))},
 }
 _GRAPH_PARTS = ("encoder", "decoder")
 _IO_NAMES = {"encoder": ("pixel_values",), "decoder": ("input_ids", "logits")}
 _IO_LISTS = {"encoder": ("cross_k", "cross_v"),
              "decoder": ("past_k", "past_v", "cross_k", "cross_v", "present_k", "present_v")}
+_DECODER_ONLY_NAMES = {"encoder": ("pixel_values", "input_ids", "attention_mask", "position_ids", "logits"),
+                       "decoder": ("input_ids", "attention_mask", "position_ids", "logits")}
+_DECODER_ONLY_LISTS = {"encoder": ("present_k", "present_v"), "decoder": ("past_k", "past_v", "present_k", "present_v")}
 
 
 class _Checker:
@@ -275,10 +304,13 @@ class _Checker:
             self.prompt(self.section(data["prompt"], "prompt"))
         self.file(data["tokenizer"]["file"], "tokenizer.file")
         self.graphs(self.section(data["graphs"], "graphs"))
-        self.io(self.section(data["io"], "io"), data["architecture"]["num_layers"])
-        task = (data.get("prompt") or {}).get("kind") == "task"
-        if task != ("input_ids" in data["io"]["encoder"]):
-            raise self.fail("io.encoder.input_ids", "present exactly when prompt.kind is \"task\"",
+        decoder_only = bool(data["architecture"].get("decoder_only", False))
+        self.io(self.section(data["io"], "io"), data["architecture"]["num_layers"], decoder_only)
+        kind = (data.get("prompt") or {}).get("kind")
+        if decoder_only != (kind == "chat"):
+            raise self.fail("prompt.kind", "\"chat\" exactly when architecture.decoder_only", kind)
+        if (kind in ("task", "chat")) != ("input_ids" in data["io"]["encoder"]):
+            raise self.fail("io.encoder.input_ids", "present exactly when prompt.kind is \"task\" or \"chat\"",
                             data["io"]["encoder"].get("input_ids", _MISSING))
 
     def prompt(self, prompt: dict[str, Any]) -> None:
@@ -303,11 +335,12 @@ class _Checker:
                             isinstance(t, dict) and isinstance(t.get("name"), str) for t in tensors):
                         raise self.fail(f"{key}.{kind}", "a list of {name, dtype, shape} objects", tensors)
 
-    def io(self, io: dict[str, Any], layers: int) -> None:
+    def io(self, io: dict[str, Any], layers: int, decoder_only: bool) -> None:
+        singles, lists = (_DECODER_ONLY_NAMES, _DECODER_ONLY_LISTS) if decoder_only else (_IO_NAMES, _IO_LISTS)
         for part in _GRAPH_PARTS:
             roles = self.section(io.get(part, _MISSING), f"io.{part}")
-            self.rules(roles, f"io.{part}", dict.fromkeys(_IO_NAMES[part], _NAME))
-            for role in _IO_LISTS[part]:
+            self.rules(roles, f"io.{part}", dict.fromkeys(singles[part], _NAME))
+            for role in lists[part]:
                 names = roles.get(role)
                 if not isinstance(names, list) or len(names) != layers or not all(
                         isinstance(n, str) and n for n in names):

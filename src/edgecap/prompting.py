@@ -7,6 +7,9 @@ with the decoder's bos (``[DEC]``) and drops the last one, so the decoder contin
 Kind ``"task"`` (Florence-2): the prompt is a task token from the manifest's table, with text after it for the
 tasks that take text; ``Florence2Processor`` expands it into the task's instruction and the encoder reads
 ``<s> instruction </s>`` (:meth:`PromptEncoder.encoder_ids`); the decoder starts from its start token alone.
+Kind ``"chat"`` (SmolVLM, decoder-only): the prompt is the user's text (a question, an instruction); the export
+rendered the checkpoint's chat template around it once, with the image expanded into its tokens, so the prefill's
+prompt is ``before + text + after`` tokenized whole, as the processor tokenizes the rendered template (no jinja here).
 """
 
 from __future__ import annotations
@@ -70,6 +73,11 @@ class PromptEncoder:
         return prompts
 
     @property
+    def accepts_questions(self) -> bool:
+        """True when the prompt may be any free text (a question about the image), not a prefix or a task token."""
+        return self.spec is not None and bool(self.spec.get("accepts_questions", False))
+
+    @property
     def encodes_prompt(self) -> bool:
         """True when the prompt goes to the encoder (a task prompt) rather than the decoder's prefix."""
         return self.spec is not None and self.spec["kind"] == "task"
@@ -110,6 +118,8 @@ class PromptEncoder:
         if self.encodes_prompt:
             self.encoder_ids(prompt)  # checks the prompt and its length
             return [self.start_token_id]
+        if self.spec is not None and self.spec["kind"] == "chat":
+            return self.chat_ids(prompt)
         if prompt is None or self.spec is None:
             return [self.start_token_id]
         spec = self.spec
@@ -123,4 +133,25 @@ class PromptEncoder:
         if len(ids) >= int(spec["max_positions"]):
             raise InputError(f"the prompt is {len(ids)} tokens, the model's decoder holds {spec['max_positions']} "
                              "positions in all; shorten the prompt")
+        return ids
+
+    def chat_ids(self, prompt: str | None) -> list[int]:
+        """A decoder-only model's whole prompt ids: the chat template around ``prompt`` (None: the default prompt),
+        image tokens included, tokenized as the checkpoint's processor tokenizes it.
+
+        Raises:
+            InputError: the text holds an image token (the processor would count another image), or the prompt
+                does not fit the model's positions.
+        """
+        spec = self.spec
+        text = spec["default_prompt"] if prompt is None else prompt
+        reserved = next((t for t in spec["reserved"] if t in text), None)
+        if reserved is not None:
+            raise InputError(f"the prompt holds {reserved!r}, one of the model's image tokens; edgecap places the "
+                             "image itself: remove it from the prompt")
+        ids = list(self.tokenizer.encode(spec["before"] + text + spec["after"],
+                                         add_special_tokens=bool(spec["add_special_tokens"])).ids)
+        if len(ids) >= int(spec["max_positions"]):
+            raise InputError(f"the prompt is {len(ids)} tokens with the image, the model holds "
+                             f"{spec['max_positions']} positions in all; shorten the prompt")
         return ids

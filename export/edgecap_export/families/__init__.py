@@ -14,9 +14,10 @@ from edgecap.errors import UnsupportedModelError
 from ..specs import Family
 from .blip import BLIP
 from .florence2 import FLORENCE2
+from .smolvlm import SMOLVLM
 from .vision_encoder_decoder import VISION_ENCODER_DECODER
 
-FAMILIES: tuple[Family, ...] = (VISION_ENCODER_DECODER, BLIP, FLORENCE2)
+FAMILIES: tuple[Family, ...] = (VISION_ENCODER_DECODER, BLIP, FLORENCE2, SMOLVLM)
 
 
 def describe_supported() -> str:
