@@ -78,6 +78,16 @@ def test_grey_and_transparent_images_are_converted_as_the_processor_does():
     assert not np.array_equal(ours[0], dropped[0])  # the alpha channel was used, not dropped
 
 
+def test_smolvlm_image_processor_is_the_same_recipe():
+    # SmolVLMForConditionalGeneration checkpoints may name SmolVLMImageProcessor: same settings, same pixels.
+    from transformers import SmolVLMImageProcessorPil
+
+    proc = SmolVLMImageProcessorPil(do_image_splitting=False, **SMALL)
+    img = _image((97, 131))
+    assert _settings(proc) == _settings(_processor(**SMALL))
+    assert float(np.max(np.abs(preprocess_idefics3([img], _settings(proc)) - _reference(proc, [img])))) <= 1e-4
+
+
 def test_without_first_resize_the_image_still_becomes_one_tile():
     proc = _processor(**SMALL, do_resize=False)
     img = _image((97, 131))
