@@ -8,9 +8,10 @@
     python benchmarks/bench.py ...                # the same, from a checkout
 
 Exactly --tokens new tokens (min = max), greedy, batch sizes --batch (default 1 and 8). For each system and batch:
-per-stage p50/p90/p99 (preprocess, encoder or SmolVLM's prefill, first decode step, per-token decode), per-caption latency, captions/s,
-tokens/s and RSS; a JSON with CPU model, thread count and library versions, and a PNG of the latency
-distributions when matplotlib is installed. Machines are shared and noisy: quote medians and ratios from one run.
+per-stage p50/p90/p99 (preprocess, encoder or SmolVLM's prefill, first decode step, per-token decode),
+per-caption latency, captions/s, tokens/s and RSS; a JSON with CPU model, thread count and library versions, and a
+PNG of the latency distributions when matplotlib is installed. Machines are shared and noisy: quote medians and
+ratios from one run.
 """
 
 from __future__ import annotations
@@ -241,8 +242,9 @@ def build_smolvlm_random(out: Path, seed: int = 0, *, text: dict | None = None,
     if (out / "config.json").is_file():
         return out
     torch.manual_seed(seed)
-    # Vision: google/siglip-base-patch16-512 as SmolVLM-256M uses it (model card: SigLIP base patch-16/512, 93M):
-    # 12 layers of 768, MLP 3072, 12 heads, 512 px in 16 px patches (1,024 patches).
+    # Vision: google/siglip-base-patch16-512 (the model card's vision encoder, "93M": 86.4M here without SigLIP's
+    # attention-pooling head, which Idefics3 does not use): 12 layers of 768, MLP 3072, 12 heads, 512 px in 16 px
+    # patches (1,024 patches).
     vision_cfg = SmolVLMVisionConfig(**{"hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12,
                                         "num_attention_heads": 12, "image_size": 512, "patch_size": 16,
                                         **(vision or {})})
