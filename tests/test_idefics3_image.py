@@ -98,7 +98,7 @@ def test_without_first_resize_the_image_still_becomes_one_tile():
 def test_first_resize_size_is_the_processors(hw):
     from transformers.models.idefics3.image_processing_pil_idefics3 import get_resize_output_image_size
 
-    for edge in (2048, 1536, 97):
+    for edge in (2048, 1536, 97, 5000):  # 5000: above the processor's 4096 bound
         assert longest_edge_size(*hw, edge) == get_resize_output_image_size(np.zeros((3,) + hw), edge)
 
 
