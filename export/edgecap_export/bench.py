@@ -4,12 +4,14 @@
     edgecap bench --model runs/demo --runs 20     # any exported directory (eager if DIR/hf exists)
     python -c "from edgecap_export.bench import prepare_random; prepare_random('blip-base', 'engines/blip-random')"
     edgecap bench --model engines/blip-random     # ViT-B/16 384 + BERT-base decoder (blip-image-captioning-base)
+    edgecap bench --arch smolvlm-256m --batch 1 4  # SmolVLM-256M: a question per image, prefill + decode steps
     python benchmarks/bench.py ...                # the same, from a checkout
 
 Exactly --tokens new tokens (min = max), greedy, batch sizes --batch (default 1 and 8). For each system and batch:
-per-stage p50/p90/p99 (preprocess, encoder, first decode step, per-token decode), per-caption latency, captions/s,
-tokens/s and RSS; a JSON with CPU model, thread count and library versions, and a PNG of the latency
-distributions when matplotlib is installed. Machines are shared and noisy: quote medians and ratios from one run.
+per-stage p50/p90/p99 (preprocess, encoder or SmolVLM's prefill, first decode step, per-token decode),
+per-caption latency, captions/s, tokens/s and RSS; a JSON with CPU model, thread count and library versions, and a
+PNG of the latency distributions when matplotlib is installed. Machines are shared and noisy: quote medians and
+ratios from one run.
 """
 
 from __future__ import annotations
@@ -185,9 +187,96 @@ def build_florence2_random(out: Path, seed: int = 0) -> Path:
     return out
 
 
+# SmolVLM's chat template (HuggingFaceTB/SmolVLM-256M-Instruct's chat_template): "<|im_start|>User:<image>question
+# <end_of_utterance>\nAssistant:"; the processor expands <image> into the tile's 64 image tokens.
+SMOLVLM_CHAT_TEMPLATE = (
+    "<|im_start|>{% for message in messages %}{{message['role'] | capitalize}}"
+    "{% if message['content'][0]['type'] == 'image' %}{{':'}}{% else %}{{': '}}{% endif %}"
+    "{% for line in message['content'] %}{% if line['type'] == 'text' %}{{line['text']}}"
+    "{% elif line['type'] == 'image' %}{{ '<image>' }}{% endif %}{% endfor %}<end_of_utterance>\n{% endfor %}"
+    "{% if add_generation_prompt %}{{ 'Assistant:' }}{% endif %}")
+SMOLVLM_QUESTION = "Describe what happens in this frame."  # the runtime's default prompt (issue 13)
+SMOLVLM_FAMILIES = ("smolvlm", "idefics3")  # manifest families that take a question and have a prefill graph
+
+
+def smolvlm_tokenizer() -> Any:
+    """A byte-level BPE tokenizer with SmolVLM's special token ids and vocabulary size: <|endoftext|> 0,
+    <|im_start|> 1 (bos), <|im_end|> 2 (pad), fillers up to 49151 (SmolLM2's 49,152 words), <global-img> 49152,
+    <row_1_col_1> .. <row_6_col_6> 49153-49188, <fake_token_around_image> 49189, <image> 49190 (the config's
+    image_token_id), reserved fillers, <end_of_utterance> 49279 (eos; vocabulary 49,280). Its merges are trained
+    on the prompt's words so that a question is about as many tokens as with the real tokenizer."""
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    corpus = ["User: Assistant: Describe what happens in this frame. Is the gate open? How many people are at the "
+              "door? A person walks a dog along the street at night, a car is parked."] * 10
+    tok.train_from_iterator(corpus, trainers.BpeTrainer(
+        vocab_size=400, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False))
+    state = json.loads(tok.to_str())
+    vocab = state["model"]["vocab"]
+    vocab.update({f"<unused{i}>": i for i in range(len(vocab), 49152)})
+    state["model"]["vocab"] = vocab
+    tok = Tokenizer.from_str(json.dumps(state))
+    added = (["<global-img>"] + [f"<row_{r}_col_{c}>" for r in range(1, 7) for c in range(1, 7)]
+             + ["<fake_token_around_image>", "<image>"] + [f"<reserved{i}>" for i in range(49191, 49279)]
+             + ["<end_of_utterance>"])
+    tok.add_special_tokens([AddedToken(t, normalized=False, special=True) for t in added])
+    assert tok.token_to_id("<image>") == 49190 and tok.get_vocab_size() == 49280
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|im_start|>", eos_token="<end_of_utterance>",
+                                   pad_token="<|im_end|>", unk_token="<|endoftext|>", padding_side="left")
+
+
+def build_smolvlm_random(out: Path, seed: int = 0, *, text: dict | None = None,
+                         vision: dict | None = None) -> Path:
+    """save_pretrained a random-weight SmolVLM with HuggingFaceTB/SmolVLM-256M-Instruct's architecture and token
+    ids, and an Idefics3Processor (the processor the checkpoint names) with image splitting off: one 512 px tile.
+    ``text`` and ``vision`` override dimensions (tests build a tiny one the same way)."""
+    import torch
+    from transformers import (Idefics3ImageProcessorPil, Idefics3Processor, LlamaConfig, SmolVLMConfig,
+                              SmolVLMForConditionalGeneration, SmolVLMVisionConfig)
+
+    if (out / "config.json").is_file():
+        return out
+    torch.manual_seed(seed)
+    # Vision: google/siglip-base-patch16-512 (the model card's vision encoder, "93M": 86.4M here without SigLIP's
+    # attention-pooling head, which Idefics3 does not use): 12 layers of 768, MLP 3072, 12 heads, 512 px in 16 px
+    # patches (1,024 patches).
+    vision_cfg = SmolVLMVisionConfig(**{"hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12,
+                                        "num_attention_heads": 12, "image_size": 512, "patch_size": 16,
+                                        **(vision or {})})
+    # Text: SmolLM2-135M (the card's base model): 30 layers of 576, 9 query and 3 KV heads of 64, MLP 1536,
+    # vocabulary 49,280 with SmolVLM's added tokens, rope theta 100,000, RMSNorm eps 1e-5, 8,192 positions.
+    # tie_word_embeddings False: SmolLM2-135M ties them, but 256M is the parameter count with an untied LM head
+    # (vision 86M + connector 7M + 30 layers 106M + embeddings 28M = 228M; + a 28M LM head = 256M).
+    text_cfg = LlamaConfig(**{"vocab_size": 49280, "hidden_size": 576, "intermediate_size": 1536,
+                              "num_hidden_layers": 30, "num_attention_heads": 9, "num_key_value_heads": 3,
+                              "head_dim": 64, "max_position_embeddings": 8192, "rope_theta": 100000.0,
+                              "rms_norm_eps": 1e-5, "bos_token_id": 1, "eos_token_id": 49279, "pad_token_id": 2,
+                              "tie_word_embeddings": False, **(text or {})})
+    # Connector: pixel shuffle with scale factor 4 (1,024 patches -> 64 image tokens of 16 x 768), one linear layer.
+    cfg = SmolVLMConfig(vision_config=vision_cfg.to_dict(), text_config=text_cfg.to_dict(), scale_factor=4,
+                        image_token_id=49190, tie_word_embeddings=False, pad_token_id=2)
+    model = SmolVLMForConditionalGeneration(cfg).eval()
+    gc = model.generation_config
+    gc.bos_token_id, gc.eos_token_id, gc.pad_token_id = 1, 49279, 2
+    model.save_pretrained(out)
+    tile = vision_cfg.image_size
+    images = Idefics3ImageProcessorPil(do_image_splitting=False, size={"longest_edge": 4 * tile},
+                                       max_image_size={"longest_edge": tile}, resample=1)
+    seq_len = (tile // vision_cfg.patch_size) ** 2 // cfg.scale_factor ** 2
+    Idefics3Processor(images, smolvlm_tokenizer(), image_seq_len=seq_len,
+                      chat_template=SMOLVLM_CHAT_TEMPLATE).save_pretrained(out)
+    return out
+
+
 RANDOM_ARCHS: dict[str, Callable[[Path], Path]] = {"vitgpt2-base": build_vitgpt2_random,
                                                    "blip-base": build_blip_random,
-                                                   "florence2-base": build_florence2_random}
+                                                   "florence2-base": build_florence2_random,
+                                                   "smolvlm-256m": build_smolvlm_random}
 
 
 def prepare_random(arch: str, workdir: str | Path, *, int8: bool = True) -> Path:
@@ -207,7 +296,9 @@ def prepare_random(arch: str, workdir: str | Path, *, int8: bool = True) -> Path
     return work
 
 
-def _edgecap_runner(cap: Any, images: list[np.ndarray], kw: dict) -> Callable[[], dict[str, float]]:
+def _edgecap_runner(cap: Any, images: list[np.ndarray], kw: dict, *,
+                    prefill: bool = False) -> Callable[[], dict[str, float]]:
+    """``prefill``: the model's first graph is a prefill graph (SmolVLM): its stage is reported as "prefill"."""
     def run() -> dict[str, float]:
         timings: dict[str, float] = {}
         t = time.perf_counter()
@@ -217,6 +308,8 @@ def _edgecap_runner(cap: Any, images: list[np.ndarray], kw: dict) -> Callable[[]
         timings["total"] = (time.perf_counter() - t) * 1e3
         steps = max(1, int(timings.pop("decoder_steps", 1)) - 1)
         timings["decode_per_token"] = timings.pop("decoder_rest", 0.0) / steps
+        if prefill:
+            timings["prefill"] = timings.pop("encoder", 0.0)
         return timings
     return run
 
@@ -251,6 +344,43 @@ def _florence2_eager_runner(model: Any, processor: Any, images: list[np.ndarray]
     return run
 
 
+
+def smolvlm_eager_runner(model: Any, processor: Any, images: list[np.ndarray], kw: dict,
+                         question: str = SMOLVLM_QUESTION) -> Callable[[], dict[str, float]]:
+    """transformers' SmolVLM path: the chat template with the image and ``question``, the processor's ids and pixel
+    values (left padding), generate; the prefill (vision tower, connector and the prompt through every layer, up
+    to the first logits) and each later step timed by a logits processor that notes when it is called."""
+    import torch
+    from transformers import LogitsProcessor, LogitsProcessorList
+
+    class _Clock(LogitsProcessor):
+        def __init__(self) -> None:
+            self.stamps: list[float] = []
+
+        def __call__(self, input_ids: Any, scores: Any) -> Any:
+            self.stamps.append(time.perf_counter())
+            return scores
+
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
+    text = processor.apply_chat_template(messages, add_generation_prompt=True)
+
+    def run() -> dict[str, float]:
+        t = time.perf_counter()
+        inputs = processor(text=[text] * len(images), images=[[im] for im in images], return_tensors="pt",
+                           padding=True)
+        pre = (time.perf_counter() - t) * 1e3
+        clock = _Clock()
+        with torch.no_grad():
+            t1 = time.perf_counter()
+            model.generate(**inputs, logits_processor=LogitsProcessorList([clock]), do_sample=False, **kw)
+            t2 = time.perf_counter()
+        steps = np.diff(clock.stamps) * 1e3
+        return {"preprocess": pre, "prefill": (clock.stamps[0] - t1) * 1e3,
+                "decode_per_token": float(np.mean(steps)) if len(steps) else 0.0,
+                "total": pre + (t2 - t1) * 1e3}
+    return run
+
+
 def main(argv: list[str] | None = None) -> int:
     from edgecap.cli.args import OneLineParser
     from edgecap.cli.model import add_bench_arguments
@@ -278,6 +408,7 @@ def run(args: argparse.Namespace) -> int:
     rng = np.random.default_rng(0)
     images = [rng.integers(0, 256, (480, 640, 3), dtype=np.uint8) for _ in range(max(args.batch))]
     kw = dict(min_new_tokens=args.tokens, max_new_tokens=args.tokens, num_beams=1)
+    smolvlm = manifest.data.get("family") in SMOLVLM_FAMILIES  # a question per image: both sides get the same one
 
     runners: dict[str, Callable[[list[np.ndarray]], Callable[[], dict[str, float]]]] = {}
     rss: dict[str, float] = {"start": rss_mb()}
@@ -287,7 +418,9 @@ def run(args: argparse.Namespace) -> int:
             if system not in manifest.precisions:
                 continue
             cap = Captioner(model_dir, precision=system, threads=args.threads)
-            runners[f"edgecap_{system}"] = lambda imgs, cap=cap: _edgecap_runner(cap, imgs, kw)
+            edge_kw = {**kw, "prompt": SMOLVLM_QUESTION} if smolvlm else kw
+            runners[f"edgecap_{system}"] = lambda imgs, cap=cap, ekw=edge_kw: _edgecap_runner(cap, imgs, ekw,
+                                                                                              prefill=smolvlm)
         elif system == "eager" and hf_dir.is_dir():
             import torch
             import transformers
@@ -310,6 +443,11 @@ def run(args: argparse.Namespace) -> int:
 
                 runners["transformers_eager"] = lambda imgs, m=model, pr=AutoProcessor.from_pretrained(hf_dir): \
                     _florence2_eager_runner(m, pr, imgs, kw)
+            elif smolvlm:  # the processor writes the chat template's ids around the image tokens
+                from transformers import AutoProcessor
+
+                runners["transformers_eager"] = lambda imgs, m=model, pr=AutoProcessor.from_pretrained(hf_dir): \
+                    smolvlm_eager_runner(m, pr, imgs, kw)
             versions.update(torch=torch.__version__, transformers=transformers.__version__)
         rss[f"after_loading_{system}"] = rss_mb()
 

@@ -143,9 +143,10 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
     """The options of `edgecap bench` (also used by benchmarks/bench.py)."""
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--model", help="an exported directory (transformers eager is included if DIR/hf exists)")
-    src.add_argument("--arch", choices=("vitgpt2-base", "blip-base", "florence2-base"),
+    src.add_argument("--arch", choices=("vitgpt2-base", "blip-base", "florence2-base", "smolvlm-256m"),
                      help="build, export and quantize a random-weight model at a real architecture's dimensions: "
-                          "vit-gpt2-image-captioning, blip-image-captioning-base or Florence-2-base")
+                          "vit-gpt2-image-captioning, blip-image-captioning-base, Florence-2-base or "
+                          "SmolVLM-256M-Instruct (asked \"Describe what happens in this frame.\")")
     src.add_argument("--vitgpt2-random", action="store_true", help="the same as --arch vitgpt2-base")
     p.add_argument("--workdir", default=None,
                    help="where the random model is built and exported (default: ./engines/ARCH-random, e.g. "
