@@ -37,6 +37,16 @@ FLORENCE_ARCHS = {
                            d_model=36, layers=3, heads=3, seed=1, eos_boost=1.5),
 }
 
+# SmolVLM checkpoints (tests/test_smolvlm.py, tests/test_ask.py): the default (Idefics3 head, 4 heads over 2 KV
+# heads), and SmolVLM's own head with other sizes (6 heads over 3 KV heads, a 96 px tile of 16 px patches, pixel
+# shuffle by 3). EOS scores as a token the random decoder often picks, so that some answers end before the limit.
+SMOL_ARCHS = {
+    "smol": dict(init_range=0.2, eos_like=153),
+    "smolvlm-wide": dict(arch="smolvlm", image_size=96, patch_size=16, scale_factor=3, vision_hidden=24,
+                         vision_heads=3, layers=3, hidden=48, heads=6, kv_heads=3, init_range=0.2, eos_like=153,
+                         seed=1),
+}
+
 
 def _quiet_transformers() -> None:
     import transformers
@@ -47,10 +57,10 @@ def _quiet_transformers() -> None:
 
 @pytest.fixture(scope="session")
 def checkpoint_factory(tmp_path_factory):
-    """Build (and cache) a save_pretrained checkpoint for an ARCHS, BLIP_ARCHS or FLORENCE_ARCHS key."""
+    """Build (and cache) a save_pretrained checkpoint for an ARCHS, BLIP_ARCHS, FLORENCE_ARCHS or SMOL_ARCHS key."""
     pytest.importorskip("torch")
     _quiet_transformers()
-    from tiny_models import build_blip, build_florence2, build_model
+    from tiny_models import build_blip, build_florence2, build_model, build_smolvlm
 
     cache: dict[str, Path] = {}
 
@@ -58,6 +68,7 @@ def checkpoint_factory(tmp_path_factory):
         if name not in cache:
             build, kwargs = ((build_blip, BLIP_ARCHS[name]) if name in BLIP_ARCHS else
                              (build_florence2, FLORENCE_ARCHS[name]) if name in FLORENCE_ARCHS else
+                             (build_smolvlm, SMOL_ARCHS[name]) if name in SMOL_ARCHS else
                              (build_model, ARCHS[name]))
             cache[name] = build(tmp_path_factory.mktemp(f"ckpt-{name}"), **kwargs)
         return cache[name]
@@ -67,8 +78,8 @@ def checkpoint_factory(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def exported_factory(tmp_path_factory, checkpoint_factory):
-    """Export (with validation) and cache the edgecap directory of an ARCHS, BLIP_ARCHS or FLORENCE_ARCHS key,
-    with either attention lowering."""
+    """Export (with validation) and cache the edgecap directory of an ARCHS, BLIP_ARCHS, FLORENCE_ARCHS or
+    SMOL_ARCHS key, with either attention lowering."""
     from edgecap_export import export_model
 
     cache: dict[tuple[str, str], Path] = {}
@@ -86,6 +97,11 @@ def exported_factory(tmp_path_factory, checkpoint_factory):
 @pytest.fixture(scope="session")
 def tiny_export(exported_factory) -> Path:
     return exported_factory("vit-gpt2")
+
+
+@pytest.fixture(scope="session")
+def smolvlm_export(exported_factory) -> Path:
+    return exported_factory("smol")
 
 
 # -- `edgecap serve`: logs written by `edgecap run` on generated clips, and servers on loopback ports -----------------

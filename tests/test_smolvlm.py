@@ -5,8 +5,6 @@ transformers' generate (greedy and beam, batch 1 and padded batches of prompts o
 from __future__ import annotations
 
 import json
-import sys
-import types
 
 import numpy as np
 import pytest
@@ -16,16 +14,8 @@ torch = pytest.importorskip("torch")
 from edgecap import Captioner  # noqa: E402
 from edgecap.decoder_only import answer_ids, left_pad  # noqa: E402
 from edgecap.errors import InputError  # noqa: E402
+from conftest import SMOL_ARCHS  # noqa: E402
 
-# Tiny checkpoints: the default (Idefics3 head, 4 heads over 2 KV heads), and SmolVLM's own head with other sizes
-# (6 heads over 3 KV heads, a 96 px tile of 16 px patches, pixel shuffle by 3). EOS scores as a token the random
-# decoder often picks, so that some answers end before the limit.
-SMOL_ARCHS = {
-    "smol": dict(init_range=0.2, eos_like=153),
-    "smolvlm-wide": dict(arch="smolvlm", image_size=96, patch_size=16, scale_factor=3, vision_hidden=24,
-                         vision_heads=3, layers=3, hidden=48, heads=6, kv_heads=3, init_range=0.2, eos_like=153,
-                         seed=1),
-}
 QUESTIONS = ["Describe what happens in this frame.", "Is the gate open?",
              "How many people are at the door, and what are they wearing today?"]
 ODD_TEXTS = ["  leading spaces", "trailing spaces  ", "two\nlines\n", "Ünïcödé café — 日本の門?", "", "<|im_start|>"]
@@ -42,66 +32,14 @@ def _images(seed: int, n: int) -> list[np.ndarray]:
     return out
 
 
-@pytest.fixture(scope="module", autouse=True)
-def idefics3_preprocessing():
-    """The runtime's numpy Idefics3 preprocessing lands from another branch (edgecap.idefics3_image); until it
-    is here, a stand-in with its signature runs the checkpoint's own (Pillow) image processor."""
-    try:
-        import edgecap.idefics3_image  # noqa: F401
-        yield
-        return
-    except ModuleNotFoundError:
-        pass
-    from transformers import Idefics3ImageProcessorPil
-
-    keys = ("do_convert_rgb", "do_resize", "size", "max_image_size", "resample", "do_rescale", "rescale_factor",
-            "do_normalize", "image_mean", "image_std", "do_pad", "do_image_splitting")
-
-    def preprocess_idefics3(images, settings: dict) -> np.ndarray:
-        from edgecap.imaging import load_image
-
-        proc = Idefics3ImageProcessorPil(**{k: settings[k] for k in keys})
-        px = proc(images=[[load_image(i)] for i in images], return_tensors="np")["pixel_values"]
-        return np.asarray(px[:, 0], dtype=np.float32)
-
-    stand_in = types.ModuleType("edgecap.idefics3_image")
-    stand_in.preprocess_idefics3 = preprocess_idefics3
-    sys.modules["edgecap.idefics3_image"] = stand_in
-    yield
-    del sys.modules["edgecap.idefics3_image"]
+@pytest.fixture(scope="module")
+def smol_checkpoint(checkpoint_factory):
+    return lambda name="smol": checkpoint_factory(name)
 
 
 @pytest.fixture(scope="module")
-def smol_checkpoint(tmp_path_factory):
-    from conftest import _quiet_transformers
-    from tiny_models import build_smolvlm
-
-    _quiet_transformers()
-    cache: dict = {}
-
-    def make(name: str):
-        if name not in cache:
-            cache[name] = build_smolvlm(tmp_path_factory.mktemp(f"ckpt-{name}"), **SMOL_ARCHS[name])
-        return cache[name]
-
-    return make
-
-
-@pytest.fixture(scope="module")
-def smol_export(tmp_path_factory, smol_checkpoint):
-    """Export (validated) once per module per (checkpoint, attention lowering)."""
-    from edgecap_export import export_model
-
-    cache: dict = {}
-
-    def make(name: str = "smol", attention: str = "contrib"):
-        if (name, attention) not in cache:
-            cache[name, attention] = export_model(str(smol_checkpoint(name)),
-                                                  tmp_path_factory.mktemp(f"out-{name}-{attention}"),
-                                                  progress=False, attention=attention)
-        return cache[name, attention]
-
-    return make
+def smol_export(exported_factory):
+    return lambda name="smol", attention="contrib": exported_factory(name, attention)
 
 
 def _hf(path):

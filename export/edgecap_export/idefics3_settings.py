@@ -7,7 +7,7 @@ from typing import Any
 from edgecap.errors import UnsupportedModelError
 
 # The settings preprocess_idefics3 reads, under the image processor's own names.
-_KEYS = ("do_convert_rgb", "do_resize", "size", "max_image_size", "resample", "do_rescale", "rescale_factor",
+IDEFICS3_KEYS = ("do_convert_rgb", "do_resize", "size", "max_image_size", "resample", "do_rescale", "rescale_factor",
          "do_normalize", "image_mean", "image_std", "do_pad", "do_image_splitting")
 
 
@@ -19,7 +19,7 @@ def idefics3_settings(processor: Any) -> dict[str, Any]:
             ``image_processor`` (``Idefics3Processor``).
 
     Returns:
-        A JSON-ready dict: ``processor_type`` "Idefics3ImageProcessor" and the settings in ``_KEYS``.
+        A JSON-ready dict: ``processor_type`` "Idefics3ImageProcessor" and the settings in ``IDEFICS3_KEYS``.
 
     Raises:
         UnsupportedModelError: the processor splits images into tiles, or its sizes are not ``longest_edge`` ones.
@@ -30,7 +30,7 @@ def idefics3_settings(processor: Any) -> dict[str, Any]:
             "the image processor has do_image_splitting true (several 512 px tiles per image); edgecap exports "
             "SmolVLM/Idefics3 with one tile: set \"do_image_splitting\": false in the checkpoint's processor config")
     out: dict[str, Any] = {"processor_type": "Idefics3ImageProcessor"}
-    for key in _KEYS:
+    for key in IDEFICS3_KEYS:
         value = getattr(ip, key)
         if key in ("size", "max_image_size"):
             edge = dict(value or {}).get("longest_edge")

@@ -30,9 +30,6 @@ from ..specs import ModelShape
 # What a caption without a prompt asks.
 DEFAULT_PROMPT = "Describe what happens in this frame."
 _SENTINEL = "EDGECAP-USER-TEXT-7f3a"
-# Settings the runtime's numpy preprocessing reads, under the image processor's own names.
-_IMAGE_KEYS = ("do_convert_rgb", "do_resize", "size", "max_image_size", "resample", "do_rescale", "rescale_factor",
-               "do_normalize", "image_mean", "image_std", "do_pad", "do_image_splitting")
 
 
 @lru_cache(maxsize=4)
@@ -98,29 +95,12 @@ class SmolVLM:
         if not str(pc.get("image_processor_type")).startswith(("Idefics3ImageProcessor", "SmolVLMImageProcessor")):
             raise UnsupportedModelError(f"{model} has image processor {pc.get('image_processor_type')!r}: expected "
                                         "Idefics3ImageProcessor settings (save the processor with the model)")
-        if pc.get("do_image_splitting", True):
-            raise UnsupportedModelError(
-                "the image processor has do_image_splitting true (several tiles per image); edgecap exports "
-                "SmolVLM/Idefics3 with one tile: set \"do_image_splitting\": false in the checkpoint's processor config")
         from transformers import Idefics3ImageProcessorPil
 
-        ip = Idefics3ImageProcessorPil(**{k: v for k, v in pc.items() if k in _IMAGE_KEYS})  # fills the defaults
-        out: dict[str, Any] = {"processor_type": "Idefics3ImageProcessor"}
-        for key in _IMAGE_KEYS:
-            value = getattr(ip, key)
-            if key in ("size", "max_image_size"):
-                edge = dict(value or {}).get("longest_edge")
-                if edge is None:
-                    raise UnsupportedModelError(f"image processor {key} {dict(value or {})} is not supported: "
-                                                "expected a longest_edge")
-                value = {"longest_edge": int(edge)}
-            elif key in ("image_mean", "image_std"):
-                value = [float(v) for v in (value if isinstance(value, (list, tuple)) else [value] * 3)]
-            elif key in ("rescale_factor", "resample"):
-                value = float(value) if key == "rescale_factor" else int(value)
-            else:
-                value = bool(value)
-            out[key] = value
+        from ..idefics3_settings import IDEFICS3_KEYS, idefics3_settings
+
+        # the Pillow processor built from what the checkpoint holds fills the defaults of what it leaves out
+        out = idefics3_settings(Idefics3ImageProcessorPil(**{k: v for k, v in pc.items() if k in IDEFICS3_KEYS}))
         tile = out["max_image_size"]["longest_edge"]
         return {"height": tile, "width": tile, "do_resize": out["do_resize"], "resample": out["resample"],
                 "resample_name": RESAMPLE_NAMES.get(out["resample"], str(out["resample"])),
