@@ -306,7 +306,9 @@ def _edgecap_runner(cap: Any, images: list[np.ndarray], kw: dict, *,
         timings["preprocess"] = (time.perf_counter() - t) * 1e3
         cap.generate(px, _timings=timings, **kw)
         timings["total"] = (time.perf_counter() - t) * 1e3
-        steps = max(1, int(timings.pop("decoder_steps", 1)) - 1)
+        # a prefill graph gives the first token, so every step-graph call is a later token; an encoder-decoder's
+        # first step is timed apart ("decoder_first") and counted in decoder_steps
+        steps = max(1, int(timings.pop("decoder_steps", 1)) - (0 if prefill else 1))
         timings["decode_per_token"] = timings.pop("decoder_rest", 0.0) / steps
         if prefill:
             timings["prefill"] = timings.pop("encoder", 0.0)
