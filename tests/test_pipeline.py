@@ -645,3 +645,23 @@ def test_a_florence2_camera_with_a_detection_prompt_runs_without_failed_batches(
     assert rt.run() == 0 and rt.stats.failed_batches == 0
     scenes = {e.camera: e for e in sink.latest().values() if e.kind == "scene"}
     assert scenes["door"].details["prompt"] == "<OD>" and "prompt" not in scenes["yard"].details
+
+
+@pytest.mark.slow
+def test_a_smolvlm_camera_is_asked_its_question_and_events_record_it(exported_factory, tmp_path):
+    # a decoder-only model reads the prompt in its prefill: cameras with different questions are prefilled per
+    # question, and a camera without one gets the model's default prompt
+    from edgecap import Captioner
+
+    cap = Captioner(exported_factory("smol"))
+    sink = RecordingSink()
+    question = "Is the gate open?"
+    cams = [CameraSpec(SourceConfig("door", "unused.mp4"), GateConfig(settle_samples=0), prompt=question),
+            CameraSpec(SourceConfig("yard", "unused.mp4"), GateConfig(settle_samples=0))]
+    rt = Runtime(cap, cams, sink, source_factory=scripted(_two_scene_frames()[:2]))
+    assert rt.run() == 0 and rt.stats.failed_batches == 0
+    scenes = {e.camera: e for e in sink.latest().values() if e.kind == "scene"}
+    assert scenes["door"].details["prompt"] == question and "prompt" not in scenes["yard"].details
+    frame = _two_scene_frames()[0]
+    assert scenes["door"].caption == cap.caption(frame, prompt=question).text
+    assert scenes["yard"].caption == cap.caption(frame).text
