@@ -225,3 +225,30 @@ def test_encode_images_then_caption_encoded_equals_caption(smol_export):
                                                                              prompt=QUESTIONS[1], num_beams=3)]
     with pytest.raises(InputError, match="encoded for the prompt"):
         cap.caption_encoded(enc, QUESTIONS[0])
+
+
+@pytest.mark.slow
+def test_a_processor_that_splits_images_exports_its_one_tile_path(tmp_path):
+    """The published SmolVLM processors split large images into tiles; the export takes the one-tile path
+    (``do_image_splitting=False``) and stays token-identical to transformers on it."""
+    from transformers import AutoProcessor
+
+    from edgecap_export import export_model
+    from edgecap_export.families.smolvlm import chat_text
+    from tiny_models import build_smolvlm
+
+    path = build_smolvlm(tmp_path / "ckpt", image_splitting=True, **SMOL_ARCHS["smol"])
+    proc = AutoProcessor.from_pretrained(path)
+    images = _images(2, 2)
+    text = [chat_text(proc, q) for q in QUESTIONS[:2]]
+    split = proc(text=text, images=[[i] for i in images], padding=True, return_tensors="pt")
+    assert split["pixel_values"].shape[1] > 1  # the checkpoint's processor does split these images
+    cap = Captioner(export_model(str(path), tmp_path / "out", progress=False))
+    assert cap.manifest.data["image"]["do_image_splitting"] is False
+    proc.tokenizer.padding_side = "left"
+    one = proc(text=text, images=[[i] for i in images], padding=True, do_image_splitting=False, return_tensors="pt")
+    np.testing.assert_allclose(cap.preprocess(images), one["pixel_values"][:, 0].numpy(), atol=1e-4, rtol=0)
+    with torch.no_grad():
+        ref = _hf(path).generate(**one).numpy()
+    expected = [answer_ids(row, one["input_ids"].shape[1], cap.defaults.eos_token_id) for row in ref]
+    assert cap.generate(cap.preprocess(images), QUESTIONS[:2]) == expected

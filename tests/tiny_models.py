@@ -250,14 +250,15 @@ def build_smolvlm(out: Path, *, image_size: int = 64, patch_size: int = 8, scale
                   vision_layers: int = 2, vision_hidden: int = 32, vision_heads: int = 2, layers: int = 2,
                   hidden: int = 32, heads: int = 4, kv_heads: int = 2, vocab_size: int = 200, seed: int = 0,
                   arch: str = "idefics3", eos_like: int | None = None, eos_boost: float = 1.1, init_range: float = 0.02,
-                  generation: dict | None = None) -> Path:
+                  generation: dict | None = None, image_splitting: bool = False) -> Path:
     """save_pretrained a random-weight SmolVLM (``arch`` "idefics3": Idefics3ForConditionalGeneration, as the
     published SmolVLM-256M/500M checkpoints name it; "smolvlm": SmolVLMForConditionalGeneration) with a tiny SigLIP
     tower, a pixel-shuffle connector and a Llama decoder with grouped-query attention (``kv_heads`` < ``heads``), and
     its Idefics3Processor (Pillow image processor, single tile: ``do_image_splitting`` off) with SmolVLM's chat
     template, into ``out``. With ``eos_like``, <end_of_utterance>'s LM-head row becomes that token's times ``eos_boost``
     so that answers end where the random model would say that token; ``init_range`` is the decoder's initializer
-    range (0.2 makes the image and the prompt change the answers)."""
+    range (0.2 makes the image and the prompt change the answers). ``image_splitting``: the processor splits images
+    into tiles (longest edge resized to 2 tiles first), as the published SmolVLM processors do."""
     import torch
     from transformers import (Idefics3Config, Idefics3ForConditionalGeneration, Idefics3ImageProcessorPil,
                               Idefics3Processor, SmolVLMConfig, SmolVLMForConditionalGeneration)
@@ -290,7 +291,8 @@ def build_smolvlm(out: Path, *, image_size: int = 64, patch_size: int = 8, scale
         setattr(model.generation_config, k, v)
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
-    images = Idefics3ImageProcessorPil(do_image_splitting=False, size={"longest_edge": image_size},
+    images = Idefics3ImageProcessorPil(do_image_splitting=image_splitting,
+                                       size={"longest_edge": image_size * (2 if image_splitting else 1)},
                                        max_image_size={"longest_edge": image_size})
     seq = (image_size // patch_size) ** 2 // scale_factor ** 2
     Idefics3Processor(images, tok, image_seq_len=seq, chat_template=SMOL_CHAT_TEMPLATE).save_pretrained(out)

@@ -65,9 +65,9 @@ def reference_pixels(model: str, images: list[np.ndarray], *, one_tile: bool = F
         proc = AutoImageProcessor.from_pretrained(model)
     except (OSError, ValueError, ImportError):
         return None
-    if one_tile:
-        return np.asarray(proc(images=[[i] for i in images], return_tensors="np")["pixel_values"][:, 0],
-                          dtype=np.float32)
+    if one_tile:  # the published SmolVLM processors split images into tiles; edgecap exports the one-tile path
+        return np.asarray(proc(images=[[i] for i in images], do_image_splitting=False,
+                               return_tensors="np")["pixel_values"][:, 0], dtype=np.float32)
     return np.asarray(proc(images=images, return_tensors="np")["pixel_values"], dtype=np.float32)
 
 

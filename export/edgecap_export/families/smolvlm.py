@@ -22,6 +22,7 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Any
 
+from edgecap._log import logger
 from edgecap.errors import ExportError, UnsupportedModelError
 from edgecap.imaging import RESAMPLE_NAMES
 
@@ -39,6 +40,7 @@ def processor_for(model: str) -> Any:
 
     proc = AutoProcessor.from_pretrained(model)
     proc.tokenizer.padding_side = "left"
+    proc.image_processor.do_image_splitting = False  # edgecap exports the one-tile path (see image_settings)
     return proc
 
 
@@ -99,8 +101,12 @@ class SmolVLM:
 
         from ..idefics3_settings import IDEFICS3_KEYS, idefics3_settings
 
+        if pc.get("do_image_splitting", True):  # the published SmolVLM-256M/500M processors split (the default)
+            logger.warning("%s splits large images into 512 px tiles; edgecap exports one tile per image (the "
+                           "processor's do_image_splitting=False path): validation and the runtime use that", model)
         # the Pillow processor built from what the checkpoint holds fills the defaults of what it leaves out
-        out = idefics3_settings(Idefics3ImageProcessorPil(**{k: v for k, v in pc.items() if k in IDEFICS3_KEYS}))
+        kept = {k: v for k, v in pc.items() if k in IDEFICS3_KEYS}
+        out = idefics3_settings(Idefics3ImageProcessorPil(**{**kept, "do_image_splitting": False}))
         tile = out["max_image_size"]["longest_edge"]
         return {"height": tile, "width": tile, "do_resize": out["do_resize"], "resample": out["resample"],
                 "resample_name": RESAMPLE_NAMES.get(out["resample"], str(out["resample"])),
