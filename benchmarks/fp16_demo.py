@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import tempfile
 from pathlib import Path
 
@@ -29,18 +28,9 @@ def _margin(cap, pixel_values: np.ndarray, ids: list[int], step: int) -> float:
     return float(top[1] - top[0])
 
 
-def _cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def main() -> None:
     from edgecap import Captioner, synth
+    from edgecap_export.bench import cpu_model
     from edgecap_export.tensorrt.fp16 import fp16_captioner
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -68,7 +58,7 @@ def main() -> None:
     report = {"model": str(args.model), "source": "held-out synthetic scenes", "first_seed": synth.HELD_OUT_SEED_START,
               "frames": args.frames, "identical_captions": same, "exact_match": same / args.frames,
               "token_agreement": same_tokens / max(1, tokens), "runtime": "onnxruntime cpu",
-              "cpu": _cpu(), "differences": differ}
+              "cpu": cpu_model(), "differences": differ}
     args.out.write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
     print(json.dumps({k: v for k, v in report.items() if k != "differences"}, indent=1))
     for d in differ:

@@ -107,6 +107,14 @@ class Family(Protocol):
         prefix it started from (start token and prompt)."""
 
 
+def config_token(generation_config: Any, config: Any, name: str) -> int | None:
+    """Token id ``name`` (e.g. "pad_token_id") as ``generate`` reads it: the generation config's, else the model
+    config's; the first id of a list; None when neither has one."""
+    value = getattr(generation_config, name, None)
+    value = getattr(config, name, None) if value is None else value
+    return None if value is None else int(value[0] if isinstance(value, list) else value)
+
+
 def io_names(layers: int, *, prompt_ids: bool = False, decoder_only: bool = False) -> dict[str, dict[str, Any]]:
     """The graph contract's tensor names, generated from the layer count; ``prompt_ids``: the encoder also takes
     the prompt's token ids (Florence-2); ``decoder_only``: the "encoder" graph is a prefill (image and prompt ids

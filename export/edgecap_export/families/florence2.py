@@ -20,7 +20,7 @@ from typing import Any
 
 from edgecap.errors import UnsupportedModelError
 
-from ..specs import ModelShape
+from ..specs import ModelShape, config_token
 
 # The tasks edgecap runs, with the post-processing Florence2Processor applies to each answer.
 TASKS = {"<CAPTION>": "pure_text", "<DETAILED_CAPTION>": "pure_text", "<MORE_DETAILED_CAPTION>": "pure_text",
@@ -80,9 +80,7 @@ class Florence2:
         gc, text = hf_model.generation_config, hf_model.config.text_config
 
         def pick(name: str) -> int | None:
-            value = getattr(gc, name, None)
-            value = getattr(text, name, None) if value is None else value
-            return None if value is None else int(value[0] if isinstance(value, list) else value)
+            return config_token(gc, text, name)
 
         eos = gc.eos_token_id if gc.eos_token_id is not None else text.eos_token_id
         return {"decoder_start_token_id": pick("decoder_start_token_id"),

@@ -26,7 +26,7 @@ from edgecap._log import logger
 from edgecap.errors import ExportError, UnsupportedModelError
 from edgecap.imaging import RESAMPLE_NAMES
 
-from ..specs import ModelShape
+from ..specs import ModelShape, config_token
 
 # What a caption without a prompt asks.
 DEFAULT_PROMPT = "Describe what happens in this frame."
@@ -134,9 +134,7 @@ class SmolVLM:
         gc, text = hf_model.generation_config, hf_model.config.text_config
 
         def pick(name: str) -> int | None:
-            value = getattr(gc, name, None)
-            value = getattr(text, name, None) if value is None else value
-            return None if value is None else int(value[0] if isinstance(value, list) else value)
+            return config_token(gc, text, name)
 
         eos = gc.eos_token_id if gc.eos_token_id is not None else text.eos_token_id
         pad = pick("pad_token_id")
