@@ -480,8 +480,12 @@ def _record_fp16_agreement(out: Path, manifest: dict[str, Any], frames: int) -> 
     from .tensorrt.fp16 import fp16_agreement
 
     images = [synth.render_scene(synth.HELD_OUT_SEED_START + i)[0] for i in range(frames)]
-    report = fp16_agreement(out, images)
-    manifest["graphs"]["fp16"]["agreement"] = {**report, "source": "held-out synthetic scenes",
+    # the family's default prompt, named in the record: a decoder-only model (SmolVLM) answers its default
+    # question, Florence-2 runs its default task, a model without prompts captions
+    spec = manifest.get("prompt") or {}
+    prompt = spec.get("default_prompt", spec.get("default_task"))
+    report = fp16_agreement(out, images, prompt=prompt)
+    manifest["graphs"]["fp16"]["agreement"] = {**report, "prompt": prompt, "source": "held-out synthetic scenes",
                                                "reference": "fp32", "runtime": "onnxruntime cpu"}
     write_manifest(out, manifest)
     logger.info("fp16 vs fp32: exact match %.1f%%, token agreement %.1f%%", 100 * report["exact_match"],

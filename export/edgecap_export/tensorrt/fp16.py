@@ -137,8 +137,9 @@ def fp16_captioner(model_dir: Path, view: Path, **captioner_options: Any) -> Any
     return Captioner(view, **captioner_options)
 
 
-def fp16_agreement(model_dir: Path, frames: list[np.ndarray]) -> dict[str, Any]:
-    """FP16 vs FP32 generated ids on ``frames`` (ONNX Runtime CPU): exact-match share and token agreement."""
+def fp16_agreement(model_dir: Path, frames: list[np.ndarray], *, prompt: str | None = None) -> dict[str, Any]:
+    """FP16 vs FP32 generated ids on ``frames`` (ONNX Runtime CPU), each captioned with ``prompt`` (None: the
+    model's default): exact-match share and token agreement."""
     import tempfile
 
     from edgecap import Captioner
@@ -146,4 +147,5 @@ def fp16_agreement(model_dir: Path, frames: list[np.ndarray]) -> dict[str, Any]:
     from ..quantize import caption_agreement
 
     with tempfile.TemporaryDirectory() as tmp:
-        return caption_agreement(Captioner(model_dir), fp16_captioner(model_dir, Path(tmp) / "fp16"), frames)
+        return caption_agreement(Captioner(model_dir), fp16_captioner(model_dir, Path(tmp) / "fp16"), frames,
+                                 prompt=prompt)
