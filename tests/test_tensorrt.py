@@ -235,6 +235,8 @@ def test_fp16_graphs_keep_layernorm_and_softmax_in_fp32_and_record_agreement(fam
     assert agreement["reference"] == "fp32"
     # each family's default prompt: SmolVLM answers its default question, Florence-2 runs its default task
     assert agreement["prompt"] == {"smol": "Describe what happens in this frame.", "florence2": "<CAPTION>"}.get(family)
+    # SmolVLM's Llama RMSNorms (2 layers x 2 + the final one, in the prefill and in the step graph) run in FP32
+    assert fp16["recipe"]["rms_norms_fp32"] == (10 if family == "smol" else 0)
     for part in ("encoder", "decoder"):
         model = onnx.shape_inference.infer_shapes(onnx.load(str(d / f"{part}.fp16.onnx")))
         g = model.graph
@@ -246,9 +248,52 @@ def test_fp16_graphs_keep_layernorm_and_softmax_in_fp32_and_record_agreement(fam
         assert gemms and all(types[n.output[0]] == TensorProto.FLOAT16 for n in gemms)
         norms = [n for n in g.node if n.op_type in ("LayerNormalization", "Softmax")]
         assert norms and all(types[i] == TensorProto.FLOAT for n in norms for i in n.input if i)
+        squares = {n.output[0] for n in g.node if n.op_type == "Pow"}  # an RMSNorm's x^2 and its mean: FP32
+        means = [n for n in g.node if n.op_type == "ReduceMean" and n.input[0] in squares]
+        assert len(means) == fp16["recipe"]["rms_norms_fp32"] // 2
+        assert all(types[n.input[0]] == types[n.output[0]] == TensorProto.FLOAT for n in means)
         # the interface is the FP32 one the runtime feeds
         assert [v.type.tensor_type.elem_type for v in g.input] == [
             v.type.tensor_type.elem_type for v in onnx.load(str(d / f"{part}.onnx"), load_external_data=False).graph.input]
+
+
+def test_fp16_keeps_a_traced_rmsnorm_in_fp32(tmp_path):
+    """Llama's RMSNorm as torch traces it (Cast, Pow(x, 2), ReduceMean, Add eps, Sqrt, Div, Mul(x, .), Cast, weight
+    Mul) before a GEMM: one hidden value of 1000 makes x^2 overflow FP16 and zeroes its row when the chain runs in
+    FP16 (the onnx reference evaluator computes in the graph's dtypes, as TensorRT would; ONNX Runtime CPU upcasts
+    FP16 Pow itself and would hide it). Kept in FP32 as one group, the row matches FP32."""
+    from onnx.reference import ReferenceEvaluator
+
+    from edgecap_export.tensorrt.fp16 import convert_fp16
+
+    const = lambda name, v: helper.make_node("Constant", [], [name],  # noqa: E731
+                                             value=numpy_helper.from_array(np.array(v, np.float32)))
+    nodes = [helper.make_node("Cast", ["x"], ["xf"], to=TensorProto.FLOAT, name="up"), const("two", 2.0),
+             helper.make_node("Pow", ["xf", "two"], ["sq"], name="pow"),
+             helper.make_node("ReduceMean", ["sq"], ["ms"], axes=[-1], keepdims=1, name="mean"), const("eps", 1e-5),
+             helper.make_node("Add", ["ms", "eps"], ["mse"], name="add"),
+             helper.make_node("Sqrt", ["mse"], ["rt"], name="sqrt"), const("one", 1.0),
+             helper.make_node("Div", ["one", "rt"], ["inv"], name="div"),
+             helper.make_node("Mul", ["xf", "inv"], ["nx"], name="norm"),
+             helper.make_node("Cast", ["nx"], ["nxc"], to=TensorProto.FLOAT, name="down"),
+             helper.make_node("Mul", ["w", "nxc"], ["y"], name="weight"),
+             helper.make_node("MatMul", ["y", "proj"], ["z"], name="proj")]
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(np.ones(8, np.float32), "w"),
+             numpy_helper.from_array(rng.standard_normal((8, 4)).astype(np.float32), "proj")]
+    graph = helper.make_graph(nodes, "rms", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 8])],
+                              [helper.make_tensor_value_info("z", TensorProto.FLOAT, [2, 4])], inits)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "a.onnx"))
+    assert convert_fp16(tmp_path / "a.onnx", tmp_path / "b.onnx") == 1
+    x = rng.standard_normal((2, 8)).astype(np.float32)
+    x[0, 3] = 1000.0
+    (want,), (got,) = (ReferenceEvaluator(str(tmp_path / f)).run(None, {"x": x}) for f in ("a.onnx", "b.onnx"))
+    np.testing.assert_allclose(got, want, rtol=0.01, atol=0.01)
+    g = onnx.load(str(tmp_path / "b.onnx")).graph
+    assert {n.name for n in g.node if n.op_type == "Cast" and n.attribute[0].i == TensorProto.FLOAT} == {
+        "pow__in0_fp32", "norm__in0_fp32", "z__to_fp32"}  # into the group (nothing between its nodes), the output
+    assert [n.op_type for n in g.node if n.name.endswith("__out_fp16")] == ["Cast"]  # out of the group, once
+    assert numpy_helper.to_array(next(i for i in g.initializer if i.name == "proj")).dtype == np.float16
 
 
 @pytest.mark.parametrize("family", FAMILIES)

@@ -464,13 +464,14 @@ def _write_fp16(out: Path, trt_version: str) -> dict[str, Any]:
     from .tensorrt.fp16 import KEEP_FP32, convert_fp16
 
     entries: dict[str, Any] = {}
+    rms_norms = 0
     for part in ("encoder", "decoder"):
         path = out / f"{part}.fp16.onnx"
-        convert_fp16(out / f"{part}.onnx", path)
+        rms_norms += convert_fp16(out / f"{part}.onnx", path)
         entries[part] = {"file": path.name, "sha256": sha256_file(path), **graph_io(path)}
     require_trt_lint(out, [out / "encoder.fp16.onnx", out / "decoder.fp16.onnx"], trt_version)
-    entries["recipe"] = {"kept_fp32": list(KEEP_FP32), "interface": "float32 inputs and outputs",
-                         "check_trt": "passed"}
+    entries["recipe"] = {"kept_fp32": list(KEEP_FP32), "rms_norms_fp32": rms_norms,
+                         "interface": "float32 inputs and outputs", "check_trt": "passed"}
     return entries
 
 
