@@ -10,6 +10,9 @@ step. :class:`DeviceStepper` instead:
 * reorders the cache for beam search on the device: one tiny graph of Gather nodes (axis 0, rows of every past
   tensor by the beam index) run on the same device, its outputs bound to device memory too.
 
+:class:`BoundStep` is that bound call on its own; the decoder-only loop (``edgecap.decoder_only``, SmolVLM) uses it
+with the prefill's K/V as the first past and the mask and positions as host inputs next to the ids.
+
 The device is "cuda" when the decoder session runs on the CUDA or TensorRT provider, and "cpu" when the environment
 variable ``EDGECAP_IO_BINDING=1`` asks for the bound loop on the CPU provider: the same code path, which the tests
 run here for token identity with the plain loop (greedy and beam). ``EDGECAP_IO_BINDING=0`` keeps the plain loop
