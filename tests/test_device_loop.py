@@ -9,6 +9,13 @@ import pytest
 from edgecap import Captioner, synth
 from edgecap.device_loop import ENV_FLAG, DeviceStepper, bound_device, gather_model
 
+try:  # SmolVLM's tiny exports and its image preprocessing (a stand-in until edgecap.idefics3_image lands)
+    from test_smolvlm import idefics3_preprocessing, smol_checkpoint, smol_export  # noqa: F401
+except pytest.skip.Exception:  # no torch: the tests above run, the SmolVLM ones skip
+    @pytest.fixture
+    def smol_export():
+        pytest.skip("the SmolVLM export needs torch")
+
 ort = pytest.importorskip("onnxruntime")
 
 
@@ -119,3 +126,42 @@ def test_bound_loop_on_a_gpu(provider):
     assert bound_device(gpu.decoder_session) == "cuda"
     assert [c.token_ids for c in gpu.caption(frames, num_beams=3)] == [
         c.token_ids for c in Captioner("demo").caption(frames, num_beams=3)]
+
+
+# -- the decoder-only loop (SmolVLM): prefill, then IO-bound steps ---------------------------------------------------
+
+@pytest.mark.parametrize("attention, beams", [("contrib", 1), ("contrib", 3),
+                                              pytest.param("standard", 3, marks=pytest.mark.slow)])
+def test_bound_decoder_only_loop_generates_the_plain_loops_tokens(attention, beams, smol_export, monkeypatch):
+    """SmolVLM's steps with IO binding (the prefill's K/V uploaded once, each step's present fed back as device
+    OrtValues, beams reordered on the device) answer a batch of questions of different lengths with the plain
+    loop's ids, greedy and beam."""
+    from edgecap.device_loop import BoundStep
+    from test_smolvlm import QUESTIONS, _images
+
+    cap = Captioner(smol_export("smol", attention))
+    px = cap.preprocess(_images(7, 3))
+    monkeypatch.delenv(ENV_FLAG, raising=False)
+    plain_timings: dict = {}
+    plain = cap.generate(px, QUESTIONS, num_beams=beams, _timings=plain_timings)
+    steps, gathers, pasts = [], [], []
+    run, gather = BoundStep.__call__, BoundStep.gather
+
+    def counted(self, host_feeds, past):
+        steps.append(sorted(host_feeds))
+        pasts.append(all(isinstance(p, ort.OrtValue) for p in past))
+        return run(self, host_feeds, past)
+
+    def recorded(self, past, index):
+        gathers.append(index.copy())
+        return gather(self, past, index)
+
+    monkeypatch.setattr(BoundStep, "__call__", counted)
+    monkeypatch.setattr(BoundStep, "gather", recorded)
+    monkeypatch.setenv(ENV_FLAG, "1")
+    timings: dict = {}
+    bound = cap.generate(px, QUESTIONS, num_beams=beams, _timings=timings)
+    assert bound == plain and any(bound)  # the bound loop's tokens are the plain loop's
+    assert steps and timings["decoder_steps"] == len(steps) == plain_timings["decoder_steps"]
+    assert all(s == ["attention_mask", "input_ids", "position_ids"] for s in steps) and all(pasts)
+    assert bool(gathers) == (beams > 1)  # beams were reordered on the device

@@ -17,6 +17,8 @@ from edgecap.models import demo_model_dir  # noqa: E402
 from edgecap_export.tensorrt import lint_dir, lint_model, opset_range, support_table  # noqa: E402
 
 from cli_helpers import run_cli  # noqa: E402 - tests/ is on sys.path (conftest)
+# SmolVLM's tiny checkpoints, and its image preprocessing (a stand-in until edgecap.idefics3_image lands)
+from test_smolvlm import SMOL_ARCHS, idefics3_preprocessing  # noqa: E402, F401
 
 
 def _qdq_matmul(*, zero_point: int = 0, scale: float = 0.1, w_axis: int = 1, act_scales: int = 1,
@@ -150,21 +152,27 @@ def test_fold_turns_static_shape_arithmetic_into_constants_and_keeps_dynamic_axe
 
 # -- `--target tensorrt` exports -----------------------------------------------------------------------------------
 
-FAMILIES = ("vit-gpt2", "blip", "florence2")
-# the slow grid: Florence-2 with three DaViT stages and three BART layers at 64 px as well
-ALL_FAMILIES = [*FAMILIES, pytest.param("florence2-deep", marks=pytest.mark.slow)]
+FAMILIES = ("vit-gpt2", "blip", "florence2", "smol")
+# the slow grid: Florence-2 with three DaViT stages and three BART layers at 64 px, and SmolVLM's own head with
+# 6 heads over 3 KV heads on a 96 px tile, as well
+ALL_FAMILIES = [*FAMILIES, pytest.param("florence2-deep", marks=pytest.mark.slow),
+                pytest.param("smolvlm-wide", marks=pytest.mark.slow)]
 
 
 @pytest.fixture(scope="module")
 def trt_export(checkpoint_factory, tmp_path_factory):
-    """A validated `--target tensorrt --fp16` export per family (parity with transformers is part of the export)."""
+    """A validated `--target tensorrt --fp16` export per family (parity with transformers is part of the export:
+    greedy and beam tokens, and for SmolVLM padded batches of prompts of different lengths)."""
     from edgecap_export import export_model
+    from tiny_models import build_smolvlm
 
     cache = {}
 
     def make(name: str):
         if name not in cache:
-            cache[name] = export_model(str(checkpoint_factory(name)), tmp_path_factory.mktemp(f"trt-{name}"),
+            ckpt = build_smolvlm(tmp_path_factory.mktemp(f"ckpt-{name}"), **SMOL_ARCHS[name]) \
+                if name in SMOL_ARCHS else checkpoint_factory(name)
+            cache[name] = export_model(str(ckpt), tmp_path_factory.mktemp(f"trt-{name}"),
                                        progress=False, target="tensorrt", fp16=True, fp16_frames=4)
         return cache[name]
 
@@ -225,6 +233,10 @@ def test_fp16_graphs_keep_layernorm_and_softmax_in_fp32_and_record_agreement(fam
     agreement = fp16["agreement"]
     assert agreement["frames"] == 4 and 0.0 <= agreement["exact_match"] <= 1.0
     assert agreement["reference"] == "fp32"
+    # each family's default prompt: SmolVLM answers its default question, Florence-2 runs its default task
+    assert agreement["prompt"] == {"smol": "Describe what happens in this frame.", "florence2": "<CAPTION>"}.get(family)
+    # SmolVLM's Llama RMSNorms (2 layers x 2 + the final one, in the prefill and in the step graph) run in FP32
+    assert fp16["recipe"]["rms_norms_fp32"] == (10 if family == "smol" else 0)
     for part in ("encoder", "decoder"):
         model = onnx.shape_inference.infer_shapes(onnx.load(str(d / f"{part}.fp16.onnx")))
         g = model.graph
@@ -236,9 +248,52 @@ def test_fp16_graphs_keep_layernorm_and_softmax_in_fp32_and_record_agreement(fam
         assert gemms and all(types[n.output[0]] == TensorProto.FLOAT16 for n in gemms)
         norms = [n for n in g.node if n.op_type in ("LayerNormalization", "Softmax")]
         assert norms and all(types[i] == TensorProto.FLOAT for n in norms for i in n.input if i)
+        squares = {n.output[0] for n in g.node if n.op_type == "Pow"}  # an RMSNorm's x^2 and its mean: FP32
+        means = [n for n in g.node if n.op_type == "ReduceMean" and n.input[0] in squares]
+        assert len(means) == fp16["recipe"]["rms_norms_fp32"] // 2
+        assert all(types[n.input[0]] == types[n.output[0]] == TensorProto.FLOAT for n in means)
         # the interface is the FP32 one the runtime feeds
         assert [v.type.tensor_type.elem_type for v in g.input] == [
             v.type.tensor_type.elem_type for v in onnx.load(str(d / f"{part}.onnx"), load_external_data=False).graph.input]
+
+
+def test_fp16_keeps_a_traced_rmsnorm_in_fp32(tmp_path):
+    """Llama's RMSNorm as torch traces it (Cast, Pow(x, 2), ReduceMean, Add eps, Sqrt, Div, Mul(x, .), Cast, weight
+    Mul) before a GEMM: one hidden value of 1000 makes x^2 overflow FP16 and zeroes its row when the chain runs in
+    FP16 (the onnx reference evaluator computes in the graph's dtypes, as TensorRT would; ONNX Runtime CPU upcasts
+    FP16 Pow itself and would hide it). Kept in FP32 as one group, the row matches FP32."""
+    from onnx.reference import ReferenceEvaluator
+
+    from edgecap_export.tensorrt.fp16 import convert_fp16
+
+    const = lambda name, v: helper.make_node("Constant", [], [name],  # noqa: E731
+                                             value=numpy_helper.from_array(np.array(v, np.float32)))
+    nodes = [helper.make_node("Cast", ["x"], ["xf"], to=TensorProto.FLOAT, name="up"), const("two", 2.0),
+             helper.make_node("Pow", ["xf", "two"], ["sq"], name="pow"),
+             helper.make_node("ReduceMean", ["sq"], ["ms"], axes=[-1], keepdims=1, name="mean"), const("eps", 1e-5),
+             helper.make_node("Add", ["ms", "eps"], ["mse"], name="add"),
+             helper.make_node("Sqrt", ["mse"], ["rt"], name="sqrt"), const("one", 1.0),
+             helper.make_node("Div", ["one", "rt"], ["inv"], name="div"),
+             helper.make_node("Mul", ["xf", "inv"], ["nx"], name="norm"),
+             helper.make_node("Cast", ["nx"], ["nxc"], to=TensorProto.FLOAT, name="down"),
+             helper.make_node("Mul", ["w", "nxc"], ["y"], name="weight"),
+             helper.make_node("MatMul", ["y", "proj"], ["z"], name="proj")]
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(np.ones(8, np.float32), "w"),
+             numpy_helper.from_array(rng.standard_normal((8, 4)).astype(np.float32), "proj")]
+    graph = helper.make_graph(nodes, "rms", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 8])],
+                              [helper.make_tensor_value_info("z", TensorProto.FLOAT, [2, 4])], inits)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "a.onnx"))
+    assert convert_fp16(tmp_path / "a.onnx", tmp_path / "b.onnx") == 1
+    x = rng.standard_normal((2, 8)).astype(np.float32)
+    x[0, 3] = 1000.0
+    (want,), (got,) = (ReferenceEvaluator(str(tmp_path / f)).run(None, {"x": x}) for f in ("a.onnx", "b.onnx"))
+    np.testing.assert_allclose(got, want, rtol=0.01, atol=0.01)
+    g = onnx.load(str(tmp_path / "b.onnx")).graph
+    assert {n.name for n in g.node if n.op_type == "Cast" and n.attribute[0].i == TensorProto.FLOAT} == {
+        "pow__in0_fp32", "norm__in0_fp32", "z__to_fp32"}  # into the group (nothing between its nodes), the output
+    assert [n.op_type for n in g.node if n.name.endswith("__out_fp16")] == ["Cast"]  # out of the group, once
+    assert numpy_helper.to_array(next(i for i in g.initializer if i.name == "proj")).dtype == np.float16
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -284,7 +339,8 @@ def test_every_op_of_the_tensorrt_graphs_is_in_the_table_and_one_left_out_fails(
     paths += [trt_int8(family)[0] / f"{part}.int8.onnx" for part in ("encoder", "decoder")]
     used = {n.op_type for path in paths for n in onnx.load(str(path)).graph.node}
     assert used <= set(table["ops"]), used - set(table["ops"])
-    for op in ("Erf", "LayerNormalization", "DequantizeLinear"):
+    gelu = "Erf" if "Erf" in used else "Tanh"  # exact GELU, or the tanh approximation (SmolVLM's SigLIP)
+    for op in (gelu, "LayerNormalization", "DequantizeLinear"):
         reduced = {**table, "ops": {k: v for k, v in table["ops"].items() if k != op}}
         monkeypatch.setattr(lint_module, "support_table", lambda reduced=reduced: reduced)
         found = [v for path in paths for v in lint_model(onnx.load(str(path)), graph=path.name, trt_version="10.0")]
@@ -324,6 +380,35 @@ def test_tensorrt_int8_is_static_symmetric_qdq_that_passes_the_lint(family, trt_
         assert all(inits[n.input[0]].dtype == np.int8 for n in dq_weights)  # S8 weights (no INT32 bias)
         acts = [n for n in g.node if n.op_type == "QuantizeLinear"]
         assert acts and all(inits[n.input[1]].size == 1 for n in acts)  # per-tensor activations
+
+
+def test_smolvlm_calibration_feeds_are_the_runtimes_prefill_and_step_inputs(trt_export):
+    """Static QDQ calibrates SmolVLM's prefill on the images with the default question rendered through the chat
+    prompt (ids, mask, positions) and its step on the grown mask, the next positions and the cache: the inputs the
+    runtime feeds (pixel values alone would not run the prefill)."""
+    from edgecap import Captioner
+    from edgecap.decoder_only import left_pad
+    from edgecap_export.quantize import _recorded_feeds, calibration_frames
+
+    cap = Captioner(trt_export("smol"))
+    px = cap.preprocess(calibration_frames(None, 6, progress=False))
+    sessions = [cap.lm.prefill_session, cap.decoder_session]
+    prefill, steps = _recorded_feeds(cap, px, sessions, 5)
+    assert all("run" not in vars(s) for s in sessions)  # the sessions' own run again
+    assert [f["pixel_values"].shape[0] for f in prefill] == [4, 2]  # every batch of the calibration frames
+    ids, mask, positions = left_pad([cap.prompts.prefix(None)] * 4, cap.lm.pad_token_id)
+    assert np.array_equal(prefill[0]["input_ids"], ids) and np.array_equal(prefill[0]["attention_mask"], mask)
+    assert np.array_equal(prefill[0]["position_ids"], positions) and np.array_equal(prefill[0]["pixel_values"], px[:4])
+    assert len(steps) == 5  # capped at max_feeds
+    first = [step for step in steps if len(step["input_ids"]) == 4]  # the first batch's steps
+    assert first
+    for step in steps:  # one new id per row after the prompt and the answer so far; the mask covers past + 1
+        rows, past = len(step["input_ids"]), step["past_k.0"].shape[2]
+        assert step["input_ids"].shape == (rows, 1) and step["attention_mask"].shape == (rows, past + 1)
+    for k, step in enumerate(first):
+        assert step["past_k.0"].shape[2] == ids.shape[1] + k
+        assert np.array_equal(step["attention_mask"], np.concatenate([mask, np.ones((4, k + 1), np.int64)], axis=1))
+        assert np.array_equal(step["position_ids"][:, 0], positions[:, -1] + 1 + k)
 
 
 def test_quantize_target_tensorrt_needs_a_tensorrt_export(tiny_export, tmp_path):
@@ -371,6 +456,32 @@ def test_florence2_profiles_cover_the_prompt_and_the_cross_kv_it_lengthens(trt_e
     (_, dec), *_ = session_providers(["tensorrt"], d / "decoder.fp16.onnx", limits)
     assert f"cross_k.0:1x{heads}x{image + 1}x{head_dim}" in dec["trt_profile_min_shapes"].split(",")
     assert f"cross_v.0:2x{heads}x{image + 40}x{head_dim}" in dec["trt_profile_max_shapes"].split(",")
+
+
+def test_smolvlm_profiles_hold_the_image_tokens_and_the_mask_is_past_plus_one(trt_export):
+    """SmolVLM's prefill prompt holds the image tokens and the chat template around the question; its step's past
+    is that whole prefix plus the answer so far, and the step's attention mask covers past + the new id at every
+    point of the profile."""
+    from edgecap.providers import ProfileLimits, session_providers
+
+    d = trt_export("smol")
+    arch = json.loads((d / "manifest.json").read_text())["architecture"]
+    kv, head_dim, image = arch["num_kv_heads"], arch["head_dim"], arch["encoder_seq_len"]
+    limits = ProfileLimits(max_batch=2, max_prompt=40, max_past=20)
+    (_, pre), *_ = session_providers(["tensorrt"], d / "encoder.onnx", limits)
+    shapes = {k: dict(e.split(":") for e in pre[f"trt_profile_{k}_shapes"].split(",")) for k in ("min", "opt", "max")}
+    assert [shapes[k]["input_ids"] for k in ("min", "opt", "max")] == [f"1x{image + 1}", f"1x{image + 10}",
+                                                                      f"2x{image + 40}"]
+    assert all(shapes[k]["attention_mask"] == shapes[k]["position_ids"] == shapes[k]["input_ids"] for k in shapes)
+    (_, step), *_ = session_providers(["tensorrt"], d / "decoder.fp16.onnx", limits)
+    shapes = {k: dict(e.split(":") for e in step[f"trt_profile_{k}_shapes"].split(",")) for k in ("min", "opt", "max")}
+    pasts = [image + 1, image + 10 + 10, image + 40 + 20]  # the prefix (image + prompt) plus 0 / half / all answer
+    for k, past in zip(("min", "opt", "max"), pasts):
+        batch = 2 if k == "max" else 1
+        assert shapes[k]["past_v.1"] == f"{batch}x{kv}x{past}x{head_dim}"
+        new = int(shapes[k]["input_ids"].split("x")[1])
+        assert shapes[k]["attention_mask"] == f"{batch}x{past + new}" and shapes[k]["position_ids"] == f"{batch}x{new}"
+    assert shapes["min"]["input_ids"] == shapes["opt"]["input_ids"] == "1x1"
 
 
 @pytest.mark.gpu

@@ -464,13 +464,14 @@ def _write_fp16(out: Path, trt_version: str) -> dict[str, Any]:
     from .tensorrt.fp16 import KEEP_FP32, convert_fp16
 
     entries: dict[str, Any] = {}
+    rms_norms = 0
     for part in ("encoder", "decoder"):
         path = out / f"{part}.fp16.onnx"
-        convert_fp16(out / f"{part}.onnx", path)
+        rms_norms += convert_fp16(out / f"{part}.onnx", path)
         entries[part] = {"file": path.name, "sha256": sha256_file(path), **graph_io(path)}
     require_trt_lint(out, [out / "encoder.fp16.onnx", out / "decoder.fp16.onnx"], trt_version)
-    entries["recipe"] = {"kept_fp32": list(KEEP_FP32), "interface": "float32 inputs and outputs",
-                         "check_trt": "passed"}
+    entries["recipe"] = {"kept_fp32": list(KEEP_FP32), "rms_norms_fp32": rms_norms,
+                         "interface": "float32 inputs and outputs", "check_trt": "passed"}
     return entries
 
 
@@ -480,8 +481,12 @@ def _record_fp16_agreement(out: Path, manifest: dict[str, Any], frames: int) -> 
     from .tensorrt.fp16 import fp16_agreement
 
     images = [synth.render_scene(synth.HELD_OUT_SEED_START + i)[0] for i in range(frames)]
-    report = fp16_agreement(out, images)
-    manifest["graphs"]["fp16"]["agreement"] = {**report, "source": "held-out synthetic scenes",
+    # the family's default prompt, named in the record: a decoder-only model (SmolVLM) answers its default
+    # question, Florence-2 runs its default task, a model without prompts captions
+    spec = manifest.get("prompt") or {}
+    prompt = spec.get("default_prompt", spec.get("default_task"))
+    report = fp16_agreement(out, images, prompt=prompt)
+    manifest["graphs"]["fp16"]["agreement"] = {**report, "prompt": prompt, "source": "held-out synthetic scenes",
                                                "reference": "fp32", "runtime": "onnxruntime cpu"}
     write_manifest(out, manifest)
     logger.info("fp16 vs fp32: exact match %.1f%%, token agreement %.1f%%", 100 * report["exact_match"],

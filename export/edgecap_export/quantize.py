@@ -111,26 +111,32 @@ def _encoder_feeds(cap: Any, io: dict[str, Any], pixel_values: np.ndarray) -> li
     return feeds
 
 
-def _decoder_feeds(cap: Any, pixel_values: np.ndarray, max_feeds: int) -> list[dict[str, np.ndarray]]:
-    """Record the decoder's real inputs while the FP32 model captions the calibration frames."""
-    feeds: list[dict[str, np.ndarray]] = []
-    sess = cap.decoder_session
-    original = sess.run
+def _recorded_feeds(cap: Any, pixel_values: np.ndarray, sessions: list[Any],
+                    max_feeds: int) -> list[list[dict[str, np.ndarray]]]:
+    """Record the real inputs of each session in ``sessions`` (up to ``max_feeds`` each) while the FP32 model
+    captions the calibration frames, 4 per batch. A decoder-only model (SmolVLM) answers its default question: its
+    prefill feeds are the images with that question rendered through the runtime's chat prompt (ids, mask,
+    positions) and its step feeds the grown mask, the next positions and the cache, as the runtime runs them."""
+    recorded: list[list[dict[str, np.ndarray]]] = [[] for _ in sessions]
 
-    def recording_run(outputs, feed, *a, **k):
-        if len(feeds) < max_feeds:
-            # no copies: the cross K/V arrays are shared by every step of a batch (100+ MB each at ViT-B size)
-            # and the past arrays are fresh outputs of the previous step
-            feeds.append(dict(feed))
-        return original(outputs, feed, *a, **k)
+    def recorder(original: Any, feeds: list[dict[str, np.ndarray]]) -> Any:
+        def recording_run(outputs, feed, *a, **k):
+            if len(feeds) < max_feeds:
+                # no copies: the cross K/V arrays are shared by every step of a batch (100+ MB each at ViT-B
+                # size) and the past arrays are fresh outputs of the previous step
+                feeds.append(dict(feed))
+            return original(outputs, feed, *a, **k)
+        return recording_run
 
-    sess.run = recording_run
+    for sess, feeds in zip(sessions, recorded):
+        sess.run = recorder(sess.run, feeds)
     try:
         for i in range(0, len(pixel_values), 4):
             cap.generate(pixel_values[i:i + 4])
     finally:
-        sess.run = original
-    return feeds
+        for sess in sessions:
+            del sess.run  # the instance attribute set above: the class's run again
+    return recorded
 
 
 def _quantize_static(src: Path, dst: Path, feeds: list[dict[str, np.ndarray]], *, tensorrt: bool = False) -> None:
@@ -318,8 +324,10 @@ def drop_zero_weight_zero_points(path: Path) -> int:
     return dropped
 
 
-def caption_agreement(reference: Any, candidate: Any, frames: list[np.ndarray]) -> dict[str, Any]:
-    """How often two captioners generate the same ids on ``frames``.
+def caption_agreement(reference: Any, candidate: Any, frames: list[np.ndarray], *,
+                      prompt: str | None = None) -> dict[str, Any]:
+    """How often two captioners generate the same ids on ``frames`` (each asked ``prompt``: None is the model's
+    default, its default question for a decoder-only model).
 
     Returns:
         ``{"frames", "exact_match": share of frames with identical ids, "token_agreement": share of positions
@@ -327,7 +335,7 @@ def caption_agreement(reference: Any, candidate: Any, frames: list[np.ndarray]) 
     """
     same_tokens = total_tokens = exact = 0
     for i in range(0, len(frames), 8):
-        a, b = reference.caption(frames[i:i + 8]), candidate.caption(frames[i:i + 8])
+        a, b = reference.caption(frames[i:i + 8], prompt), candidate.caption(frames[i:i + 8], prompt)
         for x, y in zip(a, b):
             exact += x.token_ids == y.token_ids
             total_tokens += max(len(x.token_ids), len(y.token_ids))
@@ -419,14 +427,17 @@ def quantize_dir(model_dir: str | os.PathLike, *, calib: str | None = None, cali
     calib_set, eval_set = frames[:calib_frames], frames[calib_frames:] or frames
     cap = Captioner(d)
     px = cap.preprocess(calib_set) if static else None
-    if encoder_mode == "static":
+    if cap.lm is not None and static:  # a decoder-only model's "encoder" is the prefill over image + prompt
+        enc_feeds, dec_feeds = _recorded_feeds(cap, px, [cap.lm.prefill_session, cap.decoder_session], 128)
+    elif static:
         enc_feeds = _encoder_feeds(cap, manifest.io("encoder"), px)
+        dec_feeds = _recorded_feeds(cap, px, [cap.decoder_session], 128)[0] if decoder_mode == "static" else []
+    if encoder_mode == "static":
         _quantize_static(d / "encoder.onnx", d / "encoder.int8.onnx", enc_feeds, tensorrt=trt_version is not None)
     else:
         quantize_dynamic_graph(d / "encoder.onnx", d / "encoder.int8.onnx")
     if decoder_mode == "static":
-        _quantize_static(d / "decoder.onnx", d / "decoder.int8.onnx", _decoder_feeds(cap, px, 128),
-                         tensorrt=trt_version is not None)
+        _quantize_static(d / "decoder.onnx", d / "decoder.int8.onnx", dec_feeds, tensorrt=trt_version is not None)
     else:
         quantize_dynamic_graph(d / "decoder.onnx", d / "decoder.int8.onnx")
     if trt_version is not None:

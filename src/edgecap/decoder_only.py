@@ -6,7 +6,9 @@ batch the way transformers' generate batches them: left-padded with ``pad_token_
 and position ids ``cumsum(mask) - 1`` (0 on the padding). The search (greedy or beam,
 :mod:`edgecap.generation`) sees the padded prompt as its prefix, so its logits processors, length limits and
 returned ids follow transformers' to the token; a row's answer is what follows the prefix, cut after the first EOS.
-Beam search expands the prefill's cache per beam instead of prefilling every beam.
+Beam search expands the prefill's cache per beam instead of prefilling every beam. On the CUDA/TensorRT providers
+(or with ``EDGECAP_IO_BINDING=1`` on the CPU) the steps run with IO binding (:mod:`edgecap.device_loop`): the cache
+stays on the device between steps and beams are reordered there.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from .device_loop import BoundStep, bound_device, interleaved
 from .generation import GenerationOptions, beam_search, greedy_search
 
 StepFn = Callable[[np.ndarray, np.ndarray, np.ndarray, list[np.ndarray]], tuple[np.ndarray, list[np.ndarray]]]
@@ -78,12 +81,20 @@ class Prefill:
 
 class CachedLMStep:
     """The search's step over a prefill: the first call (the whole prefix) returns the prefill's logits; each
-    later call feeds one token per row with the attention mask grown by one and the next position."""
+    later call feeds one token per row with the attention mask grown by one and the next position.
 
-    def __init__(self, step: StepFn, prefill: Prefill):
+    Args:
+        step: the step graph call (new ids, mask, positions, past) -> (logits, present).
+        prefill: the (beam-expanded) prefill.
+        bound: the IO-bound step whose device holds the cache: the prefill's K/V are uploaded once, ``step``
+            gets and returns device OrtValues, and beams are reordered on the device. None: numpy arrays.
+    """
+
+    def __init__(self, step: StepFn, prefill: Prefill, *, bound: BoundStep | None = None):
         self._step = step
         self._first: np.ndarray | None = prefill.logits
-        self.past = prefill.past
+        self._bound = bound
+        self.past = prefill.past if bound is None else [bound.upload(p) for p in prefill.past]
         self.mask = prefill.attention_mask
         self.next_pos = prefill.position_ids[:, -1] + 1
 
@@ -98,7 +109,7 @@ class CachedLMStep:
 
     def reorder(self, index: np.ndarray) -> None:
         if not np.array_equal(index, np.arange(len(index))):
-            self.past = [p[index] for p in self.past]
+            self.past = [p[index] for p in self.past] if self._bound is None else self._bound.gather(self.past, index)
             self.mask, self.next_pos = self.mask[index], self.next_pos[index]
 
 
@@ -135,11 +146,10 @@ class DecoderOnlyLM:
         self.prefill_session, self.step_session = prefill_session, step_session
         self.pad_token_id = int(pad_token_id)
         self._pre_io, self._step_io = manifest.io("encoder"), manifest.io("decoder")
-        cache = lambda io: [n for pair in zip(io["present_k"], io["present_v"]) for n in pair]  # noqa: E731
-        self._pre_out = [self._pre_io["logits"]] + cache(self._pre_io) + (
+        self._pre_out = [self._pre_io["logits"]] + interleaved(self._pre_io, "present") + (
             [self._pre_io["pooled"]] if self._pre_io.get("pooled") else [])
-        self._step_out = [self._step_io["logits"]] + cache(self._step_io)
-        self._past_in = [n for pair in zip(self._step_io["past_k"], self._step_io["past_v"]) for n in pair]
+        self._step_out = [self._step_io["logits"]] + interleaved(self._step_io, "present")
+        self._past_in = interleaved(self._step_io, "past")
 
     def run_prefill(self, pixel_values: np.ndarray, input_ids: np.ndarray, attention_mask: np.ndarray,
                     position_ids: np.ndarray) -> list[np.ndarray]:
@@ -159,11 +169,24 @@ class DecoderOnlyLM:
     def step(self, input_ids: np.ndarray, attention_mask: np.ndarray, position_ids: np.ndarray,
              past: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
         """One step graph call: new ids [N, T], the mask over past + new, their positions -> (logits, present)."""
-        io = self._step_io
-        feeds = {io["input_ids"]: input_ids, io["attention_mask"]: attention_mask, io["position_ids"]: position_ids}
+        feeds = self._step_feeds(input_ids, attention_mask, position_ids)
         feeds.update(zip(self._past_in, past))
         outs = self.step_session.run(self._step_out, feeds)
         return outs[0], outs[1:]
+
+    def _step_feeds(self, input_ids: np.ndarray, attention_mask: np.ndarray,
+                    position_ids: np.ndarray) -> dict[str, np.ndarray]:
+        io = self._step_io
+        return {io["input_ids"]: input_ids, io["attention_mask"]: attention_mask, io["position_ids"]: position_ids}
+
+    def _bound_step(self, times: list[float]) -> BoundStep | None:
+        """The IO-bound step when the step session's provider keeps the cache on a device (or
+        ``EDGECAP_IO_BINDING=1`` asks for it on the CPU), else None."""
+        device = bound_device(self.step_session)
+        if device is None:
+            return None
+        return BoundStep(self.step_session, past_names=self._past_in, present_names=self._step_out[1:],
+                         logits=self._step_out[0], device=device, times=times)
 
     def generate(self, pixel_values: np.ndarray, prompts: list[list[int]], opts: GenerationOptions, *,
                  use_cache: bool = True, timings: dict | None = None) -> list[tuple[list[int], float]]:
@@ -190,8 +213,11 @@ class DecoderOnlyLM:
             step_ms.append((time.perf_counter() - t) * 1e3)
             return out
 
-        if pixel_values is None:
-            stepper: Any = CachedLMStep(timed_step, pre.expanded(opts.num_beams))
+        if pixel_values is None and (bound := self._bound_step(step_ms)) is not None:
+            stepper: Any = CachedLMStep(lambda ids, mask, pos, past: bound(self._step_feeds(ids, mask, pos), past),
+                                        pre.expanded(opts.num_beams), bound=bound)
+        elif pixel_values is None:
+            stepper = CachedLMStep(timed_step, pre.expanded(opts.num_beams))
         else:
             rows = np.repeat(np.arange(len(pre.input_ids)), opts.num_beams)
             stepper = UncachedLMStep(lambda px, ids, m, pos: self.run_prefill(px, ids, m, pos)[0],

@@ -10,6 +10,9 @@ step. :class:`DeviceStepper` instead:
 * reorders the cache for beam search on the device: one tiny graph of Gather nodes (axis 0, rows of every past
   tensor by the beam index) run on the same device, its outputs bound to device memory too.
 
+:class:`BoundStep` is that bound call on its own; the decoder-only loop (``edgecap.decoder_only``, SmolVLM) uses it
+with the prefill's K/V as the first past and the mask and positions as host inputs next to the ids.
+
 The device is "cuda" when the decoder session runs on the CUDA or TensorRT provider, and "cpu" when the environment
 variable ``EDGECAP_IO_BINDING=1`` asks for the bound loop on the CPU provider: the same code path, which the tests
 run here for token identity with the plain loop (greedy and beam). ``EDGECAP_IO_BINDING=0`` keeps the plain loop
@@ -42,9 +45,74 @@ def bound_device(session: Any) -> str | None:
     return "cpu" if flag == "1" else None
 
 
+class BoundStep:
+    """Runs one step graph with IO binding: the per-step host inputs are bound from numpy, the past K/V and the
+    per-decode constants (the cross K/V) as device OrtValues, the present K/V are bound to device memory and come
+    back as OrtValues (the next step's past), and only the logits are copied to the host. Shared by the
+    encoder-decoder loop (:class:`DeviceStepper`) and the decoder-only loop (``edgecap.decoder_only``).
+
+    Args:
+        session: the step graph's InferenceSession.
+        past_names, present_names: the past inputs and present outputs, interleaved (k0, v0, k1, v1, ...).
+        logits: the logits output's name.
+        device: "cuda" or "cpu".
+        constants: input name -> array uploaded once and bound at every step (the cross K/V), if any.
+        times: step durations in ms are appended here (the caller's timings), if given.
+    """
+
+    def __init__(self, session: Any, *, past_names: Sequence[str], present_names: Sequence[str], logits: str,
+                 device: str, constants: dict[str, np.ndarray] | None = None, times: list[float] | None = None):
+        import onnxruntime as ort
+
+        self._ort = ort
+        self._session = session
+        self._device = device
+        self._times = times
+        self._logits = logits
+        self._past_names, self._present_names = list(past_names), list(present_names)
+        self._constants = {name: self.upload(a) for name, a in (constants or {}).items()}
+        self._gather: Any = None
+
+    def upload(self, array: np.ndarray) -> Any:
+        """``array`` as an OrtValue on the device."""
+        return self._ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array), self._device, 0)
+
+    def __call__(self, host_feeds: dict[str, np.ndarray], past: Sequence[Any]) -> tuple[np.ndarray, list[Any]]:
+        """One step: ``host_feeds`` (name -> array: the new ids, and the mask and positions of a decoder-only
+        step) with ``past`` (device OrtValues, interleaved) -> (logits on the host, present K/V on the device)."""
+        import time
+
+        t = time.perf_counter()
+        binding = self._session.io_binding()
+        for name, array in host_feeds.items():
+            binding.bind_cpu_input(name, np.ascontiguousarray(array))
+        for name, value in list(zip(self._past_names, past)) + list(self._constants.items()):
+            binding.bind_ortvalue_input(name, value)
+        binding.bind_output(self._logits, "cpu")
+        for name in self._present_names:
+            binding.bind_output(name, self._device, 0)
+        self._session.run_with_iobinding(binding)
+        outputs = binding.get_outputs()
+        if self._times is not None:
+            self._times.append((time.perf_counter() - t) * 1e3)
+        return outputs[0].numpy(), list(outputs[1:])
+
+    def gather(self, past: Sequence[Any], index: np.ndarray) -> list[Any]:
+        """Rows of every past tensor by ``index`` (beam search), gathered on the device."""
+        if self._gather is None:
+            self._gather = _gather_session(len(past), self._session, self._device)
+        binding = self._gather.io_binding()
+        binding.bind_cpu_input("index", np.ascontiguousarray(index, dtype=np.int64))
+        for k, value in enumerate(past):
+            binding.bind_ortvalue_input(f"x{k}", value)
+            binding.bind_output(f"y{k}", self._device, 0)
+        self._gather.run_with_iobinding(binding)
+        return list(binding.get_outputs())
+
+
 class DeviceStepper:
-    """A cached decoder step (the ``generation.Stepper`` interface: call with new ids, ``reorder`` by beam index)
-    whose past K/V live on ``device`` as OrtValues.
+    """A cached encoder-decoder step (the ``generation.Stepper`` interface: call with new ids, ``reorder`` by beam
+    index) whose past K/V live on ``device`` as OrtValues.
 
     Args:
         session: the decoder's InferenceSession.
@@ -57,55 +125,24 @@ class DeviceStepper:
 
     def __init__(self, session: Any, io: dict[str, Any], cross_feeds: dict[str, np.ndarray],
                  past: Sequence[np.ndarray], *, device: str, times: list[float] | None = None):
-        import onnxruntime as ort
-
-        self._ort = ort
-        self._session = session
-        self._device = device
-        self._times = times
         self._ids = io["input_ids"]
-        self._logits = io["logits"]
-        self._past_names = [n for pair in zip(io["past_k"], io["past_v"]) for n in pair]
-        self._present_names = [n for pair in zip(io["present_k"], io["present_v"]) for n in pair]
-        self._cross = {name: self._upload(a) for name, a in cross_feeds.items()}
-        self.past = [self._upload(np.ascontiguousarray(p)) for p in past]
-        self._gather: Any = None
-
-    def _upload(self, array: np.ndarray) -> Any:
-        return self._ort.OrtValue.ortvalue_from_numpy(array, self._device, 0)
+        self._bound = BoundStep(session, past_names=interleaved(io, "past"), present_names=interleaved(io, "present"),
+                                logits=io["logits"], device=device, constants=cross_feeds, times=times)
+        self.past = [self._bound.upload(p) for p in past]
 
     def __call__(self, input_ids: np.ndarray) -> np.ndarray:
-        import time
-
-        t = time.perf_counter()
-        binding = self._session.io_binding()
-        binding.bind_cpu_input(self._ids, np.ascontiguousarray(input_ids, dtype=np.int64))
-        for name, value in list(zip(self._past_names, self.past)) + list(self._cross.items()):
-            binding.bind_ortvalue_input(name, value)
-        binding.bind_output(self._logits, "cpu")
-        for name in self._present_names:
-            binding.bind_output(name, self._device, 0)
-        self._session.run_with_iobinding(binding)
-        outputs = binding.get_outputs()
-        logits = outputs[0].numpy()
-        self.past = list(outputs[1:])
-        if self._times is not None:
-            self._times.append((time.perf_counter() - t) * 1e3)
+        logits, self.past = self._bound({self._ids: np.asarray(input_ids, dtype=np.int64)}, self.past)
         return logits
 
     def reorder(self, index: np.ndarray) -> None:
         """Rows of every past tensor by ``index`` (beam search), gathered on the device."""
-        if np.array_equal(index, np.arange(len(index))):
-            return
-        if self._gather is None:
-            self._gather = _gather_session(len(self.past), self._session, self._device)
-        binding = self._gather.io_binding()
-        binding.bind_cpu_input("index", np.ascontiguousarray(index, dtype=np.int64))
-        for k, value in enumerate(self.past):
-            binding.bind_ortvalue_input(f"x{k}", value)
-            binding.bind_output(f"y{k}", self._device, 0)
-        self._gather.run_with_iobinding(binding)
-        self.past = list(binding.get_outputs())
+        if not np.array_equal(index, np.arange(len(index))):
+            self.past = self._bound.gather(self.past, index)
+
+
+def interleaved(io: dict[str, Any], kind: str) -> list[str]:
+    """A graph's ``kind`` ("past" or "present") K/V names from its manifest io, interleaved (k0, v0, k1, ...)."""
+    return [n for pair in zip(io[f"{kind}_k"], io[f"{kind}_v"]) for n in pair]
 
 
 def _gather_session(n: int, decoder: Any, device: str) -> Any:

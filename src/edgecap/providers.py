@@ -2,7 +2,8 @@
 
 ``Captioner(..., providers=["tensorrt"])`` (or ``["cuda"]``) resolves here to ONNX Runtime's provider list with
 options: engine and timing caches next to the model, FP16/INT8 from the graph's precision, and optimization
-profiles for every dynamic axis of the graph contract (batch 1..B, past length 0..max, new tokens 1..max prompt).
+profiles for every dynamic axis of the graph contract (batch 1..B, past length 0..max, new tokens 1..max prompt; a
+decoder-only model's prefill prompt and step past hold its image tokens too, and its step's mask is past + new).
 Names ONNX Runtime knows (``"CPUExecutionProvider"``, ...) pass through unchanged.
 
 NOT VALIDATED: this machine has no GPU and no onnxruntime-gpu; only the option construction is tested here.
@@ -39,8 +40,11 @@ class ProfileLimits:
         max_past: cached positions (past length); the decoder's K/V profile runs 0..max_past.
         max_new_tokens: ids fed in one step (the prompt's prefill).
         max_prompt: prompt ids an encoder that reads the prompt takes (Florence-2's task instruction).
-        image_tokens: the encoder positions before the prompt (Florence-2's image features): its cross K/V hold
-            image_tokens + prompt_len positions. Set from the manifest by :func:`model_limits`.
+        image_tokens: the positions the image takes: before the prompt in Florence-2's encoder (its cross K/V hold
+            image_tokens + prompt_len positions), inside a decoder-only model's prompt (SmolVLM). Set from the
+            manifest by :func:`model_limits`.
+        decoder_only: the prefill's ``prompt_len`` is image_tokens + the text's ids (1..max_prompt), and the step's
+            ``past_len`` that whole prefix plus 0..max_past generated ids. Set from the manifest.
     """
 
     max_batch: int = 8
@@ -48,21 +52,30 @@ class ProfileLimits:
     max_new_tokens: int = 32
     max_prompt: int = 64
     image_tokens: int = 0
+    decoder_only: bool = False
 
 
 def model_limits(manifest: dict[str, Any], limits: ProfileLimits) -> ProfileLimits:
-    """``limits`` with ``image_tokens`` from an export's manifest (its encoder sequence length)."""
-    return replace(limits, image_tokens=int(manifest.get("architecture", {}).get("encoder_seq_len", 0)))
+    """``limits`` with ``image_tokens`` (its encoder sequence length) and ``decoder_only`` from an export's
+    manifest."""
+    arch = manifest.get("architecture", {})
+    return replace(limits, image_tokens=int(arch.get("encoder_seq_len", 0)),
+                   decoder_only=bool(arch.get("decoder_only", False)))
 
 
 def profile_dims(shape: Sequence[Any], limits: ProfileLimits) -> tuple[tuple[int, ...], ...]:
     """(min, opt, max) dims of one input whose axes are ints or the exporter's axis names ("batch", "past_len",
-    "new_tokens", "prompt_len", "encoder_len"; another name gets 1). Opt sits at half the past and a quarter of
-    the prompt maximum."""
-    prompt = (1, max(1, limits.max_prompt // 4), limits.max_prompt)
-    ranges = {"batch": (1, 1, limits.max_batch), "past_len": (0, limits.max_past // 2, limits.max_past),
-              "new_tokens": (1, 1, limits.max_new_tokens), "prompt_len": prompt,
-              "encoder_len": tuple(limits.image_tokens + n for n in prompt)}
+    "new_tokens", "total_len" = past + new, "prompt_len", "encoder_len"; another name gets 1). Opt sits at half
+    the past and a quarter of the prompt maximum."""
+    text = (1, max(1, limits.max_prompt // 4), limits.max_prompt)
+    with_image = tuple(limits.image_tokens + n for n in text)
+    new = (1, 1, limits.max_new_tokens)
+    past = (0, limits.max_past // 2, limits.max_past)
+    if limits.decoder_only:  # the step's past starts as the prefill's whole prompt, image tokens included
+        past = tuple(p + n for p, n in zip(past, with_image))
+    ranges = {"batch": (1, 1, limits.max_batch), "past_len": past, "new_tokens": new,
+              "total_len": tuple(p + n for p, n in zip(past, new)),
+              "prompt_len": with_image if limits.decoder_only else text, "encoder_len": with_image}
     return tuple(tuple(d if isinstance(d, int) else ranges.get(d, (1, 1, 1))[k] for d in shape) for k in range(3))
 
 
