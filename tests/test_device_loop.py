@@ -9,13 +9,6 @@ import pytest
 from edgecap import Captioner, synth
 from edgecap.device_loop import ENV_FLAG, DeviceStepper, bound_device, gather_model
 
-try:  # SmolVLM's tiny exports and its image preprocessing (a stand-in until edgecap.idefics3_image lands)
-    from test_smolvlm import idefics3_preprocessing, smol_checkpoint, smol_export  # noqa: F401
-except pytest.skip.Exception:  # no torch: the tests above run, the SmolVLM ones skip
-    @pytest.fixture
-    def smol_export():
-        pytest.skip("the SmolVLM export needs torch")
-
 ort = pytest.importorskip("onnxruntime")
 
 
@@ -132,14 +125,14 @@ def test_bound_loop_on_a_gpu(provider):
 
 @pytest.mark.parametrize("attention, beams", [("contrib", 1), ("contrib", 3),
                                               pytest.param("standard", 3, marks=pytest.mark.slow)])
-def test_bound_decoder_only_loop_generates_the_plain_loops_tokens(attention, beams, smol_export, monkeypatch):
+def test_bound_decoder_only_loop_generates_the_plain_loops_tokens(attention, beams, exported_factory, monkeypatch):
     """SmolVLM's steps with IO binding (the prefill's K/V uploaded once, each step's present fed back as device
     OrtValues, beams reordered on the device) answer a batch of questions of different lengths with the plain
     loop's ids, greedy and beam."""
     from edgecap.device_loop import BoundStep
     from test_smolvlm import QUESTIONS, _images
 
-    cap = Captioner(smol_export("smol", attention))
+    cap = Captioner(exported_factory("smol", attention))
     px = cap.preprocess(_images(7, 3))
     monkeypatch.delenv(ENV_FLAG, raising=False)
     plain_timings: dict = {}

@@ -17,8 +17,6 @@ from edgecap.models import demo_model_dir  # noqa: E402
 from edgecap_export.tensorrt import lint_dir, lint_model, opset_range, support_table  # noqa: E402
 
 from cli_helpers import run_cli  # noqa: E402 - tests/ is on sys.path (conftest)
-# SmolVLM's tiny checkpoints, and its image preprocessing (a stand-in until edgecap.idefics3_image lands)
-from test_smolvlm import SMOL_ARCHS, idefics3_preprocessing  # noqa: E402, F401
 
 
 def _qdq_matmul(*, zero_point: int = 0, scale: float = 0.1, w_axis: int = 1, act_scales: int = 1,
@@ -164,15 +162,12 @@ def trt_export(checkpoint_factory, tmp_path_factory):
     """A validated `--target tensorrt --fp16` export per family (parity with transformers is part of the export:
     greedy and beam tokens, and for SmolVLM padded batches of prompts of different lengths)."""
     from edgecap_export import export_model
-    from tiny_models import build_smolvlm
 
     cache = {}
 
     def make(name: str):
         if name not in cache:
-            ckpt = build_smolvlm(tmp_path_factory.mktemp(f"ckpt-{name}"), **SMOL_ARCHS[name]) \
-                if name in SMOL_ARCHS else checkpoint_factory(name)
-            cache[name] = export_model(str(ckpt), tmp_path_factory.mktemp(f"trt-{name}"),
+            cache[name] = export_model(str(checkpoint_factory(name)), tmp_path_factory.mktemp(f"trt-{name}"),
                                        progress=False, target="tensorrt", fp16=True, fp16_frames=4)
         return cache[name]
 
