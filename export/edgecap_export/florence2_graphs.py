@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .davit_graphs import davit_image_features
 from .wrappers import CachedStepAttention
 
 
@@ -32,7 +33,7 @@ class Florence2EncoderWithCrossKV(nn.Module):
         self.step = step
 
     def forward(self, pixel_values: torch.Tensor, input_ids: torch.Tensor):
-        image = self.model.get_image_features(pixel_values).pooler_output
+        image = davit_image_features(self.model, pixel_values, self.step.attention)
         embeds = torch.cat([image, self.embed(input_ids)], dim=1)
         states = self.model.language_model.encoder(inputs_embeds=embeds).last_hidden_state
         ks, vs = self.step.cross_kv(states)
