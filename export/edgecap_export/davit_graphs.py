@@ -39,16 +39,13 @@ def _patch_embed(embed: nn.Module, x: torch.Tensor) -> torch.Tensor:
 def _window_attention(attn: nn.Module, windows: torch.Tensor, attention: str) -> torch.Tensor:
     """[windows, tokens, C] -> [windows, tokens, C]: self-attention inside each window, then the projection."""
     heads, width = attn.num_heads, attn.dim
+    qkv = attn.qkv(windows)
     if attention == "contrib":
-        # three projections of one input instead of qkv then a Split: INT8 quantizes the input once for all three,
-        # and no copy of the [windows, tokens, 3 x width] product is made (qkv's output is laid out [3, heads, d])
-        w = attn.qkv.weight.split(width)
-        b = (None,) * 3 if attn.qkv.bias is None else attn.qkv.bias.split(width)
-        q, k, v = (nn.functional.linear(windows, w[i], b[i]) for i in range(3))
+        q, k, v = qkv.split(width, dim=2)  # qkv's output is laid out [3, heads, head_dim]
         out = AttentionMHA.apply(q, k, v, heads, float(attn.scale))
     else:
         n, t, _ = windows.shape
-        q, k, v = attn.qkv(windows).reshape(n, t, 3, heads, width // heads).permute(2, 0, 3, 1, 4).unbind(0)
+        q, k, v = qkv.reshape(n, t, 3, heads, width // heads).permute(2, 0, 3, 1, 4).unbind(0)
         out = attend(q, k, v, attn.scale).transpose(1, 2).reshape(n, t, width)
     return attn.proj(out)
 
