@@ -16,6 +16,13 @@ With a transformers checkpoint it also times transformers eager generate() in th
 floors allow can be set against targets like "INT8 >= 5.9x faster than eager". The INT8 graphs are quantized with
 edgecap's own recipe (and, for reference, per tensor). The decoder step's GB/s shows how close its GEMVs come to
 the memory bandwidth. Writes benchmarks/results/floor.json.
+
+BLIP and Florence-2 (``blip_gemms``, ``florence2_gemms``), in the same process as the bench they are compared with:
+
+    python benchmarks/floor.py --bench "--model DIR --batch 1 8 --out benchmarks/results/bench-blip.json"
+
+times their floor at each batch size right before and right after `edgecap bench` and adds both, and edgecap's
+distance from them per caption, encoder and token, to the bench's JSON.
 """
 
 from __future__ import annotations
