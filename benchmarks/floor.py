@@ -22,6 +22,13 @@ edgecap_export/bench.py) an answer is the vision tower's GEMMs over its patches,
 tokens, the prefill's GEMMs over the whole prompt (chat template, image tokens, question), the LM head once for the
 last prompt position, then tokens - 1 decoder steps (GEMVs with the LM head); eager is timed on the same question
 at each --eager-batch, with its prefill and per-token times.
+
+BLIP and Florence-2 (``blip_gemms``, ``florence2_gemms``), in the same process as the bench they are compared with:
+
+    python benchmarks/floor.py --bench "--model DIR --batch 1 8 --out benchmarks/results/bench-blip.json"
+
+times their floor at each batch size right before and right after `edgecap bench` and adds both, and edgecap's
+distance from them per caption, encoder and token, to the bench's JSON.
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import statistics
 import sys
 import tempfile
@@ -121,24 +129,95 @@ def smolvlm_prompt_tokens(hf: Path, question: str) -> int:
     return int(proc(text=[text], images=[[image]], return_tensors="np")["input_ids"].shape[1])
 
 
-def matmul_graph(shapes: list[tuple[int, int]], rows: int, path: Path, seed: int = 0) -> dict[str, np.ndarray]:
-    """An ONNX graph of independent MatMuls [1, rows, K] x [K, N]; returns a feed for it."""
+def blip_gemms(config: dict[str, Any]) -> tuple[list[tuple[int, int, int]], list[tuple[int, int]]]:
+    """BlipForConditionalGeneration's weight matrices: the encoder's (K, N, rows) -- the ViT's patch embedding, each
+    layer's qkv, projection, fc1 and fc2 over the image tokens, and every text layer's cross K/V projection -- and
+    one decoder step's (K, N): per text layer self Q/K/V, self out, cross Q, cross out, intermediate and output, then
+    the prediction head's transform and the LM head."""
+    vis, txt = config["vision_config"], config["text_config"]
+    dv, mv = vis["hidden_size"], vis["intermediate_size"]
+    patches = (vis["image_size"] // vis["patch_size"]) ** 2
+    dt, mt, lt = txt["hidden_size"], txt["intermediate_size"], txt["num_hidden_layers"]
+    tokens = patches + 1
+    encoder = [(3 * vis["patch_size"] ** 2, dv, patches)]
+    encoder += [(k, n, tokens) for k, n in [(dv, 3 * dv), (dv, dv), (dv, mv), (mv, dv)] * vis["num_hidden_layers"]]
+    encoder += [(dv, 2 * dt, tokens)] * lt
+    decoder = [(dt, 3 * dt), (dt, dt), (dt, dt), (dt, dt), (dt, mt), (mt, dt)] * lt
+    decoder += [(dt, dt), (dt, txt["vocab_size"])]  # the prediction head's transform, the LM head
+    return encoder, decoder
+
+
+def florence2_gemms(config: dict[str, Any], image_size: int, prompt_tokens: int
+                    ) -> tuple[list[tuple[int, int, int]], list[tuple[int, int]]]:
+    """Florence2ForConditionalGeneration's weight matrices at a square ``image_size`` input whose task prompt is
+    ``prompt_tokens`` ids long. Encoder (K, N, rows): per DaViT stage its patch-embedding convolution as a GEMM
+    (kernel x kernel x input channels -> width, over the stage's positions) and, per block, a spatial and a channel
+    sub-block's qkv, projection, fc1 and fc2; the projector over the image features; the BART encoder's layers and
+    the decoder's cross K/V over image features + prompt. Decoder step (K, N): per layer self Q/K/V, self out,
+    cross Q, cross out, fc1, fc2, then the LM head. Depthwise convolutions are not weight GEMMs and not counted."""
+    vis, txt = config["vision_config"], config["text_config"]
+    encoder: list[tuple[int, int, int]] = []
+    side, channels = image_size, vis.get("in_channels", 3)
+    for width, depth, kernel, stride, pad in zip(vis["embed_dim"], vis["depths"], vis["patch_size"],
+                                                 vis["patch_stride"], vis["patch_padding"]):
+        side = (side + 2 * pad - kernel) // stride + 1
+        rows, mlp = side * side, int(width * vis.get("mlp_ratio", 4.0))
+        encoder.append((kernel * kernel * channels, width, rows))
+        block = [(width, 3 * width), (width, width), (width, mlp), (mlp, width)]
+        encoder += [(k, n, rows) for k, n in block] * 2 * depth  # a spatial and a channel sub-block
+        channels = width
+    d = txt["d_model"]
+    features = side * side + 1  # the spatial positions and their mean (the projector's temporal token)
+    encoder.append((channels, vis["projection_dim"], features))
+    seq = features + prompt_tokens
+    encoder += [(k, n, seq) for k, n in [(d, 3 * d), (d, d), (d, txt["encoder_ffn_dim"]),
+                                         (txt["encoder_ffn_dim"], d)]] * txt["encoder_layers"]
+    encoder += [(d, 2 * d, seq)] * txt["decoder_layers"]
+    f = txt["decoder_ffn_dim"]
+    decoder = [(d, 3 * d), (d, d), (d, d), (d, d), (d, f), (f, d)] * txt["decoder_layers"] + [(d, txt["vocab_size"])]
+    return encoder, decoder
+
+
+def time_floor(encoder: list[tuple[int, int, int]], decoder: list[tuple[int, int]], *, batch: int, tokens: int,
+               threads: int, runs: int, rounds: int) -> dict[str, dict[str, float]]:
+    """FP32 and edgecap-INT8 weight-GEMM floors of one caption at ``batch`` images: the encoder GEMMs over
+    ``batch`` times their rows, the decoder step's over ``batch`` rows; per caption = per batch / batch."""
+    rows: dict[str, dict[str, float]] = {}
+    with tempfile.TemporaryDirectory(prefix="edgecap-floor-") as tmp:
+        t = Path(tmp)
+        enc_feed = matmul_graph([(k, n, r * batch) for k, n, r in encoder], 0, t / "encoder.onnx")
+        dec_feed = matmul_graph(decoder, batch, t / "decoder.onnx", seed=1)
+        for name in ("fp32", "int8"):
+            enc, dec = (t / "encoder.onnx", t / "decoder.onnx") if name == "fp32" else \
+                (quantized(t / "encoder.onnx", name), quantized(t / "decoder.onnx", name))
+            e = time_graph(enc, enc_feed, threads, runs, rounds, warmup=1)  # seconds per call at batch 8
+            s = time_graph(dec, dec_feed, threads, runs, rounds)
+            rows[name] = {"encoder_gemms_ms": e, "decoder_step_gemvs_ms": s,
+                          "floor_per_caption_ms": (e + tokens * s) / batch}
+    return rows
+
+
+def matmul_graph(shapes: list[tuple[int, int]] | list[tuple[int, int, int]], rows: int, path: Path,
+                 seed: int = 0) -> dict[str, np.ndarray]:
+    """An ONNX graph of independent MatMuls [1, rows, K] x [K, N]; returns a feed for it. A shape given as
+    (K, N, R) multiplies R rows instead of ``rows`` (Florence-2's DaViT stages run over different positions)."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(seed)
-    ks = sorted({k for k, _ in shapes})
-    inputs = [helper.make_tensor_value_info(f"x{k}", TensorProto.FLOAT, [1, rows, k]) for k in ks]
+    full = [(s[0], s[1], s[2] if len(s) == 3 else rows) for s in shapes]
+    xs = sorted({(k, r) for k, _, r in full})
+    inputs = [helper.make_tensor_value_info(f"x{k}_{r}", TensorProto.FLOAT, [1, r, k]) for k, r in xs]
     nodes, inits, outputs = [], [], []
-    for i, (k, n) in enumerate(shapes):
+    for i, (k, n, r) in enumerate(full):
         inits.append(numpy_helper.from_array((rng.standard_normal((k, n)) * 0.02).astype(np.float32), f"w{i}"))
-        nodes.append(helper.make_node("MatMul", [f"x{k}", f"w{i}"], [f"y{i}"]))
+        nodes.append(helper.make_node("MatMul", [f"x{k}_{r}", f"w{i}"], [f"y{i}"]))
         outputs.append(helper.make_tensor_value_info(f"y{i}", TensorProto.FLOAT, None))
     model = helper.make_model(helper.make_graph(nodes, "gemms", inputs, outputs, inits),
                               opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 9
     onnx.save(model, str(path), save_as_external_data=True, location=path.name + ".data")
-    return {f"x{k}": rng.standard_normal((1, rows, k)).astype(np.float32) for k in ks}
+    return {f"x{k}_{r}": rng.standard_normal((1, r, k)).astype(np.float32) for k, r in xs}
 
 
 def quantized(src: Path, variant: str) -> Path:
@@ -156,15 +235,16 @@ def quantized(src: Path, variant: str) -> Path:
     return dst
 
 
-def time_graph(path: Path, feed: dict[str, np.ndarray], threads: int, runs: int, rounds: int) -> float:
-    """Best round median, in ms, of ``runs`` back-to-back calls after a warm-up (the floor: warm caches)."""
+def time_graph(path: Path, feed: dict[str, np.ndarray], threads: int, runs: int, rounds: int,
+               warmup: int = 5) -> float:
+    """Best round median, in ms, of ``runs`` back-to-back calls after ``warmup`` calls (the floor: warm caches)."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
     sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-    for _ in range(5):
+    for _ in range(warmup):
         sess.run(None, feed)
     medians = []
     for _ in range(rounds):
@@ -228,6 +308,79 @@ def time_eager_smolvlm(hf: Path, tokens: int, threads: int, runs: int, batches: 
     return out
 
 
+def model_gemms(model_dir: Path) -> tuple[list[tuple[int, int, int]], list[tuple[int, int]]]:
+    """The weight GEMMs of an exported BLIP or Florence-2 directory (its ``hf`` checkpoint's config; Florence-2's
+    prompt is the default task's text, as the bench sends it)."""
+    from tokenizers import Tokenizer
+
+    from edgecap.manifest import load_manifest
+
+    config = json.loads((model_dir / "hf" / "config.json").read_text())
+    if config.get("model_type") == "blip":
+        return blip_gemms(config)
+    if config.get("model_type") == "florence2":
+        m = load_manifest(model_dir).data
+        prompt = m["prompt"]["tasks"][m["prompt"]["default_task"]]["text"]
+        ids = Tokenizer.from_file(str(model_dir / "tokenizer.json")).encode(prompt, add_special_tokens=False).ids
+        return florence2_gemms(config, m["image"]["height"], len(ids) + 2)  # <s> prompt </s>
+    raise ValueError(f"knows BLIP and Florence-2 shapes, got model_type {config.get('model_type')!r}")
+
+
+def bench_with_floor(bench_argv: list[str], *, threads: int, runs: int, rounds: int) -> int:
+    """`edgecap bench` between two floor timings in one process; the floors and ratios go into its JSON."""
+    from edgecap.cli.args import OneLineParser
+    from edgecap.cli.model import add_bench_arguments
+    from edgecap_export.bench import run as run_bench
+
+    p = OneLineParser(prog="floor.py --bench")
+    add_bench_arguments(p)
+    bench_args = p.parse_args(bench_argv)
+    if not bench_args.model or not bench_args.out:
+        p.error("--bench needs --model DIR (an exported BLIP or Florence-2 directory with its hf/) and --out")
+    model_dir = Path(bench_args.model)
+    encoder, decoder = model_gemms(model_dir)
+    threads = bench_args.threads or threads
+    kw = dict(tokens=bench_args.tokens, threads=threads, runs=runs, rounds=rounds)
+    load = [os.getloadavg()[0]]
+    before = {b: time_floor(encoder, decoder, batch=b, **kw) for b in bench_args.batch}
+    load.append(os.getloadavg()[0])
+    run_bench(bench_args)
+    load.append(os.getloadavg()[0])
+    after = {b: time_floor(encoder, decoder, batch=b, **kw) for b in bench_args.batch}
+    load.append(os.getloadavg()[0])
+    out = Path(bench_args.out)
+    report = json.loads(out.read_text())
+    floors, distance = {}, {}
+    for b in bench_args.batch:
+        for name in ("fp32", "int8"):
+            best = {k: min(before[b][name][k], after[b][name][k]) for k in before[b][name]}
+            floors[f"{name}/batch{b}"] = {"before": before[b][name], "after": after[b][name], "best": best}
+            r = report["results"].get(f"edgecap_{name}/batch{b}")
+            if r:
+                distance[f"edgecap_{name}/batch{b}"] = {
+                    "caption": r["per_caption_ms_p50"] / best["floor_per_caption_ms"],
+                    "encoder": r["stages_ms"]["encoder"]["p50"] / best["encoder_gemms_ms"],
+                    "decode_per_token": r["stages_ms"]["decode_per_token"]["p50"] / best["decoder_step_gemvs_ms"]}
+            eager = report["results"].get(f"transformers_eager/batch{b}")
+            if eager:
+                floors[f"{name}/batch{b}"]["max_speedup_vs_eager"] = \
+                    eager["per_caption_ms_p50"] / best["floor_per_caption_ms"]
+    report["floor"] = {
+        "what": "ONNX Runtime weight GEMMs only (FP32, and edgecap's INT8 recipe), warm, best round median, timed "
+                "in the same process right before and right after the bench; per caption = (encoder GEMMs + tokens "
+                "x decoder-step GEMVs) / batch; 'best' is the lower of the two timings",
+        "encoder_gemms": len(encoder), "decoder_gemvs": len(decoder),
+        "parameters": {"encoder": sum(k * n for k, n, _ in encoder), "decoder_step": sum(k * n for k, n in decoder)},
+        "runs": runs, "rounds": rounds, "floors": floors, "edgecap_vs_floor": distance,
+        "loadavg_1m": {"before_floor": load[0], "before_bench": load[1], "after_bench": load[2],
+                       "after_floor": load[3]}}
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    for name, d in distance.items():
+        print(f"{name:24s} {d['caption']:.2f}x its floor per caption (encoder {d['encoder']:.2f}x, "
+              f"per token {d['decode_per_token']:.2f}x)")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     from tqdm import tqdm
 
@@ -248,7 +401,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--eager-batch", type=int, nargs="+", default=[1],
                    help="SmolVLM: eager batch sizes (default 1); the first one is set against the floor")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "floor.json")
+    p.add_argument("--bench", metavar="ARGS", default=None,
+                   help='BLIP and Florence-2: run `edgecap bench ARGS` (e.g. "--model DIR --batch 1 8 --out X.json") '
+                        "in this process with the floor of DIR/hf's shapes timed right before and right after it, "
+                        "and add both and edgecap's distance from them to the bench's JSON (--threads, --runs, "
+                        "--rounds and --tokens apply to the floor; --out and --hf are not used)")
     args = p.parse_args(argv)
+    if args.bench is not None:
+        return bench_with_floor(shlex.split(args.bench), threads=args.threads, runs=args.runs, rounds=args.rounds)
     if min(args.tokens, args.threads, args.runs, args.rounds, args.eager_runs, *args.eager_batch) < 1:
         p.error("--tokens, --threads, --runs, --rounds, --eager-runs and --eager-batch must be >= 1")
     config = VITGPT2

@@ -341,3 +341,32 @@ def test_bench_runs_blip_side_by_side_with_transformers(checkpoint_factory, expo
     report = json.loads(out.read_text())
     assert set(report["results"]) == {"transformers_eager/batch2", "edgecap_fp32/batch2"}
     assert report["speedups"]["edgecap_fp32_vs_eager/batch2"] > 0
+
+
+def test_floor_counts_every_blip_weight_matrix(checkpoint_factory):
+    """benchmarks/floor.py's BLIP GEMMs hold exactly the ViT's patch embedding and linear weights with every text
+    layer's cross K/V (encoder side), and one decoder step's projections, prediction transform and LM head."""
+    import importlib.util
+    from pathlib import Path
+
+    from transformers import BlipForConditionalGeneration
+
+    spec = importlib.util.spec_from_file_location(
+        "floor", Path(__file__).resolve().parent.parent / "benchmarks" / "floor.py")
+    floor = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(floor)
+    path = checkpoint_factory("blip-wide")
+    encoder, decoder = floor.blip_gemms(json.loads((path / "config.json").read_text()))
+    model = BlipForConditionalGeneration.from_pretrained(path).eval()
+    vit = [x for x in model.vision_model.encoder.modules() if isinstance(x, torch.nn.Linear)]
+    vit.append(model.vision_model.embeddings.patch_embedding)
+    bert = model.text_decoder.bert.encoder.layer
+    cross = [x for layer in bert for x in (layer.crossattention.self.key, layer.crossattention.self.value)]
+    assert sum(k * n for k, n, _ in encoder) == sum(x.weight.numel() for x in vit + cross)
+    step = [x for layer in bert for x in (layer.attention.self.query, layer.attention.self.key,
+                                          layer.attention.self.value, layer.attention.output.dense,
+                                          layer.crossattention.self.query, layer.crossattention.output.dense,
+                                          layer.intermediate.dense, layer.output.dense)]
+    step += [model.text_decoder.cls.predictions.transform.dense, model.text_decoder.cls.predictions.decoder]
+    assert sum(k * n for k, n in decoder) == sum(x.weight.numel() for x in step)
+    assert {r for _, _, r in encoder} == {9, 10}  # 48 px in 16 px patches, + the class token

@@ -298,3 +298,80 @@ def test_int8_dynamic_quantizes_every_weight_matmul(exported_factory, tmp_path):
     cap = Captioner(d, precision="int8")
     out = cap.caption(_images(0, 1)[0], prompt="<OD>", max_new_tokens=4, min_new_tokens=4)
     assert len(out.token_ids) == 4
+
+
+def _floor_module():
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(
+        "floor", Path(__file__).resolve().parent.parent / "benchmarks" / "floor.py")
+    floor = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(floor)
+    return floor
+
+
+@pytest.mark.parametrize("arch,window", [("florence2", None), ("florence2-deep", None), ("florence2-deep", 8)])
+def test_davit_tower_computes_transformers_image_features(arch, window, checkpoint_factory):
+    """davit_graphs' channels-last tower gives get_image_features' output in both lowerings; with a window that
+    does not divide every stage's map (8 on florence2-deep's 16/8/4 maps) those stages take transformers' padded
+    path."""
+    from transformers import Florence2ForConditionalGeneration
+
+    from edgecap_export.davit_graphs import davit_image_features
+
+    model = Florence2ForConditionalGeneration.from_pretrained(checkpoint_factory(arch)).eval()
+    if window:
+        for block in model.model.vision_tower.blocks:
+            for layer in block:
+                layer.spatial_block.window_attn.window_size = window
+    size = 64 if arch == "florence2-deep" else 32
+    px = torch.from_numpy(np.random.default_rng(0).standard_normal((2, 3, size, size)).astype(np.float32))
+    with torch.no_grad():
+        ref = model.model.get_image_features(px).pooler_output
+        for attention in ("contrib", "standard"):
+            torch.testing.assert_close(davit_image_features(model.model, px, attention), ref, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("attention", ["contrib", "standard"])
+def test_davit_windows_are_one_attention_node_each(attention, checkpoint_factory, exported_factory):
+    """contrib: one com.microsoft.MultiHeadAttention per window attention (transformers' window partition and
+    attention matmuls gone); standard: none, only standard operators."""
+    onnx = pytest.importorskip("onnx")
+    depths = json.loads((checkpoint_factory("florence2") / "config.json").read_text())["vision_config"]["depths"]
+    g = onnx.load(str(exported_factory("florence2", attention) / "encoder.onnx"), load_external_data=False).graph
+    mha = [n for n in g.node if n.op_type == "MultiHeadAttention"]
+    assert len(mha) == (sum(depths) if attention == "contrib" else 0)
+    assert {n.domain for n in g.node} <= ({"", "com.microsoft"} if attention == "contrib" else {""})
+
+
+def test_floor_counts_every_florence2_weight_matrix(checkpoint_factory):
+    """benchmarks/floor.py's Florence-2 GEMMs hold exactly the weights of the tower's patch embeddings and linear
+    layers, the projector, the BART encoder and the decoder's cross K/V (encoder side), and of one decoder step;
+    rows follow each stage's map."""
+    from transformers import Florence2ForConditionalGeneration
+
+    path = checkpoint_factory("florence2-deep")
+    floor = _floor_module()
+    encoder, decoder = floor.florence2_gemms(json.loads((path / "config.json").read_text()), 64, 7)
+    model = Florence2ForConditionalGeneration.from_pretrained(path).eval()
+    m, text = model.model, model.model.language_model
+
+    def weights(modules) -> int:
+        return sum(w.weight.numel() for w in modules)
+
+    tower = [x for x in m.vision_tower.modules() if isinstance(x, torch.nn.Linear)]
+    tower += [c.conv for c in m.vision_tower.convs]
+    bart = [x for layer in text.encoder.layers for x in (layer.self_attn.q_proj, layer.self_attn.k_proj,
+                                                        layer.self_attn.v_proj, layer.self_attn.out_proj,
+                                                        layer.fc1, layer.fc2)]
+    cross = [x for layer in text.decoder.layers for x in (layer.encoder_attn.k_proj, layer.encoder_attn.v_proj)]
+    projector = [m.multi_modal_projector.image_projection]
+    assert sum(k * n for k, n, _ in encoder) == weights(tower + bart + cross + projector)
+    step = [x for layer in text.decoder.layers for x in (layer.self_attn.q_proj, layer.self_attn.k_proj,
+                                                        layer.self_attn.v_proj, layer.self_attn.out_proj,
+                                                        layer.encoder_attn.q_proj, layer.encoder_attn.out_proj,
+                                                        layer.fc1, layer.fc2)]
+    assert sum(k * n for k, n in decoder) == weights(step + [model.lm_head])
+    assert encoder[0] == (3 * 7 * 7, 16, 16 * 16)  # stride 4 at 64 px: a 16 x 16 map
+    assert encoder[-1][2] == 4 * 4 + 1 + 7  # the last stage's 4 x 4 map, its mean token, the prompt

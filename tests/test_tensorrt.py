@@ -293,14 +293,22 @@ def test_fp16_keeps_a_traced_rmsnorm_in_fp32(tmp_path):
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_q_is_scaled_before_q_kt(family, trt_export):
-    """Every activation x activation MatMul that is not P.V (Softmax output first) takes a Q scaled by a
-    constant Mul: TensorRT's attention fusion wants the scale there, transformers puts it after Q.K^T."""
+    """Every activation x activation MatMul that is not P.V (Softmax output first, or V.P^T as DaViT's channel
+    attention multiplies) takes a Q scaled by a constant Mul: TensorRT's attention fusion wants the scale there,
+    transformers puts it after Q.K^T."""
     for part in ("encoder", "decoder"):
         g = onnx.load(str(trt_export(family) / f"{part}.onnx")).graph
         consts = {i.name for i in g.initializer} | {o for n in g.node if n.op_type == "Constant" for o in n.output}
         producer = {o: n for n in g.node for o in n.output}
+
+        def probabilities(name: str) -> bool:  # a Softmax output, possibly transposed
+            node = producer.get(name)
+            while node is not None and node.op_type == "Transpose":
+                node = producer.get(node.input[0])
+            return node is not None and node.op_type == "Softmax"
+
         qk = [n for n in g.node if n.op_type == "MatMul" and n.input[1] not in consts
-              and producer[n.input[0]].op_type != "Softmax"]
+              and not probabilities(n.input[0]) and not probabilities(n.input[1])]
         assert qk, part
         for n in qk:
             q = producer[n.input[0]]

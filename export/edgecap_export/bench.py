@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import sys
@@ -38,6 +39,14 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or "unknown"
+
+
+def load_average() -> float | None:
+    """The host's 1-minute load average (None where the OS does not report one)."""
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return None
 
 
 def peak_rss_mb() -> float:
@@ -454,7 +463,9 @@ def run(args: argparse.Namespace) -> int:
         rss[f"after_loading_{system}"] = rss_mb()
 
     results: dict[str, Any] = {}
+    load = {"start": load_average()}  # other tenants of a shared host show up here, not in the ratios
     for b in args.batch:
+        load[f"batch{b}_start"] = load_average()
         calls = {name: make(images[:b]) for name, make in runners.items()}
         for call in calls.values():
             call()  # warm-up
@@ -473,6 +484,8 @@ def run(args: argparse.Namespace) -> int:
             results[f"{name}/batch{b}"] = {
                 "per_batch_ms": percentiles(totals), "per_caption_ms_p50": med / b, "stages_ms": stages,
                 "captions_per_s": 1000 * b / med, "tokens_per_s": 1000 * b * args.tokens / med, "runs_ms": totals}
+        load[f"batch{b}_end"] = load_average()
+    load["end"] = load_average()
     ratios = {}
     for b in args.batch:
         base = results.get(f"transformers_eager/batch{b}")
@@ -489,7 +502,8 @@ def run(args: argparse.Namespace) -> int:
                    "sha256": {f"{p}.{part}": g[part]["sha256"] for p, g in m["graphs"].items()
                               for part in ("encoder", "decoder") if part in g}},
         "rss_mb": {**rss, "peak": peak_rss_mb()},
-        "machine": {"cpu": cpu_model(), "threads": args.threads or "default", "python": platform.python_version()},
+        "machine": {"cpu": cpu_model(), "threads": args.threads or "default", "python": platform.python_version(),
+                    "logical_cpus": os.cpu_count(), "loadavg_1m": load},
         "versions": versions,
     }
     out = Path(args.out or ROOT / "benchmarks" / "results" / "bench.json")

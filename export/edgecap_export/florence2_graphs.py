@@ -17,6 +17,7 @@ from contextlib import nullcontext
 import torch
 from torch import nn
 
+from .davit_graphs import davit_image_features
 from .wrappers import CachedStepAttention, qscaled_attention_in
 
 
@@ -36,7 +37,7 @@ class Florence2EncoderWithCrossKV(nn.Module):
     def forward(self, pixel_values: torch.Tensor, input_ids: torch.Tensor):
         # the standard lowering scales Q before Q.K^T in transformers' own attention modules too (TensorRT)
         with qscaled_attention_in(self.model) if self.step.attention == "standard" else nullcontext():
-            image = self.model.get_image_features(pixel_values).pooler_output
+            image = davit_image_features(self.model, pixel_values, self.step.attention)
             embeds = torch.cat([image, self.embed(input_ids)], dim=1)
             states = self.model.language_model.encoder(inputs_embeds=embeds).last_hidden_state
         ks, vs = self.step.cross_kv(states)
