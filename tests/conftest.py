@@ -104,6 +104,18 @@ def smolvlm_export(exported_factory) -> Path:
     return exported_factory("smol")
 
 
+@pytest.fixture(scope="session")
+def floor():
+    """benchmarks/floor.py as a module (a script, not a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("floor", Path(__file__).resolve().parent.parent / "benchmarks" /
+                                                  "floor.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 # -- `edgecap serve`: logs written by `edgecap run` on generated clips, and servers on loopback ports -----------------
 
 @pytest.fixture(scope="session")

@@ -35,16 +35,9 @@ def test_bench_end_to_end_on_tiny_model(tiny_export, checkpoint_factory, tmp_pat
     assert out.with_suffix(".png").stat().st_size > 1000
 
 
-def test_floor_runs_on_tiny_checkpoint(checkpoint_factory, tmp_path):
+def test_floor_runs_on_tiny_checkpoint(checkpoint_factory, floor, tmp_path):
     """benchmarks/floor.py end to end on a tiny checkpoint: its shapes, edgecap's INT8 recipe, eager in the same
     run, and the arithmetic of the report (no timing asserts)."""
-    import importlib.util
-    from pathlib import Path
-
-    spec = importlib.util.spec_from_file_location(
-        "floor", Path(__file__).resolve().parent.parent / "benchmarks" / "floor.py")
-    floor = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(floor)
     hf = checkpoint_factory("vit-gpt2")
     out = tmp_path / "floor.json"
     assert floor.main(["--hf", str(hf), "--runs", "2", "--rounds", "1", "--eager-runs", "1", "--tokens", "3",

@@ -4,7 +4,6 @@ real-size one (no timing asserts)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -25,14 +24,6 @@ def tiny_smolvlm(tmp_path_factory) -> Path:
     from edgecap_export.bench import build_smolvlm_random
 
     return build_smolvlm_random(tmp_path_factory.mktemp("smolvlm") / "hf", text=TEXT, vision=VISION)
-
-
-def _floor_module():
-    spec = importlib.util.spec_from_file_location(
-        "floor", Path(__file__).resolve().parent.parent / "benchmarks" / "floor.py")
-    floor = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(floor)
-    return floor
 
 
 def test_random_checkpoint_has_smolvlms_token_ids_and_one_tile(tiny_smolvlm):
@@ -105,8 +96,7 @@ def test_eager_runner_generates_the_forced_tokens_for_the_question(tiny_smolvlm)
     assert torch.equal(out[1, -3:], alone[0, -3:])
 
 
-def test_floor_shapes_and_report_for_smolvlm(tiny_smolvlm, tmp_path):
-    floor = _floor_module()
+def test_floor_shapes_and_report_for_smolvlm(tiny_smolvlm, floor, tmp_path):
     cfg = json.loads((tiny_smolvlm / "config.json").read_text())
     stages = floor.smolvlm_gemm_shapes(cfg, prompt_tokens=30)
     assert stages["vision"][1] == 64 and stages["connector"] == ([(32 * 16, 32)], 4)

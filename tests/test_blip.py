@@ -343,18 +343,11 @@ def test_bench_runs_blip_side_by_side_with_transformers(checkpoint_factory, expo
     assert report["speedups"]["edgecap_fp32_vs_eager/batch2"] > 0
 
 
-def test_floor_counts_every_blip_weight_matrix(checkpoint_factory):
+def test_floor_counts_every_blip_weight_matrix(checkpoint_factory, floor):
     """benchmarks/floor.py's BLIP GEMMs hold exactly the ViT's patch embedding and linear weights with every text
     layer's cross K/V (encoder side), and one decoder step's projections, prediction transform and LM head."""
-    import importlib.util
-    from pathlib import Path
-
     from transformers import BlipForConditionalGeneration
 
-    spec = importlib.util.spec_from_file_location(
-        "floor", Path(__file__).resolve().parent.parent / "benchmarks" / "floor.py")
-    floor = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(floor)
     path = checkpoint_factory("blip-wide")
     encoder, decoder = floor.blip_gemms(json.loads((path / "config.json").read_text()))
     model = BlipForConditionalGeneration.from_pretrained(path).eval()

@@ -300,17 +300,6 @@ def test_int8_dynamic_quantizes_every_weight_matmul(exported_factory, tmp_path):
     assert len(out.token_ids) == 4
 
 
-def _floor_module():
-    import importlib.util
-    from pathlib import Path
-
-    spec = importlib.util.spec_from_file_location(
-        "floor", Path(__file__).resolve().parent.parent / "benchmarks" / "floor.py")
-    floor = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(floor)
-    return floor
-
-
 @pytest.mark.parametrize("arch,window", [("florence2", None), ("florence2-deep", None), ("florence2-deep", 8)])
 def test_davit_tower_computes_transformers_image_features(arch, window, checkpoint_factory):
     """davit_graphs' channels-last tower gives get_image_features' output in both lowerings; with a window that
@@ -345,14 +334,13 @@ def test_davit_windows_are_one_attention_node_each(attention, checkpoint_factory
     assert {n.domain for n in g.node} <= ({"", "com.microsoft"} if attention == "contrib" else {""})
 
 
-def test_floor_counts_every_florence2_weight_matrix(checkpoint_factory):
+def test_floor_counts_every_florence2_weight_matrix(checkpoint_factory, floor):
     """benchmarks/floor.py's Florence-2 GEMMs hold exactly the weights of the tower's patch embeddings and linear
     layers, the projector, the BART encoder and the decoder's cross K/V (encoder side), and of one decoder step;
     rows follow each stage's map."""
     from transformers import Florence2ForConditionalGeneration
 
     path = checkpoint_factory("florence2-deep")
-    floor = _floor_module()
     encoder, decoder = floor.florence2_gemms(json.loads((path / "config.json").read_text()), 64, 7)
     model = Florence2ForConditionalGeneration.from_pretrained(path).eval()
     m, text = model.model, model.model.language_model

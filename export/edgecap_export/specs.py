@@ -107,12 +107,18 @@ class Family(Protocol):
         prefix it started from (start token and prompt)."""
 
 
-def config_token(generation_config: Any, config: Any, name: str) -> int | None:
-    """Token id ``name`` (e.g. "pad_token_id") as ``generate`` reads it: the generation config's, else the model
-    config's; the first id of a list; None when neither has one."""
-    value = getattr(generation_config, name, None)
-    value = getattr(config, name, None) if value is None else value
-    return None if value is None else int(value[0] if isinstance(value, list) else value)
+def generation_tokens(generation_config: Any, config: Any) -> dict[str, Any]:
+    """The manifest's ``special_tokens`` as ``generate`` reads them: each id from the generation config, else the
+    model (text) config; ``eos_token_id`` a list, the others the first id of a list or None."""
+    def pick(name: str) -> int | None:
+        value = getattr(generation_config, name, None)
+        value = getattr(config, name, None) if value is None else value
+        return None if value is None else int(value[0] if isinstance(value, list) else value)
+
+    eos = generation_config.eos_token_id if generation_config.eos_token_id is not None else config.eos_token_id
+    return {"decoder_start_token_id": pick("decoder_start_token_id"),
+            "eos_token_id": [int(t) for t in (eos if isinstance(eos, list) else [eos])],
+            "pad_token_id": pick("pad_token_id"), "bos_token_id": pick("bos_token_id")}
 
 
 def io_names(layers: int, *, prompt_ids: bool = False, decoder_only: bool = False) -> dict[str, dict[str, Any]]:

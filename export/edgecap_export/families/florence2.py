@@ -20,7 +20,7 @@ from typing import Any
 
 from edgecap.errors import UnsupportedModelError
 
-from ..specs import ModelShape, config_token
+from ..specs import ModelShape, generation_tokens
 
 # The tasks edgecap runs, with the post-processing Florence2Processor applies to each answer.
 TASKS = {"<CAPTION>": "pure_text", "<DETAILED_CAPTION>": "pure_text", "<MORE_DETAILED_CAPTION>": "pure_text",
@@ -77,15 +77,7 @@ class Florence2:
         return hf_model.generation_config
 
     def special_tokens(self, hf_model: Any) -> dict[str, Any]:
-        gc, text = hf_model.generation_config, hf_model.config.text_config
-
-        def pick(name: str) -> int | None:
-            return config_token(gc, text, name)
-
-        eos = gc.eos_token_id if gc.eos_token_id is not None else text.eos_token_id
-        return {"decoder_start_token_id": pick("decoder_start_token_id"),
-                "eos_token_id": [int(t) for t in (eos if isinstance(eos, list) else [eos])],
-                "pad_token_id": pick("pad_token_id"), "bos_token_id": pick("bos_token_id")}
+        return generation_tokens(hf_model.generation_config, hf_model.config.text_config)
 
     def prompt_spec(self, hf_model: Any) -> dict[str, Any]:
         """The ``task`` prompt section: the processor's expansion of each task token, how it wraps the text, and

@@ -26,7 +26,7 @@ from edgecap._log import logger
 from edgecap.errors import ExportError, UnsupportedModelError
 from edgecap.imaging import RESAMPLE_NAMES
 
-from ..specs import ModelShape, config_token
+from ..specs import ModelShape, generation_tokens
 
 # What a caption without a prompt asks.
 DEFAULT_PROMPT = "Describe what happens in this frame."
@@ -131,20 +131,12 @@ class SmolVLM:
         return hf_model.generation_config
 
     def special_tokens(self, hf_model: Any) -> dict[str, Any]:
-        gc, text = hf_model.generation_config, hf_model.config.text_config
-
-        def pick(name: str) -> int | None:
-            return config_token(gc, text, name)
-
-        eos = gc.eos_token_id if gc.eos_token_id is not None else text.eos_token_id
-        pad = pick("pad_token_id")
-        if pad is None:
+        tokens = generation_tokens(hf_model.generation_config, hf_model.config.text_config)
+        if tokens["pad_token_id"] is None:
             raise UnsupportedModelError("SmolVLM has no pad_token_id in its generation or text config: a batch of "
                                         "prompts of different lengths needs one for the left padding")
         # decoder-only: nothing starts the decoder; the bos id stands in where the manifest needs a start token
-        return {"decoder_start_token_id": pick("bos_token_id") or 0,
-                "eos_token_id": [int(t) for t in (eos if isinstance(eos, list) else [eos])],
-                "pad_token_id": pad, "bos_token_id": pick("bos_token_id")}
+        return {**tokens, "decoder_start_token_id": tokens["bos_token_id"] or 0}
 
     def prompt_spec(self, hf_model: Any) -> dict[str, Any]:
         """The ``chat`` prompt section: the chat template rendered around a sentinel, the image expanded as the
