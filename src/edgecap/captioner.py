@@ -465,7 +465,11 @@ class Captioner:
         """A decoder-only model's captions: the answers to each image's prompt, in one left-padded batch."""
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
-        px = self.preprocess(images)  # Idefics3's preprocessing loads them itself (alpha onto white, as its processor)
+        # several questions about one image (caption(img, prompt=[...]), edgecap ask) preprocess it once; Idefics3's
+        # preprocessing loads the images itself (alpha onto white, as its processor)
+        first: dict[int, int] = {}
+        rows = [first.setdefault(id(im), len(first)) for im in images]
+        px = self.preprocess(list({id(im): im for im in images}.values()))[rows]
         timings["preprocess"] = (time.perf_counter() - t0) * 1e3
         results = self.lm.generate(px, [self.prompts.prefix(p) for p in prompts], opts, timings=timings)
         timings["total"] = (time.perf_counter() - t0) * 1e3

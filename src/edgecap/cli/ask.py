@@ -43,9 +43,7 @@ def cmd_ask(args: argparse.Namespace) -> int:
     if not cap.accepts_questions:
         raise InputError(f"model {args.model} is a captioner and takes no questions; ask needs a vision-language "
                          "model such as an exported SmolVLM (`edgecap caption` captions with this one)")
-    # One image, several questions: one batch, one prompt per row.
-    answers = cap.caption_batch([str(image)] * len(questions), questions, num_beams=args.beams,
-                                max_new_tokens=args.max_new_tokens)
+    answers = cap.caption(str(image), questions, num_beams=args.beams, max_new_tokens=args.max_new_tokens)
     for question, answer in zip(questions, answers):
         if args.json:
             row = {"question": question, "answer": answer.text, "token_ids": answer.token_ids,
