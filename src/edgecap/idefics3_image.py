@@ -28,13 +28,7 @@ class Idefics3ImageConfig:
     do_convert_rgb: bool
     do_resize: bool
     longest_edge: int
-    tile: int
-    resample: int
-    do_rescale: bool
-    rescale_factor: float
-    do_normalize: bool
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
+    tile: ImageConfig  # the second resize (always done, to the max_image_size square), rescale and normalisation
 
     @classmethod
     def from_settings(cls, settings: dict) -> "Idefics3ImageConfig":
@@ -47,13 +41,17 @@ class Idefics3ImageConfig:
             raise ManifestError("the manifest's image settings have do_image_splitting true: edgecap runs SmolVLM "
                                 "on one tile; re-export with do_image_splitting false in the processor config")
         try:
+            edge = int(settings["max_image_size"]["longest_edge"])
+            # the global image is resized to the tile whether or not do_resize is set, as the processor does
+            tile = ImageConfig(height=edge, width=edge, do_resize=True, resample=int(settings["resample"]),
+                               do_rescale=bool(settings["do_rescale"]),
+                               rescale_factor=float(settings["rescale_factor"]),
+                               do_normalize=bool(settings["do_normalize"]),
+                               mean=tuple(float(v) for v in settings["image_mean"]),  # type: ignore[arg-type]
+                               std=tuple(float(v) for v in settings["image_std"]))  # type: ignore[arg-type]
             return cls(do_convert_rgb=bool(settings.get("do_convert_rgb", True)),
                        do_resize=bool(settings["do_resize"]), longest_edge=int(settings["size"]["longest_edge"]),
-                       tile=int(settings["max_image_size"]["longest_edge"]), resample=int(settings["resample"]),
-                       do_rescale=bool(settings["do_rescale"]), rescale_factor=float(settings["rescale_factor"]),
-                       do_normalize=bool(settings["do_normalize"]),
-                       mean=tuple(float(v) for v in settings["image_mean"]),  # type: ignore[arg-type]
-                       std=tuple(float(v) for v in settings["image_std"]))  # type: ignore[arg-type]
+                       tile=tile)
         except (KeyError, TypeError, ValueError) as exc:
             raise ManifestError(f"malformed Idefics3 image settings ({type(exc).__name__}: {exc}): expected "
                                 "do_resize, size.longest_edge, max_image_size.longest_edge, resample, do_rescale, "
@@ -128,10 +126,6 @@ def preprocess_idefics3(images: Sequence[Any], settings: dict) -> np.ndarray:
     for image in images:
         px = _rgb(image, cfg.do_convert_rgb)
         if cfg.do_resize:
-            px = resize(px, *longest_edge_size(px.shape[0], px.shape[1], cfg.longest_edge), cfg.resample)
+            px = resize(px, *longest_edge_size(px.shape[0], px.shape[1], cfg.longest_edge), cfg.tile.resample)
         first.append(px)
-    # the global image is resized to the tile whether or not do_resize is set, as the processor does
-    tile = ImageConfig(height=cfg.tile, width=cfg.tile, do_resize=True, resample=cfg.resample,
-                       do_rescale=cfg.do_rescale, rescale_factor=cfg.rescale_factor, do_normalize=cfg.do_normalize,
-                       mean=cfg.mean, std=cfg.std)
-    return preprocess(first, tile)
+    return preprocess(first, cfg.tile)
