@@ -110,3 +110,29 @@ def test_resize_identity_returns_copy():
     img = np.zeros((4, 4, 3), np.uint8)
     out = resize(img, 4, 4)
     assert out is not img and np.array_equal(out, img)
+
+
+def test_a_batch_is_prepared_in_parallel_and_in_order(monkeypatch):
+    # Batches are prepared on a thread per core; each row must still be its own image's pixel values, and a bad
+    # image anywhere in the batch must raise the same one-line InputError as when it comes alone.
+    from edgecap import imaging
+
+    monkeypatch.setattr(imaging.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
+    threads = set()
+    real_resize = imaging.resize
+
+    def recording_resize(*args, **kwargs):
+        import threading
+
+        threads.add(threading.current_thread().name)
+        return real_resize(*args, **kwargs)
+
+    monkeypatch.setattr(imaging, "resize", recording_resize)
+    rng = np.random.default_rng(3)
+    images = [rng.integers(0, 256, (40 + 7 * i, 60 - 3 * i, 3), dtype=np.uint8) for i in range(6)]
+    batch = preprocess(images, _cfg(32, 32))
+    alone = np.concatenate([preprocess([im], _cfg(32, 32)) for im in images])
+    assert np.array_equal(batch, alone)
+    assert any(name.startswith("edgecap-preprocess") for name in threads)
+    with pytest.raises(InputError, match="uint8"):
+        preprocess(images[:3] + [np.zeros((8, 8, 3), np.float32)] + images[3:], _cfg(32, 32))

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .wrappers import AttentionMHA, CachedStepAttention, attend, merge_heads, split_heads
+from .wrappers import AttentionMHA, CachedStepAttention, attend, linear_parts, merge_heads, split_heads
 
 
 class BlipEncoderWithCrossKV(nn.Module):
@@ -31,11 +31,13 @@ class BlipEncoderWithCrossKV(nn.Module):
         for layer in self.vision.encoder.layers:
             attn = layer.self_attn
             width = attn.embed_dim
-            # qkv is laid out [3, heads, head_dim] along its output: split at the width gives q, k, v
-            q, k, v = attn.qkv(layer.layer_norm1(hidden)).split(width, dim=2)
+            # qkv is laid out [3, heads, head_dim] along its output: its thirds are q, k, v
+            x = layer.layer_norm1(hidden)
             if self.step.attention == "contrib":
+                q, k, v = linear_parts(attn.qkv, x)  # a MatMul per third, no Split
                 a = AttentionMHA.apply(q, k, v, attn.num_heads, float(attn.scale))
             else:
+                q, k, v = attn.qkv(x).split(width, dim=2)
                 a = merge_heads(attend(split_heads(q, attn.num_heads), split_heads(k, attn.num_heads),
                                        split_heads(v, attn.num_heads), attn.scale))
             hidden = attn.projection(a) + hidden

