@@ -163,3 +163,34 @@ def test_quantizing_does_not_repeat_onnxruntimes_preprocessing_advice(tiny_expor
     assert (tmp_path / "encoder.int8.onnx").is_file()
     assert not [r for r in caplog.records if "pre-processing" in r.getMessage()]
     assert not logging.getLogger().filters
+
+
+def test_tanh_gelu_is_fused_into_fastgelu_with_the_same_values(tmp_path):
+    # torch traces gelu(approximate="tanh") as nine elementwise nodes; the INT8 recipe fuses each into one
+    # com.microsoft.FastGelu, whose values must equal the traced nodes' up to float rounding.
+    import onnxruntime as ort
+    import torch
+
+    from edgecap_export.quantize import fuse_tanh_gelu
+
+    class Mlp(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc1, self.fc2 = torch.nn.Linear(16, 64), torch.nn.Linear(64, 16)
+
+        def forward(self, x):
+            return self.fc2(torch.nn.functional.gelu(self.fc1(x), approximate="tanh"))
+
+    torch.manual_seed(0)
+    path = tmp_path / "mlp.onnx"
+    torch.onnx.export(Mlp(), (torch.randn(2, 5, 16),), str(path), input_names=["x"], output_names=["y"],
+                      opset_version=17, dynamo=False)
+    x = np.random.default_rng(0).standard_normal((2, 5, 16)).astype(np.float32) * 4
+    before = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    assert [n.op_type for n in onnx.load(str(path)).graph.node].count("Tanh") == 1
+    assert fuse_tanh_gelu(path) == 1
+    ops = [n.op_type for n in onnx.load(str(path)).graph.node]
+    assert "FastGelu" in ops and "Tanh" not in ops and "Mul" not in ops, ops
+    after = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    np.testing.assert_allclose(after, before, rtol=1e-5, atol=1e-5)
+    assert fuse_tanh_gelu(path) == 1  # idempotent: nothing left to fuse, the fused node stays

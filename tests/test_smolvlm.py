@@ -188,6 +188,13 @@ def test_int8_quantize_holds_quantized_matmuls_and_generates(smol_checkpoint, sm
     for part in ("encoder", "decoder"):
         ops = {n.op_type for n in onnx.load(str(out / f"{part}.int8.onnx")).graph.node}
         assert ops & {"MatMulInteger", "DynamicQuantizeMatMul", "MatMulIntegerToFloat"}, (part, sorted(ops))
+    # the SigLIP tower's tanh GELU is one FastGelu node in INT8; the validated FP32 graph keeps the traced nodes
+    fp32_ops = [n.op_type for n in onnx.load(str(out / "encoder.onnx")).graph.node]
+    int8_ops = [n.op_type for n in onnx.load(str(out / "encoder.int8.onnx")).graph.node]
+    assert "FastGelu" not in fp32_ops and "Tanh" in fp32_ops
+    assert int8_ops.count("FastGelu") == fp32_ops.count("Tanh") and "Tanh" not in int8_ops
+    recipe = json.loads((out / "manifest.json").read_text())["graphs"]["int8"]["recipe"]
+    assert recipe["tanh_gelu_fused"] == {"encoder": fp32_ops.count("Tanh"), "decoder": 0}
     int8 = Captioner(out, precision="int8")
     px = _pixels(smol_checkpoint("smol"), _images(4, 3))
     answers = int8.generate(px, QUESTIONS, num_beams=3)
