@@ -61,7 +61,7 @@ def _channel_attention(attn: nn.Module, tokens: torch.Tensor, attention: str) ->
     b, n, c = tokens.shape
     groups = attn.groups
     if attention == "contrib":
-        q, k, v = (x.reshape(b, n, groups, c // groups).transpose(1, 2) for x in linear_parts(attn.qkv, tokens))
+        q, k, v = (t.reshape(b, n, groups, c // groups).transpose(1, 2) for t in linear_parts(attn.qkv, tokens))
     else:
         qkv = attn.qkv(tokens).reshape(b, n, 3 * groups, c // groups).transpose(1, 2)
         q, k, v = qkv.split(groups, dim=1)

@@ -15,10 +15,11 @@ left-padded batch they sit at different offsets), which equals transformers' ``m
 
 Grouped-query attention: the cache holds ``kv_heads`` heads. The standard lowering repeats K/V to the query heads
 inside (transformers' ``repeat_kv`` order); ``contrib`` folds the query heads that share a K/V head into extra query
-rows of one MultiHeadAttention over the ``kv_heads`` heads, so the cache is neither copied nor read three times. Attention is masked by the attention mask (left padding) and causally by
-absolute key index, with ``finfo.min`` as transformers' eager attention does. ``attention="contrib"`` writes each
-attention as one com.microsoft.MultiHeadAttention node with the mask as an additive bias; ``"standard"`` uses only
-standard ops, Q scaled before Q.K^T (:func:`edgecap_export.wrappers.attend`).
+rows of one MultiHeadAttention over the ``kv_heads`` heads, so the cache is neither copied nor read three times.
+Attention is masked by the attention mask (left padding) and causally by absolute key index, with ``finfo.min`` as
+transformers' eager attention does. ``attention="contrib"`` writes each attention as one
+com.microsoft.MultiHeadAttention node with the mask as an additive bias; ``"standard"`` uses only standard ops, Q
+scaled before Q.K^T (:func:`edgecap_export.wrappers.attend`).
 """
 
 from __future__ import annotations
@@ -183,7 +184,7 @@ class SmolVLMPrefill(nn.Module):
                 a = AttentionMHA.apply(q, k, v, sa.num_heads, float(sa.scale))
             else:
                 q, k, v = fused_linear([sa.q_proj, sa.k_proj, sa.v_proj], x).split(width, 2)
-                a = merge_heads(attend(*(split_heads(x, sa.num_heads) for x in (q, k, v)), float(sa.scale)))
+                a = merge_heads(attend(*(split_heads(t, sa.num_heads) for t in (q, k, v)), float(sa.scale)))
             hidden = hidden + sa.out_proj(a)
             hidden = hidden + layer.mlp(layer.layer_norm2(hidden))
         hidden = self.vision.post_layernorm(hidden)
