@@ -49,7 +49,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "export"))
 
-from edgecap_export.bench import cpu_model, package_versions, smolvlm_eager_runner  # noqa: E402
+from edgecap_export.bench import cpu_model, load_average, package_versions, smolvlm_eager_runner  # noqa: E402
 
 # nlpconnect/vit-gpt2-image-captioning's dimensions (ViT-B/16 224 px + GPT-2 124M), used without --hf.
 VITGPT2 = {"encoder": {"model_type": "vit", "hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12,
@@ -341,13 +341,13 @@ def bench_with_floor(bench_argv: list[str], *, threads: int, runs: int, rounds: 
     encoder, decoder = model_gemms(model_dir)
     threads = bench_args.threads or threads
     kw = dict(tokens=bench_args.tokens, threads=threads, runs=runs, rounds=rounds)
-    load = [os.getloadavg()[0]]
+    load = [load_average()]
     before = {b: time_floor(encoder, decoder, batch=b, **kw) for b in bench_args.batch}
-    load.append(os.getloadavg()[0])
+    load.append(load_average())
     run_bench(bench_args)
-    load.append(os.getloadavg()[0])
+    load.append(load_average())
     after = {b: time_floor(encoder, decoder, batch=b, **kw) for b in bench_args.batch}
-    load.append(os.getloadavg()[0])
+    load.append(load_average())
     out = Path(bench_args.out)
     report = json.loads(out.read_text())
     floors, distance = {}, {}
@@ -462,7 +462,7 @@ def main(argv: list[str] | None = None) -> int:
         "what": "ONNX Runtime weight GEMMs only (no attention, norms, activations, sampling); warm; best round "
                 "median. floor_per_caption_ms = the sum over stages of each stage's ms x its per_caption count",
         "floors": rows_out, "eager": eager,
-        "machine": {"cpu": cpu_model(), "logical_cpus": os.cpu_count(), "loadavg_1m": os.getloadavg()[0]},
+        "machine": {"cpu": cpu_model(), "logical_cpus": os.cpu_count(), "loadavg_1m": load_average()},
         "versions": package_versions("onnxruntime", "onnx", "numpy", "torch", "transformers"),
     }
     if smolvlm:

@@ -14,6 +14,7 @@ from typing import Any, Iterator
 
 from edgecap._log import logger
 from edgecap._version import __version__
+from edgecap.device_loop import interleaved
 from edgecap.errors import ExportError, ParityError, UnsupportedModelError
 from edgecap.imaging import RESAMPLE_NAMES
 from edgecap.manifest import MANIFEST_FILE, SCHEMA_VERSION
@@ -237,8 +238,7 @@ def export_graphs(hf_model: Any, family: Family, shape: ModelShape, out: Path, o
                                         **({"input_ids": {0: "batch", 1: "prompt_len"}} if prompt_ids else {})},
                           custom_opsets={"com.microsoft": 1})
 
-    past_names = [n for pair in zip(dec_io["past_k"], dec_io["past_v"]) for n in pair]
-    present_names = [n for pair in zip(dec_io["present_k"], dec_io["present_v"]) for n in pair]
+    past_names, present_names = interleaved(dec_io, "past"), interleaved(dec_io, "present")
     cross_names = dec_io["cross_k"] + dec_io["cross_v"]
     ids = torch.zeros(2, 2, dtype=torch.long)
     past = [torch.randn(2, heads, 3, head_dim) for _ in past_names]
@@ -276,8 +276,7 @@ def _export_decoder_only(prefill: Any, step: Any, shape: ModelShape, out: Path, 
     names = io_names(shape.num_layers, decoder_only=True)
     pre_io, dec_io = names["encoder"], names["decoder"]
     mask_pos = ["input_ids", "attention_mask", "position_ids"]
-    past_names = [n for pair in zip(dec_io["past_k"], dec_io["past_v"]) for n in pair]
-    present_names = [n for pair in zip(dec_io["present_k"], dec_io["present_v"]) for n in pair]
+    past_names, present_names = interleaved(dec_io, "past"), interleaved(dec_io, "present")
     ids = torch.full((2, 4 + shape.encoder_seq_len), 1, dtype=torch.long)
     ids[:, 2:2 + shape.encoder_seq_len] = prefill.image_token_id
     mask = torch.ones_like(ids)

@@ -12,7 +12,7 @@ import numpy as np
 
 from ._log import logger
 from .decoder_only import DecoderOnlyLM, Prefill
-from .device_loop import DeviceStepper, bound_device
+from .device_loop import DeviceStepper, bound_device, interleaved
 from .errors import InputError, ManifestError, ModelError
 from .generation import GenerationOptions, Stepper, beam_search, greedy_search, strip_sequence
 from .imaging import ImageConfig, load_image, preprocess
@@ -154,8 +154,7 @@ class Captioner:
         self._decoder = _session(dec_path, providers, threads)
         _check_io(self._encoder, m["graphs"][precision]["encoder"], enc_path)
         _check_io(self._decoder, m["graphs"][precision]["decoder"], dec_path)
-        self._dec_outputs = [self._dec_io["logits"]] + [
-            n for pair in zip(self._dec_io["present_k"], self._dec_io["present_v"]) for n in pair]
+        self._dec_outputs = [self._dec_io["logits"]] + interleaved(self._dec_io, "present")
         # a decoder-only model (SmolVLM): the encoder graph is a prefill over image + prompt
         self.lm = DecoderOnlyLM(self.manifest, self._encoder, self._decoder, self.defaults.pad_token_id) \
             if self.manifest.decoder_only else None

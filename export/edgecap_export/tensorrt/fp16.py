@@ -31,13 +31,20 @@ def _half(array: np.ndarray) -> np.ndarray:
     return np.clip(array, -_FP16_MAX, _FP16_MAX).astype(np.float16)
 
 
-def rms_norm_groups(nodes: list[Any]) -> list[set[int]]:
-    """The decomposed RMSNorms of a graph: for each Pow(x, 2) read by a ReduceMean, the indices of the nodes from
-    that Pow to the Mul(x, .) that ends it, when nothing outside the chain reads an intermediate."""
+def _consumers(nodes: list[Any]) -> dict[str, list[int]]:
+    """Value name -> the indices of the nodes that read it."""
     consumers: dict[str, list[int]] = {}
     for j, node in enumerate(nodes):
         for name in node.input:
             consumers.setdefault(name, []).append(j)
+    return consumers
+
+
+def rms_norm_groups(nodes: list[Any], consumers: dict[str, list[int]] | None = None) -> list[set[int]]:
+    """The decomposed RMSNorms of a graph: for each Pow(x, 2) read by a ReduceMean, the indices of the nodes from
+    that Pow to the Mul(x, .) that ends it, when nothing outside the chain reads an intermediate. ``consumers``:
+    :func:`_consumers` of ``nodes``, if the caller has it."""
+    consumers = _consumers(nodes) if consumers is None else consumers
     groups = []
     for i, pow_node in enumerate(nodes):
         if pow_node.op_type != "Pow" or not any(nodes[j].op_type == "ReduceMean"
@@ -77,13 +84,10 @@ def convert_fp16(src: Path, dst: Path, *, keep_fp32: tuple[str, ...] = KEEP_FP32
     g = model.graph
     f32, f16 = TensorProto.FLOAT, TensorProto.FLOAT16
     nodes = list(g.node)  # one Python object per node: membership below is by position
-    groups = rms_norm_groups(nodes)
+    consumers = _consumers(nodes)
+    groups = rms_norm_groups(nodes, consumers)
     in_fp32 = {j for j, n in enumerate(nodes) if n.op_type in keep_fp32}
     in_fp32.update(j for group in groups for j in group)
-    consumers: dict[str, list[int]] = {}
-    for j, node in enumerate(nodes):
-        for name in node.input:
-            consumers.setdefault(name, []).append(j)
     inits = {i.name: i for i in g.initializer}
     fp32_copies = []
     for j, node in enumerate(nodes):
