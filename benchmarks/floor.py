@@ -49,7 +49,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "export"))
 
-from edgecap_export.bench import cpu_model, load_average, package_versions, smolvlm_eager_runner  # noqa: E402
+from edgecap_export.bench import (cpu_flags, cpu_model, load_average, package_versions,  # noqa: E402
+                                  smolvlm_eager_runner)
 
 # nlpconnect/vit-gpt2-image-captioning's dimensions (ViT-B/16 224 px + GPT-2 124M), used without --hf.
 VITGPT2 = {"encoder": {"model_type": "vit", "hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12,
@@ -462,7 +463,8 @@ def main(argv: list[str] | None = None) -> int:
         "what": "ONNX Runtime weight GEMMs only (no attention, norms, activations, sampling); warm; best round "
                 "median. floor_per_caption_ms = the sum over stages of each stage's ms x its per_caption count",
         "floors": rows_out, "eager": eager,
-        "machine": {"cpu": cpu_model(), "logical_cpus": os.cpu_count(), "loadavg_1m": load_average()},
+        "machine": {"cpu": cpu_model(), "cpu_flags": cpu_flags(), "logical_cpus": os.cpu_count(),
+                    "loadavg_1m": load_average()},
         "versions": package_versions("onnxruntime", "onnx", "numpy", "torch", "transformers"),
     }
     if smolvlm:

@@ -150,16 +150,6 @@ def ratios(samples: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
     return out
 
 
-def cpu_flags() -> list[str]:
-    """The SIMD flags that matter for INT8 speed."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return []
-    flags = next((ln.split(":", 1)[1].split() for ln in text.splitlines() if ln.startswith("flags")), [])
-    return sorted(f for f in flags if f in {"avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "avx512_bf16"})
-
-
 def make_image(path: Path, seed: int = 0) -> Path:
     """A deterministic 640x480 RGB test image (smooth gradients plus noise), saved as PNG."""
     from PIL import Image
@@ -223,7 +213,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from PIL import Image
     from tqdm import tqdm
 
-    from edgecap_export.bench import cpu_model, package_versions
+    from edgecap_export.bench import cpu_flags, cpu_model, package_versions
 
     peers_python = args.peers_venv / "bin" / "python"
     optimum_systems = [s.split("_", 1)[1] for s in args.systems if s.startswith("optimum_")]

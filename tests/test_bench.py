@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -29,7 +30,7 @@ def test_bench_end_to_end_on_tiny_model(tiny_export, checkpoint_factory, tmp_pat
     assert {"preprocess", "encoder", "decoder_first", "decode_per_token"} <= set(fp32["stages_ms"])
     assert {"p50", "p90", "p99"} <= set(fp32["per_batch_ms"]) and fp32["tokens_per_s"] > 0
     assert set(report["speedups"]) == {f"edgecap_{p}_vs_eager/batch{b}" for p in ("fp32", "int8") for b in (1, 2)}
-    assert report["machine"]["cpu"] and report["versions"]["onnxruntime"]
+    assert report["machine"]["cpu"] and report["versions"]["onnxruntime"] and "cpu_flags" in report["machine"]
     assert report["graphs"]["attention"] == "contrib" and report["graphs"]["int8_recipe"]["decoder_mode"] == "dynamic"
     pytest.importorskip("matplotlib")
     assert out.with_suffix(".png").stat().st_size > 1000
@@ -50,6 +51,11 @@ def test_floor_runs_on_tiny_checkpoint(checkpoint_factory, floor, tmp_path):
     assert report["parameters"]["decoder_step"] == sum(k * n for k, n in dec)
     assert set(report["floors"]) == {"fp32", "int8", "int8_per_tensor"}
     assert report["eager"]["runs"] == 1
+    # the host's ISA is recorded with the CPU (hosts of one machine kind differ: AVX2 alone, AVX-512 VNNI)
+    cpuinfo = Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []
+    flags = set(next((ln.split(":", 1)[1].split() for ln in cpuinfo if ln.startswith("flags")), []))
+    simd = {"avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "avx512_bf16"}
+    assert report["machine"]["cpu_flags"] == sorted(simd & flags)
     for r in report["floors"].values():
         assert r["floor_per_caption_ms"] == pytest.approx(r["encoder_gemms_ms"] + 3 * r["decoder_step_gemvs_ms"])
         assert r["max_speedup_vs_eager"] == pytest.approx(report["eager"]["median_ms"] / r["floor_per_caption_ms"])

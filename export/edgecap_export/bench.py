@@ -41,6 +41,18 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+def cpu_flags() -> list[str]:
+    """The host's SIMD flags that decide INT8 and FP32 GEMM speed (AVX2 alone, AVX-512, VNNI, AMX), recorded in
+    every result: hosts of one machine kind differ, and so do their INT8 / FP32 ratios."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return []
+    flags = next((ln.split(":", 1)[1].split() for ln in text.splitlines() if ln.startswith("flags")), [])
+    return sorted(f for f in flags if f in {"avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8",
+                                            "avx512_bf16"})
+
+
 def load_average() -> float | None:
     """The host's 1-minute load average (None where the OS does not report one)."""
     try:
@@ -502,8 +514,8 @@ def run(args: argparse.Namespace) -> int:
                    "sha256": {f"{p}.{part}": g[part]["sha256"] for p, g in m["graphs"].items()
                               for part in ("encoder", "decoder") if part in g}},
         "rss_mb": {**rss, "peak": peak_rss_mb()},
-        "machine": {"cpu": cpu_model(), "threads": args.threads or "default", "python": platform.python_version(),
-                    "logical_cpus": os.cpu_count(), "loadavg_1m": load},
+        "machine": {"cpu": cpu_model(), "cpu_flags": cpu_flags(), "threads": args.threads or "default",
+                    "python": platform.python_version(), "logical_cpus": os.cpu_count(), "loadavg_1m": load},
         "versions": versions,
     }
     out = Path(args.out or ROOT / "benchmarks" / "results" / "bench.json")
