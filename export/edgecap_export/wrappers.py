@@ -13,7 +13,7 @@ Two attention lowerings (``attention=``):
   MatMul/Softmax/MatMul with the scores computed as K (q s)^T (:func:`cross_attend`), which reads the cache faster
   than the fused node and than q K^T do. Measured on 2 cores, BLIP-base INT8 decoder step (12 layers over 577
   positions, one new token): 17.9 ms with MultiHeadAttention, 16.0 with q K^T, 14.7-15.9 with K (q s)^T at batch 1;
-  58.2, 54.9 and 45.8-47.5 ms at batch 8.
+  58.2, 54.9 and 44.0-47.5 ms at batch 8.
 * ``"standard"``: only standard ONNX ops (MatMul, Softmax, ...), for TensorRT and other runtimes without Microsoft's
   contrib ops.
 
