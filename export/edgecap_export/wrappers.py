@@ -76,6 +76,19 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scaling: float,
     return torch.matmul(torch.softmax(w, dim=-1), v)
 
 
+def cached_self_attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, past_k: torch.Tensor,
+                       past_v: torch.Tensor, heads: int, scaling: float, causal: torch.Tensor | None,
+                       attention: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A decoder step's self-attention: [B, T, D] projections and the [B, heads, P, head_dim] past -> (merged
+    attention output, present K, present V). ``contrib`` is one MultiHeadAttention node that appends to the past
+    and masks causally itself; ``standard`` concatenates and applies ``causal`` ([T, P + T])."""
+    if attention == "contrib":
+        return SelfAttentionMHA.apply(q, k, v, past_k, past_v, heads, scaling)
+    k = torch.cat([past_k, split_heads(k, heads)], dim=2)
+    v = torch.cat([past_v, split_heads(v, heads)], dim=2)
+    return merge_heads(attend(split_heads(q, heads), k, v, scaling, causal)), k, v
+
+
 def cross_attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int, scaling: float,
                  attention: str) -> torch.Tensor:
     """A decoder step's cross-attention: [B, T, D] queries over the cached [B, heads, S, head_dim] K/V.
@@ -215,11 +228,7 @@ class CachedStepAttention(nn.Module):
                        causal: torch.Tensor | None):
         """(query, key, value) projections -> (merged attention output, present K, present V)."""
         q, k, v = fused_linear(qkv, x).split(self.width, dim=2)
-        if self.attention == "contrib":
-            return SelfAttentionMHA.apply(q, k, v, past_k, past_v, self.heads, self.scale)
-        k = torch.cat([past_k, split_heads(k, self.heads)], dim=2)
-        v = torch.cat([past_v, split_heads(v, self.heads)], dim=2)
-        return merge_heads(attend(split_heads(q, self.heads), k, v, self.scale, causal)), k, v
+        return cached_self_attend(q, k, v, past_k, past_v, self.heads, self.scale, causal, self.attention)
 
     def cross_attention(self, query: nn.Linear, x: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         return cross_attend(query(x), k, v, self.heads, self.scale, self.attention)
@@ -304,11 +313,7 @@ class GPT2CachedStep(nn.Module):
     def _self_attention(self, attn: nn.Module, x: torch.Tensor, past_k: torch.Tensor, past_v: torch.Tensor,
                         causal: torch.Tensor):
         q, k, v = _linear(attn.c_attn, x).split(self.embed, dim=2)
-        if self.attention == "contrib":
-            return SelfAttentionMHA.apply(q, k, v, past_k, past_v, self.heads, float(attn.scaling))
-        k = torch.cat([past_k, split_heads(k, self.heads)], dim=2)
-        v = torch.cat([past_v, split_heads(v, self.heads)], dim=2)
-        return merge_heads(attend(split_heads(q, self.heads), k, v, attn.scaling, causal)), k, v
+        return cached_self_attend(q, k, v, past_k, past_v, self.heads, float(attn.scaling), causal, self.attention)
 
     def _cross_attention(self, xattn: nn.Module, x: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         return cross_attend(_linear(xattn.q_attn, x), k, v, self.heads, float(xattn.scaling), self.attention)
