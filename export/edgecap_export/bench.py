@@ -41,16 +41,18 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+SIMD_FLAGS = frozenset({"avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "avx512_bf16"})
+
+
 def cpu_flags() -> list[str]:
-    """The host's SIMD flags that decide INT8 and FP32 GEMM speed (AVX2 alone, AVX-512, VNNI, AMX), recorded in
-    every result: hosts of one machine kind differ, and so do their INT8 / FP32 ratios."""
+    """The host's :data:`SIMD_FLAGS` that decide INT8 and FP32 GEMM speed (AVX2 alone, AVX-512, VNNI, AMX),
+    recorded in every result: hosts of one machine kind differ, and so do their INT8 / FP32 ratios."""
     try:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
         return []
     flags = next((ln.split(":", 1)[1].split() for ln in text.splitlines() if ln.startswith("flags")), [])
-    return sorted(f for f in flags if f in {"avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8",
-                                            "avx512_bf16"})
+    return sorted(SIMD_FLAGS.intersection(flags))
 
 
 def load_average() -> float | None:
