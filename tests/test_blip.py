@@ -200,7 +200,8 @@ def test_unsupported_prompts_fail_with_one_line(exported_factory, tiny_export):
     cases = [(Captioner(tiny_export), "a photography of", "takes no prompt"),
              (blip, ["a photography of"], "one prompt per image"),
              (blip, 3, "string"), (blip, ["ok", 4], "string"),
-             (blip, " ".join(["street"] * 80), "positions")]
+             (blip, " ".join(["street"] * 80), "positions"),
+             (blip, "<OD>", "not a task token like <OD>"), (blip, " <DETAILED_CAPTION>", "task token")]
     for cap, prompt, message in cases:
         with pytest.raises(InputError, match=message) as err:
             cap.generate(px, prompt, max_new_tokens=3)

@@ -137,7 +137,8 @@ def test_preprocess_equals_the_processor(checkpoint_factory, exported_factory):
     assert np.max(np.abs(cap.preprocess(images) - ref)) <= 1e-4
 
 
-@pytest.mark.parametrize("prompt", TASKS + ["<CAPTION_TO_PHRASE_GROUNDING>", "<CAPTION_TO_PHRASE_GROUNDING>  Two cars "])
+@pytest.mark.parametrize("prompt", TASKS + ["<CAPTION_TO_PHRASE_GROUNDING>", "<CAPTION_TO_PHRASE_GROUNDING>  Two cars ",
+                                    "<CAPTION_TO_PHRASE_GROUNDING>a car <CAPTION_TO_PHRASE_GROUNDING> and a bus"])
 def test_encoder_ids_are_the_processors_without_image_placeholders(prompt, checkpoint_factory, exported_factory):
     _, processor = _hf("florence2", checkpoint_factory)
     cap = Captioner(exported_factory("florence2"))
@@ -215,7 +216,7 @@ def test_unsupported_prompts_fail_with_one_line(exported_factory):
     cap = Captioner(exported_factory("florence2"))
     px = cap.preprocess(_images(0, 2))
     cases = [("a photography of", "expects a task prompt"), ("<REGION_PROPOSAL>", "expects a task prompt"),
-             ("<OD> cars", "takes no text"), (["<OD>"], "one prompt per image"),
+             ("<OD> cars", "takes no text"), (GROUNDING + " <OD>", "takes no text"), (["<OD>"], "one prompt per image"),
              (GROUNDING + " street" * 200, "positions")]
     for prompt, message in cases:
         with pytest.raises(InputError, match=message) as err:

@@ -14,12 +14,14 @@ prompt is ``before + text + after`` tokenized whole, as the processor tokenizes 
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any, Sequence
 
 from .errors import InputError
 
 PromptArg = str | Sequence[str | None] | None
+_TASK_TOKEN = re.compile(r"\s*<[A-Z][A-Z0-9_]*>")  # Florence-2's task tokens: <OD>, <DETAILED_CAPTION>, ...
 
 
 @dataclass(frozen=True)
@@ -92,16 +94,17 @@ class PromptEncoder:
         """
         tasks = self.spec["tasks"]
         prompt = self.spec["default_task"] if prompt is None else prompt
+        for token, entry in tasks.items():  # as Florence2Processor: a task without text must be the whole prompt
+            if not entry["takes_input"] and token in prompt:
+                if prompt != token:
+                    raise InputError(f"the task {token} takes no text after it, got {prompt[:40]!r}; "
+                                     f"pass {token} alone")
+                return token, entry["text"]
         token = next((t for t in tasks if prompt.startswith(t)), None)
         if token is None:
             raise InputError(f"{self.model} expects a task prompt, one of {', '.join(tasks)}, got {prompt[:40]!r}")
-        entry = tasks[token]
-        if not entry["takes_input"]:
-            if prompt != token:
-                raise InputError(f"the task {token} takes no text after it, got {prompt[:40]!r}; "
-                                 f"pass {token} alone")
-            return token, entry["text"]
-        return token, entry["text"].format(input=prompt[len(token):].strip())
+        # the processor removes every occurrence of the task token from the text, not only the leading one
+        return token, tasks[token]["text"].format(input=prompt.replace(token, "").strip())
 
     def encoder_ids(self, prompt: str | None) -> list[int]:
         """The encoder's input_ids for a task prompt: ``<s> instruction </s>``, tokenized as the processor does."""
@@ -123,6 +126,10 @@ class PromptEncoder:
         if prompt is None or self.spec is None:
             return [self.start_token_id]
         spec = self.spec
+        marker = _TASK_TOKEN.match(prompt)
+        if marker:
+            raise InputError(f"{self.model} takes the start of a caption as its prompt (for example \"a photography "
+                             f"of\"), not a task token like {marker.group(0)}; task tokens are for Florence-2 models")
         ids = [int(spec["first_token_id"])] + list(
             self.tokenizer.encode(prompt, add_special_tokens=bool(spec["add_special_tokens"])).ids)[1:]
         if spec["drop_last"]:
