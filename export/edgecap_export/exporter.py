@@ -111,6 +111,27 @@ def image_processor_settings(model: str) -> dict[str, Any]:
     return pc
 
 
+def pil_image_processor(model: str) -> Any | None:
+    """The checkpoint's image processor on transformers' Pillow backend, or None if it cannot be built here."""
+    from transformers import AutoImageProcessor
+
+    try:
+        return AutoImageProcessor.from_pretrained(model, backend="pil")
+    except TypeError:  # transformers < 5 has no backend argument; its slow processor uses Pillow
+        return AutoImageProcessor.from_pretrained(model)
+    except (OSError, ValueError, ImportError):
+        return None
+
+
+def convert_rgb(model: str, settings: dict[str, Any]) -> bool:
+    """Whether the image processor composites transparency onto white (``do_convert_rgb``): the saved setting, else
+    the processor class's default (BLIP's and CLIP's convert, ViT's does not)."""
+    value = settings.get("do_convert_rgb")
+    if value is None:
+        value = getattr(pil_image_processor(model), "do_convert_rgb", None)
+    return bool(value)
+
+
 def image_config(model: str, shape: ModelShape) -> dict[str, Any]:
     """The preprocessing recipe, read from the checkpoint's image processor settings."""
     h, w = shape.image_size
@@ -136,6 +157,7 @@ def image_config(model: str, shape: ModelShape) -> dict[str, Any]:
         "do_normalize": bool(pc.get("do_normalize", True)),
         "mean": [float(v) for v in pc.get("image_mean", [0.5, 0.5, 0.5])],
         "std": [float(v) for v in pc.get("image_std", [0.5, 0.5, 0.5])],
+        "do_convert_rgb": convert_rgb(model, pc),
         "processor_type": pc.get("image_processor_type", pc.get("feature_extractor_type")),
     }
 

@@ -57,13 +57,10 @@ def reference_pixels(model: str, images: list[np.ndarray], *, one_tile: bool = F
     """The checkpoint's own image processor output (Pillow backend), or None if it cannot be built here.
     ``one_tile``: an Idefics3 processor, given one image per sample, whose [B, 1, 3, H, W] is returned as
     [B, 3, H, W]."""
-    from transformers import AutoImageProcessor
+    from .exporter import pil_image_processor
 
-    try:
-        proc = AutoImageProcessor.from_pretrained(model, backend="pil")
-    except TypeError:  # transformers < 5 has no backend argument; its slow processor uses Pillow
-        proc = AutoImageProcessor.from_pretrained(model)
-    except (OSError, ValueError, ImportError):
+    proc = pil_image_processor(model)
+    if proc is None:
         return None
     if one_tile:  # the published SmolVLM processors split images into tiles; edgecap exports the one-tile path
         return np.asarray(proc(images=[[i] for i in images], do_image_splitting=False,
@@ -93,6 +90,13 @@ def validate_export(hf_model: Any, model: str, out: Path, *, progress: bool = Tr
     px_ref = reference_pixels(model, images)
     if px_ref is not None:
         compare("preprocess.pixel_values", px_ours, px_ref, results, mismatches, atol=PIXEL_ATOL, rtol=0.0)
+    if cap.image_config.convert_rgb:  # transparency composited onto white, as the processor's convert_to_rgb
+        rgba = [np.dstack([img, np.linspace(0, 255, img.shape[1]).astype(np.uint8)[None].repeat(img.shape[0], 0)])
+                for img in images[:1]]
+        ref_rgba = reference_pixels(model, rgba)
+        if ref_rgba is not None:
+            compare("preprocess.pixel_values.rgba", cap.preprocess(rgba), ref_rgba, results, mismatches,
+                    atol=PIXEL_ATOL, rtol=0.0)
     px = px_ref if px_ref is not None else px_ours
 
     enc = cap.encode(px)

@@ -324,7 +324,7 @@ class Captioner:
         """Preprocess and encode images (recording preprocess/encoder ms in ``timings``); see `caption_encoded`.
         ``prompt`` is the batch's task prompt for a model whose encoder reads it (see `encode`)."""
         t0 = time.perf_counter()
-        arrays = [load_image(image) for image in images]
+        arrays = [load_image(image, alpha_on_white=self.image_config.convert_rgb) for image in images]
         px = self.preprocess(arrays)
         t1 = time.perf_counter()
         enc = replace(self.encode(px, prompt), image_sizes=tuple((a.shape[1], a.shape[0]) for a in arrays))

@@ -88,22 +88,6 @@ def longest_edge_size(height: int, width: int, longest_edge: int) -> tuple[int, 
     return max(height, 1), max(width, 1)
 
 
-def _rgb(image: Any, convert_rgb: bool) -> np.ndarray:
-    """``load_image``, except that with ``do_convert_rgb`` an alpha channel is composited onto white first, as the
-    processor's convert_to_rgb does (load_image drops alpha, which the other families' processors also do)."""
-    if convert_rgb and isinstance(image, np.ndarray) and image.ndim == 3 and image.shape[2] == 4 \
-            and image.dtype == np.uint8:
-        alpha = image[..., 3:4] / 255
-        image = np.round(alpha * image[..., :3] + (1 - alpha) * 255).astype(np.uint8)
-    elif convert_rgb and hasattr(image, "getbands") and hasattr(image, "convert") and \
-            ("A" in image.getbands() or image.info.get("transparency") is not None):
-        from PIL import Image  # a PIL image was passed, so Pillow is installed
-
-        rgba = image.convert("RGBA")
-        image = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert("RGB")
-    return load_image(image)
-
-
 def preprocess_idefics3(images: Sequence[Any], settings: dict) -> np.ndarray:
     """Turn images into SmolVLM's float32 [B, 3, tile, tile] pixel values, one tile per image.
 
@@ -124,7 +108,7 @@ def preprocess_idefics3(images: Sequence[Any], settings: dict) -> np.ndarray:
         raise InputError("expected at least one image, got an empty batch")
 
     def first_resize(image: Any) -> np.ndarray:
-        px = _rgb(image, cfg.do_convert_rgb)
+        px = load_image(image, alpha_on_white=cfg.do_convert_rgb)
         if cfg.do_resize:
             px = resize(px, *longest_edge_size(px.shape[0], px.shape[1], cfg.longest_edge), cfg.tile.resample)
         return px

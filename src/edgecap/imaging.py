@@ -161,11 +161,15 @@ def resize_numpy(img: np.ndarray, height: int, width: int, resample: int = BILIN
     return out
 
 
-def load_image(image: Any) -> np.ndarray:
+def load_image(image: Any, *, alpha_on_white: bool = False) -> np.ndarray:
     """Return an image as an HxWx3 uint8 RGB array.
 
     Args:
         image: an HxWx3 (or HxW grey, or HxWx4 RGBA) uint8 array, a PIL image, or a path to an image file.
+        alpha_on_white: composite a PIL image's or an RGBA array's transparency onto white, as an image processor
+            with ``do_convert_rgb`` does (transformers' ``convert_to_rgb``); otherwise alpha is dropped. A file is
+            read as transformers' ``load_image`` reads it whatever this says: turned upright by its EXIF
+            orientation, then converted to RGB (alpha dropped).
 
     Returns:
         A C-contiguous HxWx3 uint8 array.
@@ -176,6 +180,9 @@ def load_image(image: Any) -> np.ndarray:
     if isinstance(image, (str, os.PathLike)):
         return _read_image_file(os.fspath(image))
     if hasattr(image, "convert") and hasattr(image, "size") and not isinstance(image, np.ndarray):
+        if alpha_on_white and ("A" in image.getbands() or image.info.get("transparency") is not None):
+            rgba = image.convert("RGBA")
+            image = _PIL.alpha_composite(_PIL.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
         image = np.asarray(image.convert("RGB"))
     if not isinstance(image, np.ndarray):
         raise InputError(f"expected an HxWx3 uint8 RGB array, a PIL image or a path, got {type(image).__name__}")
@@ -188,6 +195,9 @@ def load_image(image: Any) -> np.ndarray:
         raise InputError(f"expected an HxWx3 RGB image, got an array of shape {tuple(image.shape)}")
     if image.shape[0] < 1 or image.shape[1] < 1:
         raise InputError(f"expected a non-empty image, got shape {tuple(image.shape)}")
+    if alpha_on_white and image.shape[2] == 4:  # convert_to_rgb's arithmetic: float64, rounded
+        alpha = image[:, :, 3:4] / 255
+        return np.round(alpha * image[:, :, :3] + (1 - alpha) * 255).astype(np.uint8)
     return np.ascontiguousarray(image[:, :, :3])
 
 
@@ -195,9 +205,11 @@ def _read_image_file(path: str) -> np.ndarray:
     if not os.path.isfile(path):
         raise InputError(f"image file not found: {path}")
     try:
-        if _PIL is not None:  # decodes exactly as Hugging Face pipelines do
+        if _PIL is not None:  # decodes exactly as transformers' load_image does: EXIF orientation, then RGB
+            from PIL import ImageOps
+
             with _PIL.open(path) as im:
-                return np.asarray(im.convert("RGB")).copy()
+                return np.asarray(ImageOps.exif_transpose(im).convert("RGB")).copy()
         import av
 
         with av.open(path) as container:
@@ -227,13 +239,15 @@ class ImageConfig:
     do_normalize: bool
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
+    convert_rgb: bool = False  # the processor's do_convert_rgb: transparency onto white (older manifests: dropped)
 
     @classmethod
     def from_manifest(cls, d: dict) -> "ImageConfig":
         return cls(height=int(d["height"]), width=int(d["width"]), do_resize=bool(d["do_resize"]),
                    resample=int(d["resample"]), do_rescale=bool(d["do_rescale"]),
                    rescale_factor=float(d["rescale_factor"]), do_normalize=bool(d["do_normalize"]),
-                   mean=tuple(float(v) for v in d["mean"]), std=tuple(float(v) for v in d["std"]))
+                   mean=tuple(float(v) for v in d["mean"]), std=tuple(float(v) for v in d["std"]),
+                   convert_rgb=bool(d.get("do_convert_rgb", False)))
 
 
 _T = TypeVar("_T")
@@ -269,7 +283,7 @@ def preprocess(images: Sequence[Any], cfg: ImageConfig) -> np.ndarray:
 
     def one(row: tuple[int, Any]) -> None:
         i, image = row
-        px = load_image(image)
+        px = load_image(image, alpha_on_white=cfg.convert_rgb)
         if cfg.do_resize:
             px = resize(px, cfg.height, cfg.width, cfg.resample)
         elif px.shape[:2] != (cfg.height, cfg.width):

@@ -7,7 +7,7 @@ Schema (version 1), written by the export step::
     architecture:  {encoder_type, decoder_type, num_layers, num_heads, head_dim, hidden_size, vocab_size,
                     encoder_seq_len, encoder_hidden_size}
     image:         {height, width, do_resize, resample, resample_name, do_rescale, rescale_factor, do_normalize,
-                    mean, std}
+                    mean, std, do_convert_rgb (transparency onto white; absent before it was recorded: dropped)}
     tokenizer:     {file, skip_special_tokens, clean_up_tokenization_spaces}
     special_tokens:{decoder_start_token_id, eos_token_id: [..], pad_token_id, bos_token_id}
     generation:    {max_new_tokens (null: max_length counts the prefix), max_length, min_new_tokens, min_length,
@@ -197,6 +197,7 @@ _SECTIONS: dict[str, dict[str, _Rule]] = {
         "do_rescale": _BOOL, "rescale_factor": _Rule("a number", _is_number), "do_normalize": _BOOL,
         "mean": _Rule("a list of 3 numbers", _three_numbers),
         "std": _Rule("a list of 3 non-zero numbers", lambda v: _three_numbers(v) and all(x != 0 for x in v)),
+        "do_convert_rgb": _OPTIONAL_BOOL,
     },
     "tokenizer": {
         "file": _FILE,
