@@ -1,4 +1,4 @@
-"""Images as users hand them over: transparency and EXIF orientation, as the checkpoint's processor sees them."""
+"""Images as users hand them over: transparency, EXIF orientation, and batches encoded image by image (streams)."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from edgecap import Captioner
+from edgecap.errors import InputError
 
 pytest.importorskip("torch")
 Image = pytest.importorskip("PIL.Image")
@@ -73,3 +74,49 @@ def test_image_files_are_read_upright_as_transformers_load_image_reads_them(arch
     assert np.max(np.abs(sideways - ref)) > 0.5  # the orientation matters to the pixels compared
     enc = cap.encode_images([str(path)], "<OD>" if arch == "florence2" else None)
     assert enc.image_sizes == ((40, 60),)  # (width, height) upright: boxes scale to the picture as displayed
+
+
+def _int8(exported: str, tmp_path) -> str:
+    import shutil
+
+    from edgecap_export.quantize import quantize_dir
+
+    d = tmp_path / "model"
+    shutil.copytree(exported, d)
+    quantize_dir(d, calib_frames=2, eval_frames=2, accept_quality_drop=True, progress=False)  # random weights
+    return str(d)
+
+
+def _images(n: int) -> list[np.ndarray]:
+    rng = np.random.default_rng(7)
+    return [rng.integers(0, 256, (30 + 5 * i, 40, 3), dtype=np.uint8) for i in range(n)]
+
+
+@pytest.mark.parametrize("batch", [2, 3, 5])
+def test_a_batch_encodes_each_image_as_if_alone(batch, exported_factory, tmp_path):
+    """Streams run the images of a batch one by one, two at a time on two single-threaded runs (the leftover one
+    on the multi-threaded session): an image's INT8 encoder output no longer depends on its batch-mates, whose
+    values would otherwise share its dynamic quantization scales."""
+    model = _int8(exported_factory("blip"), tmp_path)
+    px = Captioner(model).preprocess(_images(batch))
+    streamed = Captioner(model, precision="int8", threads=2)
+    one_run = Captioner(model, precision="int8", threads=2, streams=1)
+    alone = [streamed.encode(px[i:i + 1]) for i in range(batch)]
+    assert streamed._streams._session is None  # single images never make the second session
+    enc, joint = streamed.encode(px), one_run.encode(px)
+    assert streamed._streams._session is not None and one_run._streams._session is None
+    for layer in range(streamed.manifest.num_layers):
+        rows = np.concatenate([a.cross_k[layer] for a in alone])
+        np.testing.assert_allclose(enc.cross_k[layer], rows, rtol=0, atol=1e-6)
+        np.testing.assert_allclose(enc.cross_v[layer], np.concatenate([a.cross_v[layer] for a in alone]),
+                                   rtol=0, atol=1e-6)
+    # one batched run quantizes each activation over the whole batch: its rows differ from the images alone
+    assert max(np.max(np.abs(joint.cross_k[i] - enc.cross_k[i])) for i in range(len(enc.cross_k))) > 1e-4
+    # (the INT8 decoder still quantizes each step's activations over the batch: captions are not batch-invariant)
+
+
+@pytest.mark.parametrize("streams", [0, -1, 1.5, True, "2"])
+def test_streams_must_be_a_whole_number_of_at_least_one(streams, tiny_export):
+    with pytest.raises(InputError, match="streams") as err:
+        Captioner(tiny_export, streams=streams)
+    assert "\n" not in str(err.value)

@@ -84,7 +84,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from ..runtime.retention import Pruner
     from ..units import format_ts
 
-    cap = Captioner(args.model, precision=args.precision, threads=args.threads)
+    cap = Captioner(args.model, precision=args.precision, threads=args.threads, streams=args.streams)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
@@ -162,6 +162,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_precision(p)
     p.add_argument("--max-batch", type=positive_int, default=8, help="most frames per captioner batch (default 8)")
     add_threads(p)
+    p.add_argument("--streams", type=positive_int, default=None,
+                   help="images of a batch the encoder runs at once, each on one core (default: --threads, else all "
+                        "cores; 1 runs a batch as one multi-threaded run and saves a second copy of the encoder's "
+                        "weights in memory)")
     p.add_argument("--serve", action="store_true",
                    help="also serve the review page of `edgecap serve` from this process (prints its URL)")
     add_server_arguments(p)
