@@ -128,8 +128,9 @@ class PromptEncoder:
         spec = self.spec
         marker = _TASK_TOKEN.match(prompt)
         if marker:
+            token = marker.group(0).strip()
             raise InputError(f"{self.model} takes the start of a caption as its prompt (for example \"a photography "
-                             f"of\"), not a task token like {marker.group(0)}; task tokens are for Florence-2 models")
+                             f"of\"), not a task token like {token}; task tokens are for Florence-2 models")
         ids = [int(spec["first_token_id"])] + list(
             self.tokenizer.encode(prompt, add_special_tokens=bool(spec["add_special_tokens"])).ids)[1:]
         if spec["drop_last"]:
