@@ -15,7 +15,7 @@ from .decoder_only import DecoderOnlyLM, Prefill
 from .device_loop import DeviceStepper, bound_device, interleaved
 from .errors import InputError, ManifestError, ModelError
 from .generation import GenerationOptions, Stepper, beam_search, greedy_search, strip_sequence
-from .imaging import ImageConfig, load_image, preprocess
+from .imaging import ImageConfig, load_image, preprocess, usable_cores
 from .manifest import Manifest, load_manifest
 from .models import resolve_model
 from .prompting import PromptArg, PromptEncoder
@@ -101,13 +101,6 @@ def _session(path: Path, providers: Sequence[str] | None, threads: int | None, *
     except Exception as exc:  # noqa: BLE001 - ORT raises several unrelated types for unreadable graphs
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelError(f"cannot load {path}: {first[:200]}; re-run `edgecap export`") from None
-
-
-def _usable_cpus() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):  # not Linux
-        return os.cpu_count() or 1
 
 
 class _EncoderStreams:
@@ -199,7 +192,7 @@ class Captioner:
         if streams is not None and (isinstance(streams, bool) or not isinstance(streams, int) or streams < 1):
             raise InputError(f"expected streams to be a whole number >= 1, got {streams!r}")
         on_cpu = self._encoder.get_providers() == ["CPUExecutionProvider"]
-        self._streams = _EncoderStreams((streams or int(threads or 0) or _usable_cpus()) if on_cpu else 1,
+        self._streams = _EncoderStreams((streams or int(threads or 0) or usable_cores()) if on_cpu else 1,
                                         lambda: _session(enc_path, providers, 1, spin=False))
         _check_io(self._encoder, m["graphs"][precision]["encoder"], enc_path)
         _check_io(self._decoder, m["graphs"][precision]["decoder"], dec_path)

@@ -253,12 +253,18 @@ class ImageConfig:
 _T = TypeVar("_T")
 
 
+def usable_cores() -> int:
+    """The CPUs this process may run on (its affinity mask where the OS has one, else the logical CPUs)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 def map_images(fn: Callable[[Any], _T], images: Sequence[Any]) -> list[_T]:
     """``fn`` over ``images``, in order. With several images it runs them on a thread per core: Pillow's resampler
     and numpy's arithmetic release the GIL, so a batch's images are prepared in parallel (SmolVLM's two Lanczos
     resizes take about 140 ms per frame on this project's 2-core machines). Exceptions propagate unchanged."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    workers = min(len(images), cores)
+    workers = min(len(images), usable_cores())
     if workers < 2:
         return [fn(image) for image in images]
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="edgecap-preprocess") as pool:
