@@ -297,6 +297,15 @@ def test_int8_dynamic_quantizes_every_weight_matmul(exported_factory, tmp_path):
         inits = {i.name for i in int8.initializer}
         assert not [n for n in int8.node if n.op_type in ("MatMul", "Gemm") and n.input[1] in inits], part
         assert integer & {n.op_type for n in int8.node}, part
+    # DaViT's downsampling convolutions are integer GEMMs too; the 3-channel stem and the depthwise position
+    # convolutions stay float
+    fp32 = [n for n in onnx.load(str(d / "encoder.onnx")).graph.node if n.op_type == "Conv"]
+    downsampling = [n for n in fp32 if onnx.helper.get_attribute_value(
+        next(a for a in n.attribute if a.name == "strides")) != [1, 1]][1:]
+    int8_convs = [n for n in onnx.load(str(d / "encoder.int8.onnx")).graph.node if n.op_type == "Conv"]
+    assert downsampling and len(int8_convs) == len(fp32) - len(downsampling)
+    recipe = json.loads((d / "manifest.json").read_text())["graphs"]["int8"]["recipe"]
+    assert recipe["convs_as_matmuls"] == {"encoder": len(downsampling), "decoder": 0}
     cap = Captioner(d, precision="int8")
     out = cap.caption(_images(0, 1)[0], prompt="<OD>", max_new_tokens=4, min_new_tokens=4)
     assert len(out.token_ids) == 4

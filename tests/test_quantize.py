@@ -194,3 +194,90 @@ def test_tanh_gelu_is_fused_into_fastgelu_with_the_same_values(tmp_path):
     after = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
     np.testing.assert_allclose(after, before, rtol=1e-5, atol=1e-5)
     assert fuse_tanh_gelu(path) == 1  # idempotent: nothing left to fuse, the fused node stays
+
+
+def _conv_stack(path, *, stem_out=16):
+    """An ONNX graph of the convolutions the INT8 recipe meets: a 3-channel stem, a stride-2 3x3 with bias (DaViT's
+    downsampling), a 2x2 stride-2 without pads, a 3x3 with asymmetric pads and a depthwise 3x3. Spatial size and
+    batch are dynamic."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    specs = [  # name, c_in, c_out, kernel, stride, pads, group, bias
+        ("stem", 3, stem_out, 3, 1, [1, 1, 1, 1], 1, True),
+        ("down", stem_out, 12, 3, 2, [1, 1, 1, 1], 1, True),
+        ("patch", 12, 10, 2, 2, [0, 0, 0, 0], 1, False),
+        ("skew", 10, 9, 3, 1, [0, 1, 1, 0], 1, True),
+        ("depthwise", 9, 9, 3, 1, [1, 1, 1, 1], 9, True),
+    ]
+    nodes, inits, x = [], [], "x"
+    for name, c_in, c_out, k, s, pads, group, bias in specs:
+        inits.append(numpy_helper.from_array(rng.standard_normal((c_out, c_in // group, k, k)).astype(np.float32)
+                                             * 0.3, name + ".w"))
+        inputs = [x, name + ".w"]
+        if bias:
+            inits.append(numpy_helper.from_array(rng.standard_normal(c_out).astype(np.float32), name + ".b"))
+            inputs.append(name + ".b")
+        nodes.append(helper.make_node("Conv", inputs, [name], name=name, kernel_shape=[k, k], strides=[s, s],
+                                      pads=pads, group=group))
+        x = name
+    graph = helper.make_graph(nodes, "convs", [helper.make_tensor_value_info("x", TensorProto.FLOAT,
+                                                                             ["b", 3, "h", "w"])],
+                              [helper.make_tensor_value_info(x, TensorProto.FLOAT, None)], inits)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+def _run(path, x):
+    import onnxruntime as ort
+
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+
+
+def test_convs_become_im2col_matmuls_with_the_same_values(tmp_path):
+    # The INT8 recipe turns every one-group Conv past the image stem into Pad + strided Slices + Concat + MatMul
+    # so it quantizes like the other GEMMs. In float it must be the same convolution: every tap lined up, for odd
+    # and even sizes (the Slice ends are relative to the padded end), strides 1 and 2, with and without bias and
+    # pads; the stem and the depthwise Conv stay as they were.
+    from edgecap_export.quantize import convs_as_matmuls
+
+    src = _conv_stack(tmp_path / "convs.onnx")
+    assert convs_as_matmuls(src, tmp_path / "im2col.onnx") == 3
+    ops = [n.op_type for n in onnx.load(str(tmp_path / "im2col.onnx")).graph.node]
+    assert ops.count("Conv") == 2 and ops.count("MatMul") == 3, ops
+    rng = np.random.default_rng(1)
+    for shape in [(1, 3, 11, 14), (2, 3, 16, 16), (1, 3, 9, 7), (3, 3, 20, 13)]:
+        x = rng.standard_normal(shape).astype(np.float32)
+        before, after = _run(src, x), _run(tmp_path / "im2col.onnx", x)
+        assert after.shape == before.shape, shape
+        np.testing.assert_allclose(after, before, rtol=1e-4, atol=1e-4 * float(np.abs(before).max()))
+
+
+def test_a_graph_without_eligible_convs_is_not_rewritten(tmp_path):
+    from edgecap_export.quantize import convs_as_matmuls
+
+    # dilated convolutions are left alone, like the stem and the depthwise one: nothing to do, nothing written
+    model = onnx.load(str(_conv_stack(tmp_path / "convs.onnx")))
+    for n in model.graph.node:
+        if n.name in ("down", "patch", "skew"):
+            n.attribute.append(onnx.helper.make_attribute("dilations", [2, 2]))
+    onnx.save(model, str(tmp_path / "dilated.onnx"))
+    assert convs_as_matmuls(tmp_path / "dilated.onnx", tmp_path / "out.onnx") == 0
+    assert not (tmp_path / "out.onnx").exists()
+
+
+def test_int8_recipe_quantizes_the_rewritten_convs(tmp_path):
+    from edgecap_export.quantize import quantize_dynamic_graph
+
+    src = _conv_stack(tmp_path / "convs.onnx")
+    dst = tmp_path / "convs.int8.onnx"
+    assert quantize_dynamic_graph(src, dst) == {"convs_as_matmuls": 3, "tanh_gelu_fused": 0}
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".convs-")]  # the float rewrite is gone
+    g = onnx.load(str(dst)).graph
+    inits = {i.name for i in g.initializer}
+    ops = [n.op_type for n in g.node]
+    assert ops.count("Conv") == 2 and ops.count("MatMulInteger") == 3, ops
+    assert not [n for n in g.node if n.op_type == "MatMul" and n.input[1] in inits]
+    x = np.random.default_rng(2).standard_normal((2, 3, 15, 12)).astype(np.float32)
+    ref, q = _run(src, x), _run(dst, x)
+    assert np.linalg.norm(q - ref) / np.linalg.norm(ref) < 0.05
