@@ -18,15 +18,11 @@ def _settings(args: argparse.Namespace):
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
-    import signal
-    import threading
-
     from ..alerts.ingest import Ingestor
+    from .signals import stop_on_signals
 
     settings = _settings(args)
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
+    stop = stop_on_signals()  # not a threading.Event: see edgecap.cli.signals
     ingestor = Ingestor(settings, args.db)
     print(f"ingesting {settings.topic_prefix}/events and {settings.topic_prefix}/system from "
           f"{settings.host}:{settings.port} into {args.db}; Ctrl-C to stop", flush=True)

@@ -67,8 +67,7 @@ def _start_server(args: argparse.Namespace, console: _Console):
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    import signal
-    import threading
+    from .signals import stop_on_signals
 
     site = _site(args)
     alerts = site.alerts
@@ -85,9 +84,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from ..units import format_ts
 
     cap = Captioner(args.model, precision=args.precision, threads=args.threads, streams=args.streams)
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
+    stop = stop_on_signals()  # not a threading.Event: a handler calling its set() could deadlock the main loop
     console = _Console(stop)
 
     def show(ev) -> None:

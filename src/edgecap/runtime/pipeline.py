@@ -458,6 +458,10 @@ class Runtime:
     def run(self, stop: threading.Event | None = None) -> int:
         """Run until all file sources finish (returns 0, or 1 if a source failed) or ``stop`` is set (0).
 
+        ``stop`` is polled with ``is_set()`` and ``wait(0.005)``. Do not set a ``threading.Event`` from a signal
+        handler: the handler runs on this thread and can find it holding the event's lock inside ``wait()``, and
+        ``set()`` then deadlocks; use ``edgecap.cli.signals.SignalStop`` (lock-free ``set()``) there instead.
+
         Raises:
             RunFailedError: captioning or every sink kept failing (after closing scenes and stopping sources).
         """
