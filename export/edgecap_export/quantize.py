@@ -5,7 +5,8 @@ symmetric activations -- the placement TensorRT's explicit quantization consumes
 TensorRT later. Only MatMul/Gemm with a constant weight are quantized (MatMulConstBOnly): the attention
 products Q.K^T and P.V, LayerNorm, Softmax and the patch-embedding Conv stay in float, where INT8 costs accuracy
 and buys little. Either graph can instead be quantized dynamically (weights INT8, activations quantized per call
-by ONNX Runtime's integer kernels), which needs no calibration.
+by ONNX Runtime's integer kernels), which needs no calibration; that recipe also turns one-group convolutions past
+the image stem (DaViT's downsampling) into im2col MatMuls so they quantize like the rest (:func:`convs_as_matmuls`).
 
 Measured on the 2-core AVX-512-VNNI CPU, ViT-B/16 + GPT-2 124M, batch 1, 2 threads (medians of 7-15 runs):
 
