@@ -76,6 +76,38 @@ def test_image_files_are_read_upright_as_transformers_load_image_reads_them(arch
     assert enc.image_sizes == ((40, 60),)  # (width, height) upright: boxes scale to the picture as displayed
 
 
+
+@pytest.mark.parametrize("arch", ["blip", "florence2"])
+def test_a_files_transparent_colour_is_painted_as_the_processor_paints_it(arch, checkpoint_factory, exported_factory,
+                                                                          tmp_path):
+    # PNG files can name one transparent colour (a tRNS chunk: a palette index, or an RGB colour key). transformers'
+    # load_image keeps it on the RGB image it returns, and a processor with do_convert_rgb paints it white.
+    from transformers.image_utils import load_image as hf_load_image
+
+    proc = _pil_processor(checkpoint_factory(arch))
+    cap = Captioner(exported_factory(arch))
+    rgb = _rgba()[..., :3].copy()
+    rgb[:20, :30] = (10, 200, 30)  # the keyed colour covers a quarter of the picture
+    paletted = Image.fromarray(rgb).convert("P", palette=Image.Palette.ADAPTIVE, colors=64)
+    paletted.save(tmp_path / "palette.png", transparency=int(np.asarray(paletted)[0, 0]))
+    Image.fromarray(rgb).save(tmp_path / "keyed.png", transparency=(10, 200, 30))
+    for name in ("palette.png", "keyed.png"):
+        path = str(tmp_path / name)
+        ref = proc(images=[hf_load_image(path)], return_tensors="np")["pixel_values"]
+        assert np.max(np.abs(cap.preprocess([path]) - ref)) <= 1e-4, name
+        opaque = proc(images=[np.asarray(Image.open(path).convert("RGB"))], return_tensors="np")["pixel_values"]
+        assert np.max(np.abs(opaque - ref)) > 0.5, name  # the key matters to the pixels compared
+
+
+def test_an_hxwx1_grey_array_is_read_as_grey(checkpoint_factory, exported_factory):
+    proc = _pil_processor(checkpoint_factory("blip"))
+    cap = Captioner(exported_factory("blip"))
+    grey = _rgba()[..., 0].copy()
+    ref = proc(images=[grey[..., None]], return_tensors="np")["pixel_values"]
+    assert np.max(np.abs(cap.preprocess([grey[..., None]]) - ref)) <= 1e-4
+    assert np.array_equal(cap.preprocess([grey[..., None]]), cap.preprocess([grey]))
+
+
 def _int8(exported: str, tmp_path) -> str:
     import shutil
 

@@ -168,8 +168,9 @@ def load_image(image: Any, *, alpha_on_white: bool = False) -> np.ndarray:
         image: an HxWx3 (or HxW grey, or HxWx4 RGBA) uint8 array, a PIL image, or a path to an image file.
         alpha_on_white: composite a PIL image's or an RGBA array's transparency onto white, as an image processor
             with ``do_convert_rgb`` does (transformers' ``convert_to_rgb``); otherwise alpha is dropped. A file is
-            read as transformers' ``load_image`` reads it whatever this says: turned upright by its EXIF
-            orientation, then converted to RGB (alpha dropped).
+            read as transformers' ``load_image`` reads it: turned upright by its EXIF orientation, then converted
+            to RGB (alpha dropped) keeping the file's transparent colour, if it names one (a PNG tRNS chunk, a GIF),
+            which ``alpha_on_white`` then paints white as the processor does.
 
     Returns:
         A C-contiguous HxWx3 uint8 array.
@@ -178,7 +179,7 @@ def load_image(image: Any, *, alpha_on_white: bool = False) -> np.ndarray:
         InputError: the object is not an image, or the file cannot be read.
     """
     if isinstance(image, (str, os.PathLike)):
-        return _read_image_file(os.fspath(image))
+        image = _read_image_file(os.fspath(image))
     if hasattr(image, "convert") and hasattr(image, "size") and not isinstance(image, np.ndarray):
         if alpha_on_white and ("A" in image.getbands() or image.info.get("transparency") is not None):
             rgba = image.convert("RGBA")
@@ -191,6 +192,8 @@ def load_image(image: Any, *, alpha_on_white: bool = False) -> np.ndarray:
                          "convert with np.clip(img * 255, 0, 255).astype(np.uint8) if it is float in 0..1")
     if image.ndim == 2:
         image = np.repeat(image[:, :, None], 3, axis=2)
+    elif image.ndim == 3 and image.shape[2] == 1:  # HxWx1 grey, as image processors read it
+        image = np.repeat(image, 3, axis=2)
     if image.ndim != 3 or image.shape[2] not in (3, 4):
         raise InputError(f"expected an HxWx3 RGB image, got an array of shape {tuple(image.shape)}")
     if image.shape[0] < 1 or image.shape[1] < 1:
@@ -201,7 +204,8 @@ def load_image(image: Any, *, alpha_on_white: bool = False) -> np.ndarray:
     return np.ascontiguousarray(image[:, :, :3])
 
 
-def _read_image_file(path: str) -> np.ndarray:
+def _read_image_file(path: str) -> Any:
+    """An RGB PIL image as transformers' ``load_image`` returns it, or, without Pillow, an HxWx3 array."""
     if not os.path.isfile(path):
         raise InputError(f"image file not found: {path}")
     try:
@@ -209,7 +213,11 @@ def _read_image_file(path: str) -> np.ndarray:
             from PIL import ImageOps
 
             with _PIL.open(path) as im:
-                return np.asarray(ImageOps.exif_transpose(im).convert("RGB")).copy()
+                # an RGB image that keeps the file's colour key (info["transparency"], from a tRNS chunk or a GIF),
+                # as load_image returns it: a processor with do_convert_rgb composites that colour onto white
+                rgb = ImageOps.exif_transpose(im).convert("RGB")
+                rgb.load()
+                return rgb
         import av
 
         with av.open(path) as container:
