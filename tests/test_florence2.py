@@ -138,7 +138,8 @@ def test_preprocess_equals_the_processor(checkpoint_factory, exported_factory):
 
 
 @pytest.mark.parametrize("prompt", TASKS + ["<CAPTION_TO_PHRASE_GROUNDING>", "<CAPTION_TO_PHRASE_GROUNDING>  Two cars ",
-                                    "<CAPTION_TO_PHRASE_GROUNDING>a car <CAPTION_TO_PHRASE_GROUNDING> and a bus"])
+                                    "<CAPTION_TO_PHRASE_GROUNDING>a car <CAPTION_TO_PHRASE_GROUNDING> and a bus",
+                                    " <CAPTION_TO_PHRASE_GROUNDING>car", "car <CAPTION_TO_PHRASE_GROUNDING>"])
 def test_encoder_ids_are_the_processors_without_image_placeholders(prompt, checkpoint_factory, exported_factory):
     _, processor = _hf("florence2", checkpoint_factory)
     cap = Captioner(exported_factory("florence2"))

@@ -89,8 +89,7 @@ class PromptEncoder:
         task).
 
         Raises:
-            InputError: the prompt does not start with a task token of the model, or adds text to a task that
-                takes none.
+            InputError: the prompt holds no task token of the model, or adds text to a task that takes none.
         """
         tasks = self.spec["tasks"]
         prompt = self.spec["default_task"] if prompt is None else prompt
@@ -100,7 +99,8 @@ class PromptEncoder:
                     raise InputError(f"the task {token} takes no text after it, got {prompt[:40]!r}; "
                                      f"pass {token} alone")
                 return token, entry["text"]
-        token = next((t for t in tasks if prompt.startswith(t)), None)
+        # as Florence2Processor: a task that takes text is found anywhere in the prompt, not only at its start
+        token = next((t for t, e in tasks.items() if e["takes_input"] and t in prompt), None)
         if token is None:
             raise InputError(f"{self.model} expects a task prompt, one of {', '.join(tasks)}, got {prompt[:40]!r}")
         # the processor removes every occurrence of the task token from the text, not only the leading one
