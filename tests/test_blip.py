@@ -110,6 +110,44 @@ def test_preprocess_equals_the_processor(checkpoint_factory, exported_factory):
     assert np.max(np.abs(cap.preprocess(images) - ref)) <= 1e-4
 
 
+
+def _older_layout(src, dst, *, minimal: bool) -> None:
+    """``src`` with its image processor saved the transformers-4 way, in preprocessor_config.json: ``minimal``
+    leaves out every key at the class default (BLIP's processor resizes bicubic with CLIP's mean/std); otherwise a
+    stale copy with another mean and resample sits beside processor_config.json's own settings, which win."""
+    import shutil
+
+    shutil.copytree(src, dst)
+    proc = json.loads((dst / "processor_config.json").read_text())
+    saved = proc["image_processor"] if not minimal else proc.pop("image_processor")
+    if minimal:
+        pre = {"image_processor_type": saved["image_processor_type"], "size": saved["size"]}
+    else:
+        pre = dict(saved, image_mean=[0.6, 0.1, 0.2], resample=0)
+    (dst / "processor_config.json").write_text(json.dumps(proc))
+    (dst / "preprocessor_config.json").write_text(json.dumps(pre))
+
+
+@pytest.mark.parametrize("minimal", [True, False], ids=["minimal preprocessor_config", "stale beside nested"])
+def test_image_settings_are_the_ones_the_loaded_processor_runs_with(minimal, checkpoint_factory, tmp_path):
+    # transformers fills the keys a saved file leaves out from the processor class and prefers the settings nested
+    # in processor_config.json; the manifest's recipe must be what the loaded processor runs, not the raw JSON
+    from transformers import AutoImageProcessor, AutoConfig
+
+    from edgecap.imaging import ImageConfig, preprocess
+    from edgecap_export.exporter import image_config
+    from edgecap_export.families import family_for
+
+    ckpt = tmp_path / "ckpt"
+    _older_layout(checkpoint_factory("blip"), ckpt, minimal=minimal)
+    processor = AutoImageProcessor.from_pretrained(ckpt, backend="pil")
+    config = AutoConfig.from_pretrained(ckpt)
+    cfg = ImageConfig.from_manifest(image_config(str(ckpt), family_for(config).shape(config)))
+    images = _images(5, 2) + [np.full((30, 70, 3), 90, np.uint8)]
+    ref = processor(images=images, return_tensors="np")["pixel_values"]
+    assert np.max(np.abs(preprocess(images, cfg) - ref)) <= 1e-4
+    assert cfg.resample == 3 and cfg.mean != (0.5, 0.5, 0.5)  # bicubic, CLIP's mean: the class's, not a fallback
+
 @pytest.mark.parametrize("prompt", ["a photography of", "A Picture of THE", "", "street at night"])
 def test_prompt_prefix_is_what_generate_starts_from(prompt, checkpoint_factory, exported_factory):
     _, processor = _hf("blip", checkpoint_factory)

@@ -132,10 +132,38 @@ def convert_rgb(model: str, settings: dict[str, Any]) -> bool:
     return bool(value)
 
 
+_LOADED_KEYS = ("do_resize", "resample", "do_rescale", "rescale_factor", "do_normalize", "image_mean", "image_std",
+                "do_center_crop", "do_convert_rgb")
+
+
+def loaded_image_settings(model: str, saved: dict[str, Any]) -> dict[str, Any]:
+    """``saved`` with the values the checkpoint's image processor actually runs with, as transformers builds it:
+    the class defaults fill the keys a saved file leaves out (BLIP's and CLIP's processors resize bicubic and
+    normalise with CLIP's mean/std, not edgecap's generic fallbacks), and processor_config.json's nested settings win
+    over a stale preprocessor_config.json beside it, as AutoProcessor reads them."""
+    proc = pil_image_processor(model)
+    if proc is None:
+        return saved
+    out = dict(saved)
+    for key in _LOADED_KEYS:
+        value = getattr(proc, key, None)
+        if value is not None:
+            out[key] = [float(v) for v in value] if key in ("image_mean", "image_std") else value
+    for key in ("size", "crop_size"):
+        value = getattr(proc, key, None)
+        if value is not None:
+            items = value.items() if hasattr(value, "items") else vars(value).items()
+            out[key] = {k: int(v) for k, v in items if v is not None}
+    return out
+
+
 def image_config(model: str, shape: ModelShape) -> dict[str, Any]:
-    """The preprocessing recipe, read from the checkpoint's image processor settings."""
+    """The preprocessing recipe: the checkpoint's image processor settings as transformers loads them
+    (:func:`loaded_image_settings`)."""
     h, w = shape.image_size
     pc = image_processor_settings(model)
+    if pc:
+        pc = loaded_image_settings(model, pc)
     if not pc:
         raise ExportError(f"{model} has no preprocessor_config.json; save the image processor with the model "
                           "(processor.save_pretrained(dir)) so edgecap knows the resize and normalisation")
