@@ -307,9 +307,11 @@ def convs_as_matmuls(src: Path, dst: Path) -> int:
     (i, j) and stops k-1-i / k-1-j before the padded end, so each has exactly the output's rows and columns for any
     input size), Concat along channels, MatMul with the weight laid out as (k_h*k_w*C_in, C_out), Add of the bias
     and Transpose back; ONNX Runtime cancels the Transposes against the channels-last neighbours. In float it is
-    the same product summed in another order (the test bounds the difference). Florence-2's three stride-2
-    downsampling convolutions took 200 ms of a 3.1 s INT8 encoder run in float, with 200 ms more of NCHWc
-    reordering around them; as INT8 GEMMs the encoder used 7% less CPU (AMD EPYC, AVX2, batch 1).
+    the same product summed in another order (the test bounds the difference). Florence-2-base's three stride-2
+    downsampling convolutions (2.7 GMAC each) took 170-200 ms of its INT8 encoder in float. Measured on the
+    encoder graph, AMD EPYC (AVX2), one image, graphs alternated in one process: on one thread, as encoder streams
+    run each image of a batch, 5,422 -> 5,049 ms; on two threads no change (3,027 / 3,018 ms: the float
+    convolution splits across both threads, the Slices and the Concat run on one).
     """
     import onnx
     from onnx import helper, numpy_helper
