@@ -239,7 +239,7 @@ def test_convs_become_im2col_matmuls_with_the_same_values(tmp_path):
     # so it quantizes like the other GEMMs. In float it must be the same convolution: every tap lined up, for odd
     # and even sizes (the Slice ends are relative to the padded end), strides 1 and 2, with and without bias and
     # pads; the stem and the depthwise Conv stay as they were.
-    from edgecap_export.quantize import convs_as_matmuls
+    from edgecap_export.im2col import convs_as_matmuls
 
     src = _conv_stack(tmp_path / "convs.onnx")
     assert convs_as_matmuls(src, tmp_path / "im2col.onnx") == 3
@@ -254,7 +254,7 @@ def test_convs_become_im2col_matmuls_with_the_same_values(tmp_path):
 
 
 def test_a_graph_without_eligible_convs_is_not_rewritten(tmp_path):
-    from edgecap_export.quantize import convs_as_matmuls
+    from edgecap_export.im2col import convs_as_matmuls
 
     # dilated convolutions are left alone, like the stem and the depthwise one: nothing to do, nothing written
     model = onnx.load(str(_conv_stack(tmp_path / "convs.onnx")))
