@@ -21,6 +21,11 @@ from .families import family_for
 ATOL = 1e-4
 RTOL = 1e-3
 PIXEL_ATOL = 1e-6
+# Logits: float32 rounding in the layers before the head scales with the row's largest logit, not with each logit's
+# own size, so a logit near zero in a row of logits near 20 can differ by 5e-4 (2.5e-5 of the row's largest) where
+# the graphs are right; transformers' own sdpa and eager attentions differ by as much. Each logit may also differ by
+# this fraction of its row's largest |logit|.
+ROW_RTOL = 1e-4
 
 
 def test_images(count: int = 3, height: int = 240, width: int = 320) -> list[np.ndarray]:
@@ -41,16 +46,22 @@ def test_images(count: int = 3, height: int = 240, width: int = 320) -> list[np.
 
 
 def compare(name: str, got: np.ndarray, ref: np.ndarray, results: dict, mismatches: list[str],
-             atol: float = ATOL, rtol: float = RTOL) -> None:
+             atol: float = ATOL, rtol: float = RTOL, row_rtol: float = 0.0) -> None:
+    """``got`` equals ``ref`` within atol + max(rtol * |ref|, row_rtol * the largest |ref| of its row)."""
     if got.shape != ref.shape:
         results[name] = {"ok": False, "shape": list(got.shape), "expected_shape": list(ref.shape)}
         mismatches.append(f"{name}: shape {list(got.shape)}, expected {list(ref.shape)}")
         return
     diff = float(np.max(np.abs(got.astype(np.float64) - ref))) if got.size else 0.0
-    ok = bool(np.all(np.abs(got - ref) <= atol + rtol * np.abs(ref)))
-    results[name] = {"max_abs_diff": diff, "atol": atol, "rtol": rtol, "ok": ok}
+    bound = rtol * np.abs(ref)
+    if row_rtol and ref.size:
+        bound = np.maximum(bound, row_rtol * np.max(np.abs(ref), axis=-1, keepdims=True))
+    ok = bool(np.all(np.abs(got - ref) <= atol + bound))
+    results[name] = {"max_abs_diff": diff, "atol": atol, "rtol": rtol, **({"row_rtol": row_rtol} if row_rtol else {}),
+                     "ok": ok}
     if not ok:
-        mismatches.append(f"{name}: max abs diff {diff:.3g} > atol {atol:g} + rtol {rtol:g}*|ref|")
+        row = f", row_rtol {row_rtol:g}*max|ref| of the row" if row_rtol else ""
+        mismatches.append(f"{name}: max abs diff {diff:.3g} > atol {atol:g} + rtol {rtol:g}*|ref|{row}")
 
 
 def reference_pixels(model: str, images: list[np.ndarray], *, one_tile: bool = False) -> np.ndarray | None:
@@ -118,8 +129,8 @@ def validate_export(hf_model: Any, model: str, out: Path, *, progress: bool = Tr
     ref_logits = ref_logits.numpy()
     cached, uncached = _ort_logits(cap, enc, forced)
     for t in range(forced.shape[1]):
-        compare(f"decoder.logits.cached.pos{t}", cached[t], ref_logits[:, t], results, mismatches)
-    compare("decoder.logits.uncached.last", uncached, ref_logits[:, -1], results, mismatches)
+        compare(f"decoder.logits.cached.pos{t}", cached[t], ref_logits[:, t], results, mismatches, row_rtol=ROW_RTOL)
+    compare("decoder.logits.uncached.last", uncached, ref_logits[:, -1], results, mismatches, row_rtol=ROW_RTOL)
 
     defaults = cap.defaults
     beam_n = defaults.num_beams if defaults.num_beams > 1 else 3
