@@ -123,15 +123,6 @@ def pil_image_processor(model: str) -> Any | None:
         return None
 
 
-def convert_rgb(model: str, settings: dict[str, Any]) -> bool:
-    """Whether the image processor composites transparency onto white (``do_convert_rgb``): the saved setting, else
-    the processor class's default (BLIP's and CLIP's convert, ViT's does not)."""
-    value = settings.get("do_convert_rgb")
-    if value is None:
-        value = getattr(pil_image_processor(model), "do_convert_rgb", None)
-    return bool(value)
-
-
 _LOADED_KEYS = ("do_resize", "resample", "do_rescale", "rescale_factor", "do_normalize", "image_mean", "image_std",
                 "do_center_crop", "do_convert_rgb")
 
@@ -185,7 +176,9 @@ def image_config(model: str, shape: ModelShape) -> dict[str, Any]:
         "do_normalize": bool(pc.get("do_normalize", True)),
         "mean": [float(v) for v in pc.get("image_mean", [0.5, 0.5, 0.5])],
         "std": [float(v) for v in pc.get("image_std", [0.5, 0.5, 0.5])],
-        "do_convert_rgb": convert_rgb(model, pc),
+        # the loaded processor's do_convert_rgb (its class default where the file says nothing: BLIP and CLIP
+        # composite transparency onto white, ViT does not)
+        "do_convert_rgb": bool(pc.get("do_convert_rgb")),
         "processor_type": pc.get("image_processor_type", pc.get("feature_extractor_type")),
     }
 
