@@ -148,6 +148,49 @@ def test_image_settings_are_the_ones_the_loaded_processor_runs_with(minimal, che
     assert np.max(np.abs(preprocess(images, cfg) - ref)) <= 1e-4
     assert cfg.resample == 3 and cfg.mean != (0.5, 0.5, 0.5)  # bicubic, CLIP's mean: the class's, not a fallback
 
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_weights_saved_in_half_precision_export_in_float32(dtype, checkpoint_factory, tmp_path):
+    # transformers 5 loads such weights in their own dtype (dtype="auto"); the graphs compute in float32, so the
+    # export widens them (exactly) and generates what transformers generates from the same weights in float32
+    from transformers import BlipForConditionalGeneration
+
+    from edgecap_export import export_model
+
+    import shutil
+
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(checkpoint_factory("blip"), ckpt)
+    BlipForConditionalGeneration.from_pretrained(ckpt).to(getattr(torch, dtype)).save_pretrained(ckpt)
+    assert BlipForConditionalGeneration.from_pretrained(ckpt).dtype == getattr(torch, dtype)
+    cap = Captioner(export_model(str(ckpt), tmp_path / "out", progress=False))
+    ref = BlipForConditionalGeneration.from_pretrained(ckpt, dtype=torch.float32).eval()
+    _, processor = _hf("blip", checkpoint_factory)
+    px = cap.preprocess(_images(7, 3))
+    for prompt in PROMPTS[:2]:
+        assert cap.generate(px, prompt, num_beams=3) == _hf_ids(ref, processor, px, prompt, cap.defaults.eos_token_id,
+                                                                num_beams=3)
+
+
+def test_a_checkpoint_missing_weights_is_refused(checkpoint_factory, tmp_path):
+    # transformers draws missing weights at random on every load: an export of one draw could match no later load
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from edgecap.errors import ExportError
+    from edgecap_export import export_model
+
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(checkpoint_factory("blip"), ckpt)
+    gone = "text_decoder.bert.encoder.layer.0.crossattention.self.query.weight"
+    weights = load_file(ckpt / "model.safetensors")
+    save_file({k: v for k, v in weights.items() if k != gone}, ckpt / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(ExportError, match=f"lacks 1 of the model's weights [(]{gone}[)]") as err:
+        export_model(str(ckpt), tmp_path / "out", progress=False)
+    assert "\n" not in str(err.value)
+    assert not (tmp_path / "out" / "manifest.json").exists()
+
+
 @pytest.mark.parametrize("prompt", ["a photography of", "A Picture of THE", "", "street at night"])
 def test_prompt_prefix_is_what_generate_starts_from(prompt, checkpoint_factory, exported_factory):
     _, processor = _hf("blip", checkpoint_factory)

@@ -149,6 +149,35 @@ def test_encoder_ids_are_the_processors_without_image_placeholders(prompt, check
     assert cap.prompts.encoder_ids(None) == cap.prompts.encoder_ids("<CAPTION>")
 
 
+def test_the_image_and_the_prompt_share_the_encoders_positions(checkpoint_factory, exported_factory):
+    """The image features come first in BART's encoder: the longest prompt that fits beside them generates as
+    transformers does, one letter more is one InputError line (not an ONNX Runtime index error)."""
+    model, processor = _hf("florence2", checkpoint_factory)
+    out = exported_factory("florence2")
+    spec = json.loads((out / "manifest.json").read_text())["prompt"]
+    assert spec["image_positions"] == processor.num_image_tokens > 0
+    limit = spec["max_positions"]
+    assert limit == model.config.text_config.max_position_embeddings
+
+    def prompt(words: int) -> str:  # one token per letter with this tokenizer
+        return "<CAPTION_TO_PHRASE_GROUNDING>" + "x" * words
+
+    def length(words: int) -> int:  # the processor's encoder sequence: image placeholders + the prompt's ids
+        return len(processor(text=prompt(words), images=np.zeros((8, 8, 3), np.uint8))["input_ids"][0])
+
+    words = max(w for w in range(limit) if length(w) <= limit)
+    assert length(words) == limit  # the bound is hit exactly, not skipped
+    cap = Captioner(out)
+    px = cap.preprocess(_images(0, 1))
+    assert cap.generate(px, prompt(words), num_beams=1) == _hf_ids(model, processor, px, prompt(words),
+                                                                    cap.defaults.eos_token_id, num_beams=1)
+    with pytest.raises(IndexError):  # transformers' own limit, one letter later
+        _hf_generate(model, processor, px, prompt(words + 1), num_beams=1)
+    with pytest.raises(InputError, match=f"holds {limit} positions") as err:
+        cap.generate(px, prompt(words + 1), num_beams=1)
+    assert "\n" not in str(err.value)
+
+
 def _post_processed(processor, token_ids, task, size):
     text = processor.batch_decode([[2] + token_ids], skip_special_tokens=False)[0]
     return processor.post_process_generation(text, task=task.split(">")[0] + ">", image_size=size)

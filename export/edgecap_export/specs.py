@@ -52,6 +52,29 @@ class ModelShape:
                 **({"num_kv_heads": self.num_kv_heads, "decoder_only": True} if self.num_kv_heads else {})}
 
 
+def load_eager(model_class: Any, model: str, **kwargs: Any) -> Any:
+    """``model_class.from_pretrained(model)`` as every family loads a checkpoint: eager attention (plain
+    MatMul/Softmax graphs), float32 whatever dtype the weights were saved in, eval mode.
+
+    float32 because the graphs run in float32: transformers 5 loads with ``dtype="auto"``, so weights saved in
+    float16/bfloat16 would come back in that dtype (tracing then fails on float32 inputs); widening them is exact.
+
+    Raises:
+        ValueError: the checkpoint lacks weights the model has (transformers draws those at random on every load,
+            so no export could match a later load); OSError/ValueError as ``from_pretrained`` raises them.
+    """
+    import torch
+
+    hf_model, info = model_class.from_pretrained(model, attn_implementation="eager", dtype=torch.float32,
+                                                 output_loading_info=True, **kwargs)
+    missing = sorted(info.get("missing_keys") or ())
+    if missing:
+        shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
+        raise ValueError(f"the checkpoint lacks {len(missing)} of the model's weights ({shown}), which transformers "
+                         "draws at random on every load; save the model again with all its weights")
+    return hf_model.eval()
+
+
 class Family(Protocol):
     """A model family: how to read, load and lower one kind of Hugging Face captioner.
 

@@ -18,9 +18,11 @@ Schema (version 1), written by the export step::
                    add_special_tokens), its first id replaced by first_token_id and, with drop_last, its last id
                    dropped; the result is the decoder's prefix (BLIP's conditional captioning). {kind: "task", tasks:
                    {TOKEN: {text, takes_input, post_processing}}, default_task, bos_token, eos_token, max_positions,
-                   banned_grounding_tokens, quantize_bins}: the prompt is a task token (with text after it when
-                   takes_input); bos_token + the task's text + eos_token, tokenized without added specials, is the
-                   encoder's ``input_ids`` (Florence-2); the decoder starts from its start token alone.
+                   image_positions (optional, 0 when absent), banned_grounding_tokens, quantize_bins}: the prompt
+                   is a task token (with text after it when takes_input); bos_token + the task's text + eos_token,
+                   tokenized without added specials, is the encoder's ``input_ids`` (Florence-2); the image
+                   features take image_positions of the encoder's max_positions before it; the decoder starts from
+                   its start token alone.
                    {kind: "chat", before, after, default_prompt, accepts_questions, reserved, add_special_tokens,
                    max_positions}: a decoder-only model's chat template rendered at export around the user text
                    (the image already expanded into its tokens): before + text + after, tokenized (with the
@@ -235,6 +237,7 @@ _PROMPT_RULES: dict[str, dict[str, _Rule]] = {
                "max_positions": _POSITIVE_INT},
     "task": {"tasks": _TASK_TABLE, "default_task": _NAME, "bos_token": _NAME, "eos_token": _NAME,
              "max_positions": _POSITIVE_INT,
+             "image_positions": _Rule("an integer >= 0", lambda v: _is_int(v) and v >= 0, required=False),
              "banned_grounding_tokens": _Rule("a list of strings", lambda v: isinstance(v, list) and all(
                  isinstance(x, str) for x in v)),
              "quantize_bins": _Rule("two integers >= 1", lambda v: isinstance(v, list) and len(v) == 2 and all(

@@ -111,9 +111,11 @@ class PromptEncoder:
         _, text = self.task(prompt)
         ids = list(self.tokenizer.encode(self.spec["bos_token"] + text + self.spec["eos_token"],
                                          add_special_tokens=False).ids)
-        if len(ids) >= int(self.spec["max_positions"]):
-            raise InputError(f"the prompt is {len(ids)} tokens, the model's encoder holds {self.spec['max_positions']} "
-                             "positions in all; shorten the prompt")
+        # the image features come first in the encoder's sequence and share its positions with the prompt
+        image, limit = int(self.spec.get("image_positions", 0)), int(self.spec["max_positions"])
+        if image + len(ids) > limit:
+            raise InputError(f"the prompt is {len(ids)} tokens and the image {image}, the model's encoder holds "
+                             f"{limit} positions in all; shorten the prompt")
         return ids
 
     def prefix(self, prompt: str | None) -> list[int]:

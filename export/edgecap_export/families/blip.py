@@ -18,7 +18,7 @@ from typing import Any
 
 from edgecap.errors import UnsupportedModelError
 
-from ..specs import ModelShape
+from ..specs import ModelShape, load_eager
 
 # The prompt the published model cards use for conditional captioning; the export validates with it.
 EXAMPLE_PROMPT = "a photography of"
@@ -57,7 +57,7 @@ class Blip:
     def load(self, model: str) -> Any:
         from transformers import BlipForConditionalGeneration
 
-        return BlipForConditionalGeneration.from_pretrained(model, attn_implementation="eager").eval()
+        return load_eager(BlipForConditionalGeneration, model)
 
     def graph_modules(self, hf_model: Any, attention: str) -> tuple[Any, Any]:
         from ..blip_graphs import BlipCachedStep, BlipEncoderWithCrossKV

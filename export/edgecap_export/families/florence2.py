@@ -20,7 +20,7 @@ from typing import Any
 
 from edgecap.errors import UnsupportedModelError
 
-from ..specs import ModelShape, generation_tokens
+from ..specs import ModelShape, generation_tokens, load_eager
 
 # The tasks edgecap runs, with the post-processing Florence2Processor applies to each answer.
 TASKS = {"<CAPTION>": "pure_text", "<DETAILED_CAPTION>": "pure_text", "<MORE_DETAILED_CAPTION>": "pure_text",
@@ -65,7 +65,7 @@ class Florence2:
     def load(self, model: str) -> Any:
         from transformers import Florence2ForConditionalGeneration
 
-        return Florence2ForConditionalGeneration.from_pretrained(model, attn_implementation="eager").eval()
+        return load_eager(Florence2ForConditionalGeneration, model)
 
     def graph_modules(self, hf_model: Any, attention: str) -> tuple[Any, Any]:
         from ..florence2_graphs import BartCachedStep, Florence2EncoderWithCrossKV
@@ -94,7 +94,8 @@ class Florence2:
                 "eos_token": tok.eos_token,
                 "banned_grounding_tokens": list(config.get("phrase_grounding", {}).get("banned_grounding_tokens", [])),
                 "quantize_bins": list(proc.post_processor.quantize_bins),
-                "max_positions": int(hf_model.config.text_config.max_position_embeddings)}
+                "max_positions": int(hf_model.config.text_config.max_position_embeddings),
+                "image_positions": int(proc.num_image_tokens)}
 
     def _inputs(self, hf_model: Any, pixel_values: Any, prompt: str | None) -> Any:
         """The processor's input_ids for ``prompt`` (None: the default task), image placeholders included."""

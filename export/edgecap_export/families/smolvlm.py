@@ -26,7 +26,7 @@ from edgecap._log import logger
 from edgecap.errors import ExportError, UnsupportedModelError
 from edgecap.imaging import RESAMPLE_NAMES
 
-from ..specs import ModelShape, generation_tokens
+from ..specs import ModelShape, generation_tokens, load_eager
 
 # What a caption without a prompt asks.
 DEFAULT_PROMPT = "Describe what happens in this frame."
@@ -118,7 +118,7 @@ class SmolVLM:
 
         cls = {"idefics3": Idefics3ForConditionalGeneration,
                "smolvlm": SmolVLMForConditionalGeneration}[AutoConfig.from_pretrained(model).model_type]
-        return cls.from_pretrained(model, attn_implementation="eager").eval()
+        return load_eager(cls, model)
 
     def graph_modules(self, hf_model: Any, attention: str) -> tuple[Any, Any]:
         from ..smolvlm_graphs import LlamaCachedStep, SmolVLMPrefill

@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 from edgecap.errors import ExportError, UnsupportedModelError
 
-from ..specs import ModelShape
+from ..specs import ModelShape, load_eager
 
 
 @dataclass(frozen=True)
@@ -98,7 +98,7 @@ class VisionEncoderDecoder:
     def load(self, model: str) -> Any:
         from transformers import VisionEncoderDecoderModel
 
-        return VisionEncoderDecoderModel.from_pretrained(model, attn_implementation="eager").eval()
+        return load_eager(VisionEncoderDecoderModel, model)
 
     def graph_modules(self, hf_model: Any, attention: str) -> tuple[Any, Any]:
         from ..wrappers import EncoderWithCrossKV
