@@ -171,6 +171,30 @@ def test_weights_saved_in_half_precision_export_in_float32(dtype, checkpoint_fac
                                                                 num_beams=3)
 
 
+def test_default_length_stops_at_the_text_decoders_positions(tmp_path):
+    # transformers caps its default length (20 new tokens after the prefix) at the text decoder's
+    # max_position_embeddings: with 16 positions an unprompted caption has 15 ids, a 6-token prompt leaves 9
+    from transformers import AutoProcessor, BlipForConditionalGeneration
+
+    from edgecap_export import export_model
+    from tiny_models import build_blip
+
+    ckpt = build_blip(tmp_path / "ckpt", text_positions=16, sep_boost=0.3)  # [SEP] rare: captions run to the cap
+    out = export_model(str(ckpt), tmp_path / "out", progress=False)  # validates against transformers first
+    cap = Captioner(out)
+    assert cap.manifest.data["generation"]["length_cap"] == 16
+    model, processor = BlipForConditionalGeneration.from_pretrained(ckpt).eval(), AutoProcessor.from_pretrained(ckpt)
+    px = cap.preprocess(_images(9, 3))
+    lengths = set()
+    for prompt in (None, "a picture of the red car"):
+        for kw in (dict(num_beams=1), dict(num_beams=3)):
+            ours = cap.generate(px, prompt, **kw)
+            assert ours == _hf_ids(model, processor, px, prompt, cap.defaults.eos_token_id, **kw)
+            lengths |= {len(r) for r in ours}
+    assert 15 in lengths  # the cap was reached, not only the [SEP]
+    assert len(cap.generate(px[:1], None, max_new_tokens=16, min_new_tokens=16)[0]) == 16  # a set length: no cap
+
+
 def test_a_checkpoint_missing_weights_is_refused(checkpoint_factory, tmp_path):
     # transformers draws missing weights at random on every load: an export of one draw could match no later load
     import shutil

@@ -15,7 +15,6 @@ torch = pytest.importorskip("torch")
 from edgecap import Captioner  # noqa: E402
 from edgecap.errors import InputError  # noqa: E402
 from edgecap.generation import GenerationOptions, process_scores, strip_sequence  # noqa: E402
-from edgecap.tasks import parse_objects  # noqa: E402
 
 GROUNDING = "<CAPTION_TO_PHRASE_GROUNDING>a red car on the street"
 TASKS = ["<CAPTION>", "<DETAILED_CAPTION>", "<OD>", "<MORE_DETAILED_CAPTION>", "<OCR>", GROUNDING]
@@ -193,16 +192,17 @@ def test_objects_equal_post_process_generation(task, checkpoint_factory, exporte
     answers = ["car<loc_10><loc_20><loc_300><loc_999>red person<loc_0><loc_5><loc_7><loc_999>",
                "<s>the image<loc_1><loc_2><loc_3><loc_4><loc_5><loc_6><loc_7><loc_8>street</s>",
                "a car at night<loc_500><loc_500><loc_501><loc_502>\u00e9t\u00e9<loc_9><loc_9><loc_9><loc_9>",
-               "no boxes here", "<loc_1><loc_2><loc_3>"]
+               "no boxes here", "<loc_1><loc_2><loc_3>",
+               # no <s> first (a checkpoint without forced_bos_token_id): the leading space is part of the text
+               # post_process_generation reads, of an empty label here and of the label in the next one
+               " <loc_5><loc_6><loc_7><loc_8>", " car<loc_1><loc_2><loc_3><loc_4> red<loc_5><loc_6><loc_7><loc_8>"]
     crafted = [tok(a, add_special_tokens=False)["input_ids"] for a in answers]
     found = 0
     for c, image in zip(caps, images):
         size = (image.shape[1], image.shape[0])
         for ids in [c.token_ids] + crafted:
             want = _post_processed(processor, ids, task, size)[task.split(">")[0] + ">"]
-            got = parse_objects(cap.decode_text(ids, skip_special_tokens=False),
-                                cap.prompts.spec["tasks"][task.split(">")[0] + ">"]["post_processing"], size,
-                                banned=cap.prompts.spec["banned_grounding_tokens"])
+            got = cap._caption(ids, 0.0, task, size, {}).objects  # as Captioner.caption reads an answer
             assert [o.label for o in got] == want["labels"]
             assert [list(o.box) for o in got] == want["bboxes"]
             found += len(got)
@@ -247,7 +247,7 @@ def test_unsupported_prompts_fail_with_one_line(exported_factory):
     px = cap.preprocess(_images(0, 2))
     cases = [("a photography of", "expects a task prompt"), ("<REGION_PROPOSAL>", "expects a task prompt"),
              ("<OD> cars", "takes no text"), (GROUNDING + " <OD>", "takes no text"), (["<OD>"], "one prompt per image"),
-             (GROUNDING + " street" * 200, "positions")]
+             (GROUNDING + " street" * 200, "positions"), (GROUNDING + " <image>", "image tokens")]
     for prompt, message in cases:
         with pytest.raises(InputError, match=message) as err:
             cap.generate(px, prompt, max_new_tokens=3)

@@ -172,3 +172,80 @@ def test_logits_tolerance_scales_with_the_rows_largest_logit():
     results, mismatches = {}, []
     compare("logits", rounding, ref, results, mismatches)  # without the row term: the old, too tight bound
     assert not results["logits"]["ok"]
+
+
+@pytest.mark.parametrize("arch,prompt", [("vit-gpt2", None), ("blip", "a photography of"), ("florence2", "<OD>")])
+def test_decoding_stops_with_one_line_where_the_decoders_positions_end(arch, prompt, checkpoint_factory,
+                                                                         exported_factory):
+    """A length that runs past the decoder's learned positions: transformers fails there with an IndexError, edgecap
+    with one InputError line at the same length (not before: the answer one token shorter is identical)."""
+    import torch
+    from transformers import AutoConfig
+
+    from edgecap import Captioner
+    from edgecap.errors import InputError
+    from edgecap.generation import strip_sequence
+    from edgecap_export.exporter import load_checkpoint
+    from edgecap_export.families import family_for
+
+    ckpt = str(checkpoint_factory(arch))
+    family = family_for(AutoConfig.from_pretrained(ckpt))
+    model = load_checkpoint(family, ckpt)
+    cap = Captioner(exported_factory(arch))
+    positions = cap.manifest.data["architecture"]["decoder_positions"]
+    assert positions == family.shape(model.config).decoder_positions
+    px = cap.preprocess([np.random.default_rng(3).integers(0, 256, (40, 50, 3), dtype=np.uint8)])
+    room = positions + 1 - len(cap.prompts.prefix(prompt))  # the last token generated is never fed
+    fits = {"num_beams": 1, "max_new_tokens": room, "min_new_tokens": room}
+    with torch.no_grad():
+        ref, prompt_len = family.reference_generate(model, ckpt, torch.from_numpy(px), prompt, **fits)
+    assert cap.generate(px, prompt, **fits) == [strip_sequence(r, cap.defaults.eos_token_id, prompt_len)
+                                                for r in ref.numpy()]
+    beyond = {"num_beams": 1, "max_new_tokens": room + 1, "min_new_tokens": room + 1}
+    with pytest.raises(IndexError), torch.no_grad():
+        family.reference_generate(model, ckpt, torch.from_numpy(px), prompt, **beyond)
+    for kw in (beyond, dict(beyond, num_beams=3)):
+        with pytest.raises(InputError, match=f"more than the {positions} positions") as err:
+            cap.generate(px, prompt, **kw)
+        assert "\n" not in str(err.value)
+
+
+
+@pytest.mark.parametrize("generation", [{"do_sample": True, "top_k": 5},
+                                        {"num_beams": 3, "num_return_sequences": 2}], ids=["sampling", "3-of-2"])
+def test_export_validates_checkpoints_saved_with_sampling_settings(generation, tmp_path):
+    # the runtime decodes deterministically, one sequence per image: the export's transformers reference must too
+    # (it inherited do_sample and num_return_sequences from the checkpoint: random mismatches, or a ValueError)
+    from edgecap_export import export_model
+    from tiny_models import build_model
+
+    ckpt = build_model(tmp_path / "ckpt", generation=generation)
+    out = export_model(str(ckpt), tmp_path / "out", progress=False)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["generation"]["do_sample_in_source"] is bool(generation.get("do_sample"))
+    assert manifest["validation"]["passed"] is True
+    assert manifest["validation"]["generate"] and all(c["identical"] for c in manifest["validation"]["generate"].values())
+
+
+@pytest.mark.parametrize("builder", ["build_tokenizer", "build_bert_tokenizer"], ids=["bpe", "wordpiece"])
+@pytest.mark.parametrize("clean_up", [True, False])
+def test_manifest_cleans_up_decoded_spaces_where_transformers_decode_does(builder, clean_up, tmp_path):
+    # transformers 5 ignores clean_up_tokenization_spaces=True for BPE models (GPT-2's, BART's, Florence-2's):
+    # the manifest records what decode does, not the saved flag
+    import tiny_models
+    from transformers import AutoTokenizer
+
+    from edgecap_export.exporter import save_tokenizer
+
+    tok = getattr(tiny_models, builder)(120)
+    tok.add_tokens([".", ",", "?", "'"])  # punctuation the tiny WordPiece vocabulary lacks
+    tok.save_pretrained(tmp_path)
+    settings = json.loads((tmp_path / "tokenizer_config.json").read_text())
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps(dict(settings, clean_up_tokenization_spaces=clean_up)))
+    tok = AutoTokenizer.from_pretrained(tmp_path)
+    ids = tok("a car . it 's red , ok ?", add_special_tokens=False)["input_ids"]
+    cleaned = tok.decode(ids) != tok.backend_tokenizer.decode(ids, skip_special_tokens=False)
+    out = tmp_path / "out"
+    out.mkdir()
+    assert save_tokenizer(str(tmp_path), out)["clean_up_tokenization_spaces"] is cleaned
+    assert cleaned is (clean_up and builder == "build_bert_tokenizer")  # the text holds what a clean-up changes

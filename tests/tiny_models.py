@@ -87,7 +87,7 @@ def build_bert_tokenizer(vocab_size: int):
 
 def build_blip(out: Path, *, image_size: int = 32, patch_size: int = 8, enc_layers: int = 2, enc_hidden: int = 32,
                enc_heads: int = 2, dec_layers: int = 2, dec_hidden: int = 32, dec_heads: int = 2,
-               vocab_size: int = 120, seed: int = 0, sep_boost: float = 1.3) -> Path:
+               vocab_size: int = 120, seed: int = 0, sep_boost: float = 1.3, text_positions: int = 64) -> Path:
     """save_pretrained a random-weight BlipForConditionalGeneration + BlipProcessor (Pillow image processor,
     BERT-style tokenizer) into ``out``. BLIP's generate reads the text decoder's generation config, which
     save_pretrained does not hold, so there are no generation settings to pass."""
@@ -103,7 +103,8 @@ def build_blip(out: Path, *, image_size: int = 32, patch_size: int = 8, enc_laye
                               hidden_size=enc_hidden, num_attention_heads=enc_heads, intermediate_size=enc_hidden * 2,
                               initializer_range=0.5)
     text = BlipTextConfig(vocab_size=len(tok), hidden_size=dec_hidden, num_hidden_layers=dec_layers,
-                          num_attention_heads=dec_heads, intermediate_size=dec_hidden * 2, max_position_embeddings=64,
+                          num_attention_heads=dec_heads, intermediate_size=dec_hidden * 2,
+                          max_position_embeddings=text_positions,
                           encoder_hidden_size=enc_hidden, bos_token_id=ids["[DEC]"], pad_token_id=ids["[PAD]"],
                           sep_token_id=ids["[SEP]"],
                           eos_token_id=ids["[CLS]"])  # as published: eos is not what ends a caption, [SEP] is

@@ -193,11 +193,12 @@ def generation_settings(family: Family, hf_model: Any) -> tuple[dict[str, Any], 
     if getattr(gc, "num_beam_groups", 1) not in (None, 1):
         raise UnsupportedModelError("group beam search (num_beam_groups > 1) is not supported")
     special = family.special_tokens(hf_model)
-    max_length = None
+    max_length = length_cap = None
     if gc.max_new_tokens is not None:
         max_new: int | None = int(gc.max_new_tokens)
     elif gc.max_length is None:
         max_new = DEFAULT_NEW_TOKENS
+        length_cap = family.default_length_cap(hf_model)  # transformers' default stops there (prefix included)
     elif family.prompt_spec(hf_model) is None:
         max_new = int(gc.max_length) - 1  # the prefix is the start token alone
     else:  # max_length counts a prompt's tokens too: the runtime subtracts each prefix's length
@@ -208,6 +209,7 @@ def generation_settings(family: Family, hf_model: Any) -> tuple[dict[str, Any], 
            "early_stopping": gc.early_stopping if gc.early_stopping is not None else False,
            "no_repeat_ngram_size": int(gc.no_repeat_ngram_size or 0),
            "repetition_penalty": float(gc.repetition_penalty or 1.0), "do_sample_in_source": bool(gc.do_sample),
+           **({"length_cap": int(length_cap)} if length_cap is not None else {}),
            **{k: int(v) for k in ("forced_bos_token_id", "forced_eos_token_id") if (v := getattr(gc, k, None)) is not None}}
     return special, gen
 
@@ -225,7 +227,19 @@ def save_tokenizer(model: str, out: Path) -> dict[str, Any]:
         raise ExportError(f"the tokenizer of {model} has no fast (tokenizers) backend; edgecap needs tokenizer.json")
     backend.save(str(out / "tokenizer.json"))
     return {"file": "tokenizer.json", "skip_special_tokens": True,
-            "clean_up_tokenization_spaces": bool(getattr(tok, "clean_up_tokenization_spaces", False))}
+            "clean_up_tokenization_spaces": decode_cleans_up(tok, backend)}
+
+
+def decode_cleans_up(tok: Any, backend: Any) -> bool:
+    """Whether the tokenizer's ``decode`` really cleans up spaces before punctuation: transformers 5 ignores
+    ``clean_up_tokenization_spaces=True`` for a BPE model (GPT-2's, BART's and so Florence-2's) unless its
+    ``..._for_bpe_even_though_it_will_corrupt_output`` twin is set; transformers 4 applies it to every model."""
+    if not getattr(tok, "clean_up_tokenization_spaces", False):
+        return False
+    forced = getattr(tok, "clean_up_tokenization_spaces_for_bpe_even_though_it_will_corrupt_output", None)
+    if forced is None:  # a transformers without the BPE exception
+        return True
+    return bool(forced) or type(backend.model).__name__ != "BPE"
 
 
 def graph_io(path: Path) -> dict[str, list[dict[str, Any]]]:

@@ -29,6 +29,7 @@ class ModelShape:
         encoder_seq_len: encoder output positions (the cross K/V length).
         encoder_hidden_size: width of the encoder's output.
         num_kv_heads: key/value heads of grouped-query attention (a decoder-only family's cache); None: num_heads.
+        decoder_positions: the decoder's learned position table (tokens a decode may feed in all); None: unbounded.
     """
 
     encoder_type: str
@@ -42,6 +43,7 @@ class ModelShape:
     encoder_seq_len: int
     encoder_hidden_size: int
     num_kv_heads: int | None = None
+    decoder_positions: int | None = None
 
     def architecture(self) -> dict[str, Any]:
         """The manifest's ``architecture`` entries (the exporter adds opset and attention)."""
@@ -49,7 +51,8 @@ class ModelShape:
                 "num_layers": self.num_layers, "num_heads": self.num_heads, "head_dim": self.head_dim,
                 "hidden_size": self.num_heads * self.head_dim, "vocab_size": self.vocab_size,
                 "encoder_seq_len": self.encoder_seq_len, "encoder_hidden_size": self.encoder_hidden_size,
-                **({"num_kv_heads": self.num_kv_heads, "decoder_only": True} if self.num_kv_heads else {})}
+                **({"num_kv_heads": self.num_kv_heads, "decoder_only": True} if self.num_kv_heads else {}),
+                **({"decoder_positions": self.decoder_positions} if self.decoder_positions else {})}
 
 
 def load_eager(model_class: Any, model: str, **kwargs: Any) -> Any:
@@ -110,6 +113,10 @@ class Family(Protocol):
 
     def generation_config(self, hf_model: Any) -> Any:
         """The GenerationConfig the checkpoint's ``generate`` actually uses."""
+
+    def default_length_cap(self, hf_model: Any) -> int | None:
+        """Where transformers stops its default length (20 new tokens after the prefix): the
+        ``max_position_embeddings`` of the config of the model whose ``generate`` runs, None where it has none."""
 
     def special_tokens(self, hf_model: Any) -> dict[str, Any]:
         """The manifest's ``special_tokens``: decoder_start_token_id, eos_token_id (a list: the ids that end a

@@ -134,13 +134,17 @@ def validate_export(hf_model: Any, model: str, out: Path, *, progress: bool = Tr
 
     defaults = cap.defaults
     beam_n = defaults.num_beams if defaults.num_beams > 1 else 3
-    new_tokens = defaults.new_tokens(1)
     grid = [(prompt, b, mode) for prompt in family.validation_prompts for b in (1, 3) for mode in ("greedy", "beam")]
     tokens: dict[str, Any] = {}
     for prompt, b, mode in tqdm(grid, desc="parity", unit="case", disable=not progress, leave=False):
-        kw = {"num_beams": 1 if mode == "greedy" else beam_n, "max_new_tokens": new_tokens}
+        # the budget the defaults give this prompt's prefix (a default capped at the model's positions is shorter
+        # after a prompt); the reference decodes deterministically, one sequence per image, whatever sampling
+        # settings the checkpoint's generation config holds (the runtime does not sample)
+        kw = {"num_beams": 1 if mode == "greedy" else beam_n,
+              "max_new_tokens": defaults.new_tokens(len(cap.prompts.prefix(prompt)))}
         with torch.no_grad():
-            ref, prompt_len = family.reference_generate(hf_model, model, torch.from_numpy(px[:b]), prompt, **kw)
+            ref, prompt_len = family.reference_generate(hf_model, model, torch.from_numpy(px[:b]), prompt, **kw,
+                                                        do_sample=False, num_return_sequences=1)
         ref = ref.numpy()
         ref_ids = [strip_sequence(row, defaults.eos_token_id, prompt_len) for row in ref]
         ours = cap.generate(px[:b], prompt, **kw)

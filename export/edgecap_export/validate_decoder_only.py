@@ -95,7 +95,8 @@ def validate_decoder_only(hf_model: Any, model: str, out: Path, *, progress: boo
         kw = {"num_beams": 1 if mode == "greedy" else beam_n}
         batch = family.reference_inputs(hf_model, torch.from_numpy(px[:b]), prompts[:b])
         with torch.no_grad():
-            gen = hf_model.generate(**batch, **kw).numpy()
+            # deterministic, one sequence per image, whatever sampling settings the checkpoint holds
+            gen = hf_model.generate(**batch, **kw, do_sample=False, num_return_sequences=1).numpy()
         ref_ids = [answer_ids(row, batch["input_ids"].shape[1], defaults.eos_token_id) for row in gen]
         ours = cap.generate(px[:b], prompts[:b], **kw)
         same = ours == ref_ids

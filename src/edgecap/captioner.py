@@ -14,7 +14,7 @@ from ._log import logger
 from .decoder_only import DecoderOnlyLM, Prefill
 from .device_loop import DeviceStepper, bound_device, interleaved
 from .errors import InputError, ManifestError, ModelError
-from .generation import GenerationOptions, Stepper, beam_search, greedy_search, strip_sequence
+from .generation import GenerationOptions, PositionLimit, Stepper, beam_search, greedy_search, strip_sequence
 from .imaging import ImageConfig, load_image, preprocess, usable_cores
 from .manifest import Manifest, load_manifest
 from .models import resolve_model
@@ -218,7 +218,8 @@ class Captioner:
             no_repeat_ngram_size=int(g.get("no_repeat_ngram_size") or 0),
             repetition_penalty=float(g.get("repetition_penalty") or 1.0),
             forced_bos_token_id=None if g.get("forced_bos_token_id") is None else int(g["forced_bos_token_id"]),
-            forced_eos_token_id=None if g.get("forced_eos_token_id") is None else int(g["forced_eos_token_id"]))
+            forced_eos_token_id=None if g.get("forced_eos_token_id") is None else int(g["forced_eos_token_id"]),
+            length_cap=None if g.get("length_cap") is None else int(g["length_cap"]))
 
     def _load_tokenizer(self, m: dict):
         from tokenizers import Tokenizer
@@ -408,7 +409,8 @@ class Captioner:
             return Caption(self.decode_text(ids), ids, dict(timings), confidence, prompt)
         token, _ = self.prompts.task(prompt)
         kind = self.prompts.spec["tasks"][token]["post_processing"]
-        raw = self.decode_text(ids, skip_special_tokens=False)
+        # unstripped, as post_process_generation reads it: a leading space belongs to the first label ('[^<]+')
+        raw = self.decode_text(ids, skip_special_tokens=False, strip=False)
         if kind == "pure_text":
             return Caption(pure_text(raw), ids, dict(timings), confidence, prompt)
         objects = parse_objects(raw, kind, size, banned=self.prompts.spec["banned_grounding_tokens"],
@@ -455,6 +457,9 @@ class Captioner:
         stepper = Stepper(run, past0) if use_cache else _UncachedStepper(run, past0)
         if use_cache and (device := bound_device(self._decoder)) is not None:  # the KV cache stays on the device
             stepper = DeviceStepper(self._decoder, self._dec_io, cross_feeds, past0, device=device, times=step_times)
+        positions = self.manifest.data["architecture"].get("decoder_positions")
+        if positions is not None:
+            stepper = PositionLimit(stepper, int(positions))
         search = greedy_search if opts.num_beams == 1 else beam_search
         seqs, confidence = search(stepper, prefix, opts)
         if timings is not None and step_times:  # several prefix groups add up
@@ -463,8 +468,10 @@ class Captioner:
             timings["decoder_steps"] = timings.get("decoder_steps", 0) + len(step_times)
         return seqs, confidence
 
-    def decode_text(self, token_ids: Sequence[int], *, skip_special_tokens: bool | None = None) -> str:
-        """Token ids -> text, skipping special tokens as the checkpoint's tokenizer does (or as asked)."""
+    def decode_text(self, token_ids: Sequence[int], *, skip_special_tokens: bool | None = None,
+                    strip: bool = True) -> str:
+        """Token ids -> text, skipping special tokens as the checkpoint's tokenizer does (or as asked); ``strip``
+        trims the surrounding whitespace (a caption), False keeps the tokenizer's text whole."""
         tok = self.manifest.data["tokenizer"]
         skip = bool(tok.get("skip_special_tokens", True)) if skip_special_tokens is None else skip_special_tokens
         text = self._tokenizer.decode(list(token_ids), skip_special_tokens=skip)
@@ -472,7 +479,7 @@ class Captioner:
             for a, b in ((" .", "."), (" ?", "?"), (" !", "!"), (" ,", ","), (" ' ", "'"), (" n't", "n't"),
                          (" 'm", "'m"), (" 's", "'s"), (" 've", "'ve"), (" 're", "'re")):
                 text = text.replace(a, b)
-        return text.strip()
+        return text.strip() if strip else text
 
     @property
     def provenance(self) -> dict[str, Any]:

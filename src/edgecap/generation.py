@@ -36,6 +36,9 @@ class GenerationOptions:
             it applies only when ``max_new_tokens`` is None, as in transformers.
         forced_bos_token_id: the only token allowed as the first one after the start token (None: any).
         forced_eos_token_id: the only token allowed as the last one the length limit leaves room for.
+        length_cap: where the model's default ``max_new_tokens`` stops, prefix included (transformers caps its
+            default length at the generating model's ``max_position_embeddings``: BLIP); dropped when the caller
+            sets max_new_tokens or max_length, as transformers does.
     """
 
     max_new_tokens: int | None
@@ -52,10 +55,13 @@ class GenerationOptions:
     max_length: int | None = None
     forced_bos_token_id: int | None = None
     forced_eos_token_id: int | None = None
+    length_cap: int | None = None
 
     def new_tokens(self, prefix_len: int) -> int:
         """The token budget after a decoder prefix of ``prefix_len`` ids (start token and prompt)."""
         if self.max_new_tokens is not None:
+            if self.length_cap is not None:  # the prompt check keeps prefix_len below the cap
+                return max(1, min(self.max_new_tokens, self.length_cap - prefix_len))
             return self.max_new_tokens
         budget = int(self.max_length or 0) - prefix_len
         if budget < 1:
@@ -72,6 +78,8 @@ class GenerationOptions:
         given = {k: v for k, v in overrides.items() if v is not None}
         if "max_length" in given and "max_new_tokens" not in given:
             given["max_new_tokens"] = None  # the caller asked for a total length, as transformers' max_length=
+        if "max_length" in given or "max_new_tokens" in given:
+            given.setdefault("length_cap", None)  # a length the caller sets is not capped, as in transformers
         opts = replace(self, **given)
         if isinstance(opts.eos_token_id, int):
             opts = replace(opts, eos_token_id=(opts.eos_token_id,))
@@ -115,6 +123,30 @@ class Stepper:
     def reorder(self, index: np.ndarray) -> None:
         if not np.array_equal(index, np.arange(len(index))):
             self.past = [p[index] for p in self.past]
+
+
+class PositionLimit:
+    """A step that refuses, with one InputError line, to feed the decoder more tokens than its learned position table
+    holds: where transformers' generate stops with an IndexError and the graph with an ONNX Runtime Gather error.
+    It fails at the same length as transformers, not before decoding: most answers end well before a large
+    max_new_tokens, and the last token generated is never fed."""
+
+    def __init__(self, step: DecoderStep, positions: int):
+        self._step = step
+        self._positions = positions
+        self._fed = 0
+
+    def __call__(self, input_ids: np.ndarray) -> np.ndarray:
+        fed = self._fed + int(input_ids.shape[1])
+        if fed > self._positions:
+            raise InputError(f"the sequence reached {fed} tokens (start token and prompt included), more than "
+                             f"the {self._positions} positions the model's decoder holds; lower max_new_tokens or "
+                             "max_length")
+        self._fed = fed
+        return self._step(input_ids)
+
+    def reorder(self, index: np.ndarray) -> None:
+        self._step.reorder(index)
 
 
 def _neg_inf_like_eos(scores: np.ndarray, eos: tuple[int, ...]) -> None:

@@ -5,20 +5,24 @@ Schema (version 1), written by the export step::
     schema_version, edgecap_version, name, created_utc, family (the export family; absent before BLIP)
     source:        {model, revision, weights_sha256, architecture}
     architecture:  {encoder_type, decoder_type, num_layers, num_heads, head_dim, hidden_size, vocab_size,
-                    encoder_seq_len, encoder_hidden_size}
+                    encoder_seq_len, encoder_hidden_size, decoder_positions (optional: the decoder's learned
+                    position table; no decoding step feeds it more tokens in all)}
     image:         {height, width, do_resize, resample, resample_name, do_rescale, rescale_factor, do_normalize,
                     mean, std, do_convert_rgb (transparency onto white; absent before it was recorded: dropped)}
     tokenizer:     {file, skip_special_tokens, clean_up_tokenization_spaces}
     special_tokens:{decoder_start_token_id, eos_token_id: [..], pad_token_id, bos_token_id}
     generation:    {max_new_tokens (null: max_length counts the prefix), max_length, min_new_tokens, min_length,
                     num_beams, length_penalty, early_stopping, no_repeat_ngram_size, repetition_penalty,
-                    forced_bos_token_id, forced_eos_token_id (optional)}
+                    forced_bos_token_id, forced_eos_token_id (optional), length_cap (optional: the default
+                    max_new_tokens stops where prefix + answer reach it, as transformers caps its default length
+                    at the generating model's max_position_embeddings; a length the caller sets is not capped)}
     prompt:        optional; absent: the model takes no prompt. {kind: "prefix", add_special_tokens, first_token_id,
                    drop_last, max_positions}: the prompt is tokenized (with the tokenizer's special tokens when
                    add_special_tokens), its first id replaced by first_token_id and, with drop_last, its last id
                    dropped; the result is the decoder's prefix (BLIP's conditional captioning). {kind: "task", tasks:
                    {TOKEN: {text, takes_input, post_processing}}, default_task, bos_token, eos_token, max_positions,
-                   image_positions (optional, 0 when absent), banned_grounding_tokens, quantize_bins}: the prompt
+                   image_positions (optional, 0 when absent), reserved (optional: the image token, refused in a
+                   prompt as the processor refuses it), banned_grounding_tokens, quantize_bins}: the prompt
                    is a task token (with text after it when takes_input); bos_token + the task's text + eos_token,
                    tokenized without added specials, is the encoder's ``input_ids`` (Florence-2); the image
                    features take image_positions of the encoder's max_positions before it; the decoder starts from
@@ -191,7 +195,8 @@ _OPTIONAL_BOOL = _Rule("true or false", lambda v: isinstance(v, bool), required=
 _SECTIONS: dict[str, dict[str, _Rule]] = {
     "architecture": {"num_layers": _POSITIVE_INT, "num_heads": _POSITIVE_INT, "head_dim": _POSITIVE_INT,
                      "num_kv_heads": _Rule("an integer >= 1", lambda v: _is_int(v) and v >= 1, required=False),
-                     "decoder_only": _OPTIONAL_BOOL},
+                     "decoder_only": _OPTIONAL_BOOL,
+                     "decoder_positions": _Rule("an integer >= 1", lambda v: _is_int(v) and v >= 1, required=False)},
     "image": {
         "height": _POSITIVE_INT, "width": _POSITIVE_INT, "do_resize": _BOOL,
         "resample": _Rule(f"one of the filter ids {sorted(RESAMPLE_NAMES)}",
@@ -217,6 +222,7 @@ _SECTIONS: dict[str, dict[str, _Rule]] = {
         "min_new_tokens": _OPTIONAL_NON_NEGATIVE, "min_length": _OPTIONAL_NON_NEGATIVE,
         "no_repeat_ngram_size": _OPTIONAL_NON_NEGATIVE,
         "forced_bos_token_id": _OPTIONAL_NON_NEGATIVE, "forced_eos_token_id": _OPTIONAL_NON_NEGATIVE,
+        "length_cap": _OPTIONAL_NON_NEGATIVE,
         "num_beams": _Rule("an integer >= 1", lambda v: _is_int(v) and v >= 1, required=False, nullable=True),
         "length_penalty": _Rule("a number", _is_number, required=False),
         "early_stopping": _Rule('true, false or "never"', lambda v: v is True or v is False or v == "never",
@@ -241,7 +247,9 @@ _PROMPT_RULES: dict[str, dict[str, _Rule]] = {
              "banned_grounding_tokens": _Rule("a list of strings", lambda v: isinstance(v, list) and all(
                  isinstance(x, str) for x in v)),
              "quantize_bins": _Rule("two integers >= 1", lambda v: isinstance(v, list) and len(v) == 2 and all(
-                 _is_int(x) and x >= 1 for x in v))},
+                 _is_int(x) and x >= 1 for x in v)),
+             "reserved": _Rule("a list of strings", lambda v: isinstance(v, list) and all(
+                 isinstance(x, str) and x for x in v), required=False)},
     "chat": {"before": _STRING, "after": _STRING, "default_prompt": _NAME, "accepts_questions": _BOOL,
              "add_special_tokens": _BOOL, "max_positions": _POSITIVE_INT,
              "reserved": _Rule("a list of strings", lambda v: isinstance(v, list) and all(

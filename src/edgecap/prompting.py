@@ -109,6 +109,7 @@ class PromptEncoder:
     def encoder_ids(self, prompt: str | None) -> list[int]:
         """The encoder's input_ids for a task prompt: ``<s> instruction </s>``, tokenized as the processor does."""
         _, text = self.task(prompt)
+        self._refuse_reserved(text)
         ids = list(self.tokenizer.encode(self.spec["bos_token"] + text + self.spec["eos_token"],
                                          add_special_tokens=False).ids)
         # the image features come first in the encoder's sequence and share its positions with the prompt
@@ -145,6 +146,13 @@ class PromptEncoder:
                              "positions in all; shorten the prompt")
         return ids
 
+    def _refuse_reserved(self, text: str) -> None:
+        """The processor counts an image token in the text as one more image placeholder and refuses the prompt."""
+        reserved = next((t for t in self.spec.get("reserved", ()) if t in text), None)
+        if reserved is not None:
+            raise InputError(f"the prompt holds {reserved!r}, one of the model's image tokens; edgecap places the "
+                             "image itself: remove it from the prompt")
+
     def chat_ids(self, prompt: str | None) -> list[int]:
         """A decoder-only model's whole prompt ids: the chat template around ``prompt`` (None: the default prompt),
         image tokens included, tokenized as the checkpoint's processor tokenizes it.
@@ -155,10 +163,7 @@ class PromptEncoder:
         """
         spec = self.spec
         text = spec["default_prompt"] if prompt is None else prompt
-        reserved = next((t for t in spec["reserved"] if t in text), None)
-        if reserved is not None:
-            raise InputError(f"the prompt holds {reserved!r}, one of the model's image tokens; edgecap places the "
-                             "image itself: remove it from the prompt")
+        self._refuse_reserved(text)
         ids = list(self.tokenizer.encode(spec["before"] + text + spec["after"],
                                          add_special_tokens=bool(spec["add_special_tokens"])).ids)
         if len(ids) >= int(spec["max_positions"]):

@@ -52,7 +52,8 @@ class Blip:
                           head_dim=int(text.hidden_size) // int(text.num_attention_heads),
                           vocab_size=int(text.vocab_size), image_size=(size, size), num_channels=3,
                           encoder_seq_len=(size // int(vision.patch_size)) ** 2 + 1,
-                          encoder_hidden_size=int(vision.hidden_size))
+                          encoder_hidden_size=int(vision.hidden_size),
+                          decoder_positions=int(text.max_position_embeddings))
 
     def load(self, model: str) -> Any:
         from transformers import BlipForConditionalGeneration
@@ -67,6 +68,9 @@ class Blip:
 
     def generation_config(self, hf_model: Any) -> Any:
         return hf_model.text_decoder.generation_config
+
+    def default_length_cap(self, hf_model: Any) -> int | None:
+        return int(hf_model.text_decoder.config.max_position_embeddings)  # BLIP's generate is the text decoder's
 
     def special_tokens(self, hf_model: Any) -> dict[str, Any]:
         text = hf_model.config.text_config

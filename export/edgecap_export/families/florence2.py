@@ -60,7 +60,8 @@ class Florence2:
                           head_dim=int(text.d_model) // int(text.decoder_attention_heads),
                           vocab_size=int(text.vocab_size), image_size=(int(size["height"]), int(size["width"])),
                           num_channels=3, encoder_seq_len=int(pc["image_seq_length"]),
-                          encoder_hidden_size=int(text.d_model))
+                          encoder_hidden_size=int(text.d_model),
+                          decoder_positions=int(text.max_position_embeddings))
 
     def load(self, model: str) -> Any:
         from transformers import Florence2ForConditionalGeneration
@@ -75,6 +76,9 @@ class Florence2:
 
     def generation_config(self, hf_model: Any) -> Any:
         return hf_model.generation_config
+
+    def default_length_cap(self, hf_model: Any) -> int | None:
+        return None  # Florence2Config has no max_position_embeddings of its own (its text_config has)
 
     def special_tokens(self, hf_model: Any) -> dict[str, Any]:
         return generation_tokens(hf_model.generation_config, hf_model.config.text_config)
@@ -95,7 +99,8 @@ class Florence2:
                 "banned_grounding_tokens": list(config.get("phrase_grounding", {}).get("banned_grounding_tokens", [])),
                 "quantize_bins": list(proc.post_processor.quantize_bins),
                 "max_positions": int(hf_model.config.text_config.max_position_embeddings),
-                "image_positions": int(proc.num_image_tokens)}
+                "image_positions": int(proc.num_image_tokens),
+                "reserved": [proc.image_token] if getattr(proc, "image_token", None) else []}
 
     def _inputs(self, hf_model: Any, pixel_values: Any, prompt: str | None) -> Any:
         """The processor's input_ids for ``prompt`` (None: the default task), image placeholders included."""

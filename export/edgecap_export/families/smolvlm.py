@@ -130,6 +130,9 @@ class SmolVLM:
     def generation_config(self, hf_model: Any) -> Any:
         return hf_model.generation_config
 
+    def default_length_cap(self, hf_model: Any) -> int | None:
+        return None  # SmolVLMConfig/Idefics3Config have no max_position_embeddings of their own
+
     def special_tokens(self, hf_model: Any) -> dict[str, Any]:
         tokens = generation_tokens(hf_model.generation_config, hf_model.config.text_config)
         if tokens["pad_token_id"] is None:

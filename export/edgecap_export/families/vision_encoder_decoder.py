@@ -93,7 +93,8 @@ class VisionEncoderDecoder:
                           num_heads=heads, head_dim=head_dim, vocab_size=int(config.decoder.vocab_size),
                           image_size=enc.image_size(config.encoder), num_channels=int(config.encoder.num_channels),
                           encoder_seq_len=enc.seq_len(config.encoder),
-                          encoder_hidden_size=int(config.encoder.hidden_size))
+                          encoder_hidden_size=int(config.encoder.hidden_size),
+                          decoder_positions=getattr(config.decoder, "max_position_embeddings", None))
 
     def load(self, model: str) -> Any:
         from transformers import VisionEncoderDecoderModel
@@ -109,6 +110,9 @@ class VisionEncoderDecoder:
 
     def generation_config(self, hf_model: Any) -> Any:
         return hf_model.generation_config
+
+    def default_length_cap(self, hf_model: Any) -> int | None:
+        return None  # a VisionEncoderDecoderConfig has no max_position_embeddings of its own
 
     def special_tokens(self, hf_model: Any) -> dict[str, Any]:
         gc = hf_model.generation_config
