@@ -195,6 +195,31 @@ def test_default_length_stops_at_the_text_decoders_positions(tmp_path):
     assert len(cap.generate(px[:1], None, max_new_tokens=16, min_new_tokens=16)[0]) == 16  # a set length: no cap
 
 
+def test_a_start_token_equal_to_the_pad_token_is_not_masked(checkpoint_factory, tmp_path):
+    # model.generate(**processor(images, text)) passes the processor's attention mask, so a start token that equals
+    # pad_token_id is attended; the export's reference must run it that way (it masked the start token: ParityError)
+    import shutil
+
+    from transformers import AutoProcessor, BlipForConditionalGeneration
+
+    from edgecap_export import export_model
+
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(checkpoint_factory("blip"), ckpt)
+    config = json.loads((ckpt / "config.json").read_text())
+    config["text_config"]["bos_token_id"] = config["text_config"]["pad_token_id"]
+    (ckpt / "config.json").write_text(json.dumps(config))
+    cap = Captioner(export_model(str(ckpt), tmp_path / "out", progress=False))
+    model, processor = BlipForConditionalGeneration.from_pretrained(ckpt).eval(), AutoProcessor.from_pretrained(ckpt)
+    images = _images(6, 3)
+    inputs = processor(images=images, text=["a photography of"] * 3, return_tensors="pt")
+    with torch.no_grad():
+        ref = model.generate(**inputs, num_beams=3).numpy()
+    prompt_len = inputs["input_ids"].shape[1] - 1
+    assert cap.generate(cap.preprocess(images), "a photography of", num_beams=3) == [
+        strip_sequence(r, cap.defaults.eos_token_id, prompt_len) for r in ref]
+
+
 def test_a_checkpoint_missing_weights_is_refused(checkpoint_factory, tmp_path):
     # transformers draws missing weights at random on every load: an export of one draw could match no later load
     import shutil

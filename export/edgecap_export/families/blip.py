@@ -104,9 +104,11 @@ class Blip:
             return hf_model.generate(pixel_values=pixel_values, **kw), 1
         from transformers import AutoProcessor
 
-        ids = AutoProcessor.from_pretrained(model)(text=[prompt] * pixel_values.shape[0],
-                                                   return_tensors="pt")["input_ids"]
-        return hf_model.generate(pixel_values=pixel_values, input_ids=ids, **kw), ids.shape[1] - 1
+        # with the processor's attention mask, as model.generate(**processor(images, text)) runs: without it
+        # transformers masks every id equal to pad_token_id, the start token too where a config makes them equal
+        text = AutoProcessor.from_pretrained(model)(text=[prompt] * pixel_values.shape[0], return_tensors="pt")
+        return (hf_model.generate(pixel_values=pixel_values, input_ids=text["input_ids"],
+                                  attention_mask=text["attention_mask"], **kw), text["input_ids"].shape[1] - 1)
 
 
 BLIP = Blip()
