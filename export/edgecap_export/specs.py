@@ -55,7 +55,7 @@ class ModelShape:
                 **({"decoder_positions": self.decoder_positions} if self.decoder_positions else {})}
 
 
-def load_eager(model_class: Any, model: str, **kwargs: Any) -> Any:
+def load_eager(model_class: Any, model: str) -> Any:
     """``model_class.from_pretrained(model)`` as every family loads a checkpoint: eager attention (plain
     MatMul/Softmax graphs), float32 whatever dtype the weights were saved in, eval mode.
 
@@ -69,7 +69,7 @@ def load_eager(model_class: Any, model: str, **kwargs: Any) -> Any:
     import torch
 
     hf_model, info = model_class.from_pretrained(model, attn_implementation="eager", dtype=torch.float32,
-                                                 output_loading_info=True, **kwargs)
+                                                 output_loading_info=True)
     missing = sorted(info.get("missing_keys") or ())
     if missing:
         shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
