@@ -586,8 +586,9 @@ def test_each_camera_is_captioned_with_its_prompt_and_events_record_it(tmp_path)
 
 def test_a_prompt_the_model_cannot_take_fails_before_the_run(tmp_path):
     cam = CameraSpec(SourceConfig("door", "unused.mp4"), prompt="<NOPE>")
-    with pytest.raises(InputError, match="no <NOPE> prompt"):
-        Runtime(PromptedCaptioner(), [cam], RecordingSink(), source_factory=scripted())
+    ok = CameraSpec(SourceConfig("yard", "unused.mp4"), prompt="a photo of")
+    with pytest.raises(InputError, match="^camera 'door': fake takes no <NOPE> prompt$"):  # names the camera
+        Runtime(PromptedCaptioner(), [ok, cam], RecordingSink(), source_factory=scripted())
     with pytest.raises(InputError, match="takes none"):
         Runtime(FakeCaptioner(), [cam], RecordingSink(), source_factory=scripted())
 

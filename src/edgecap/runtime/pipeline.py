@@ -211,7 +211,10 @@ class Runtime:
                 check = getattr(backend, "check_prompt", None)
                 if check is None:
                     raise InputError(f"camera {spec.name!r} has a prompt, but the caption backend takes none")
-                check(spec.prompt)
+                try:
+                    check(spec.prompt)
+                except InputError as exc:  # the model's own line, said of the camera whose prompt it is
+                    raise InputError(f"camera {spec.name!r}: {exc}") from None
         self._provenance = dict(backend.provenance)
         self._statuses: queue.SimpleQueue[SourceStatus] = queue.SimpleQueue()  # reader threads -> run thread
         self._incidents: dict[tuple[str, str], _Incident] = {}  # (camera, kind) -> its open event
