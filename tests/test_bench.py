@@ -36,6 +36,25 @@ def test_bench_end_to_end_on_tiny_model(tiny_export, checkpoint_factory, tmp_pat
     assert out.with_suffix(".png").stat().st_size > 1000
 
 
+def test_bench_refuses_what_it_cannot_run_before_timing(tiny_export, tmp_path, monkeypatch):
+    # a system the directory lacks, a length past the decoder's positions or a report path that cannot be written:
+    # one line before any timing (it was an empty report with exit 0, or a traceback after the whole run)
+    from edgecap.errors import InputError
+    from edgecap_export import bench
+
+    monkeypatch.setattr(bench, "_edgecap_runner", lambda *a, **k: pytest.fail("timed before refusing"))
+    out = str(tmp_path / "bench.json")
+    positions = json.loads((tiny_export / "manifest.json").read_text())["architecture"]["decoder_positions"]
+    for extra, message in ((["--systems", "int8"], "no int8 graphs"), (["--systems", "eager"], "no checkpoint in hf"),
+                           (["--tokens", str(positions + 1)], f"holds {positions} positions"),
+                           (["--out", str(tmp_path)], "is a directory"),
+                           (["--out", "/proc/edgecap/bench.json"], "cannot create its directory")):
+        with pytest.raises(InputError, match=message):
+            bench.main(["--model", str(tiny_export), "--runs", "1", "--batch", "1", "--settle-ms", "0",
+                        "--out", out, *extra])
+    assert not (tmp_path / "bench.json").exists()
+
+
 def test_floor_runs_on_tiny_checkpoint(checkpoint_factory, floor, tmp_path):
     """benchmarks/floor.py end to end on a tiny checkpoint: its shapes, edgecap's INT8 recipe, eager in the same
     run, and the arithmetic of the report (no timing asserts)."""

@@ -76,14 +76,41 @@ def test_quality_gate_failure_stops_unless_accepted(tiny_export, tmp_path, monke
 
     d = tmp_path / "model"
     shutil.copytree(tiny_export, d)
+    from edgecap.errors import ModelError
+    from edgecap_export.exporter import sha256_file
+
+    def manifest():
+        return json.loads((d / "manifest.json").read_text())
+
     monkeypatch.setattr(quantize, "quality_gate", lambda *a, **k: {"frames": 4, "exact_match": 0.5,
                                                                      "token_agreement": 0.8})
-    with pytest.raises(ExportError, match="exact match 50.0% < 95%"):
+    with pytest.raises(ExportError, match="exact match 50.0% < 95%.*no INT8 graphs were kept"):
         quantize.quantize_dir(d, calib_frames=4, eval_frames=4, progress=False)
-    assert not json.loads((d / "manifest.json").read_text())["graphs"]["int8"]["quality"]["passed"]
+    # a rejected INT8 is not kept, so nothing can caption with it; its report stays for the user to read
+    assert "int8" not in manifest()["graphs"] and not manifest()["int8_rejected"]["quality"]["passed"]
+    assert not list(d.glob("*int8*.onnx"))
+    with pytest.raises(ModelError, match="run `edgecap quantize`"):
+        Captioner(d, precision="int8")
     report = quantize.quantize_dir(d, calib_frames=4, eval_frames=4, progress=False, accept_quality_drop=True)
     assert report["accepted_quality_drop"]
-    assert json.loads((d / "manifest.json").read_text())["graphs"]["int8"]["quality"]["accepted_quality_drop"]
+    kept = manifest()["graphs"]["int8"]
+    assert kept["quality"]["accepted_quality_drop"] and "int8_rejected" not in manifest()
+    assert kept["encoder"]["file"] == "encoder.int8.onnx" and (d / "encoder.int8.onnx").is_file()
+    # a failing or interrupted re-run leaves the INT8 graphs that were kept before, files and manifest entry
+    with pytest.raises(ExportError, match="quality gate failed"):
+        quantize.quantize_dir(d, calib_frames=4, eval_frames=4, progress=False, encoder_mode="static")
+    assert manifest()["graphs"]["int8"] == kept
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(quantize, "quality_gate", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        quantize.quantize_dir(d, calib_frames=4, eval_frames=4, progress=False, encoder_mode="static")
+    assert manifest()["graphs"]["int8"] == kept
+    assert sorted(p.name for p in d.glob("*int8*.onnx")) == ["decoder.int8.onnx", "encoder.int8.onnx"]
+    assert all(sha256_file(d / kept[part]["file"]) == kept[part]["sha256"] for part in ("encoder", "decoder"))
+    Captioner(d, precision="int8")
 
 
 def test_default_int8_is_dynamic_on_fused_graphs(tiny_export, tmp_path):

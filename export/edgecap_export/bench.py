@@ -28,6 +28,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from edgecap.errors import InputError
+
 ROOT = Path.cwd()
 
 
@@ -415,6 +417,34 @@ def main(argv: list[str] | None = None) -> int:
     return run(p.parse_args(argv))
 
 
+SYSTEMS = ("eager", "fp32", "int8")
+
+
+def _checked_request(args: argparse.Namespace, manifest: Any, model_dir: Path) -> tuple[list[str], Path]:
+    """(the systems to time, the report path): what cannot run or be written is one line before any timing, not a
+    traceback or an empty report at the end. Without --systems, the systems the directory holds."""
+    holds = {"eager": (model_dir / "hf").is_dir(), **{p: p in manifest.precisions for p in ("fp32", "int8")}}
+    missing = [s for s in args.systems or () if not holds[s]]
+    if missing:
+        raise InputError(f"--systems {' '.join(missing)}: {model_dir} has no "
+                         + ", ".join("checkpoint in hf/ (eager)" if s == "eager" else f"{s} graphs" for s in missing)
+                         + "; drop them, or run `edgecap quantize` for int8")
+    positions = manifest.data["architecture"].get("decoder_positions")
+    if positions is not None and args.tokens > positions:
+        raise InputError(f"--tokens {args.tokens}: the model's decoder holds {positions} positions, so at most "
+                         f"{positions} new tokens")
+    out = Path(args.out or ROOT / "benchmarks" / "results" / "bench.json")
+    if out.is_dir():
+        raise InputError(f"--out {out} is a directory; expected a .json file path")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"--out {out}: cannot create its directory ({exc.strerror})") from None
+    if not os.access(out.parent, os.W_OK):
+        raise InputError(f"--out {out}: its directory is not writable")
+    return [s for s in args.systems or SYSTEMS if holds[s]], out
+
+
 def run(args: argparse.Namespace) -> int:
     import onnxruntime
     from tqdm import tqdm
@@ -425,11 +455,12 @@ def run(args: argparse.Namespace) -> int:
     arch = args.arch or ("vitgpt2-base" if args.vitgpt2_random else None)
     if arch:
         workdir = args.workdir or ROOT / "engines" / f"{arch.removesuffix('-base')}-random"
-        model_dir = prepare_random(arch, workdir, int8="int8" in args.systems)
+        model_dir = prepare_random(arch, workdir, int8="int8" in (args.systems or SYSTEMS))
     else:
         model_dir = Path(args.model)
     manifest = load_manifest(model_dir)  # the manifest alone: a Captioner would load both graphs to read it
     hf_dir = model_dir / "hf"
+    systems, out = _checked_request(args, manifest, model_dir)
     rng = np.random.default_rng(0)
     images = [rng.integers(0, 256, (480, 640, 3), dtype=np.uint8) for _ in range(max(args.batch))]
     kw = dict(min_new_tokens=args.tokens, max_new_tokens=args.tokens, num_beams=1)
@@ -438,15 +469,13 @@ def run(args: argparse.Namespace) -> int:
     runners: dict[str, Callable[[list[np.ndarray]], Callable[[], dict[str, float]]]] = {}
     rss: dict[str, float] = {"start": rss_mb()}
     versions = {"onnxruntime": onnxruntime.__version__, "numpy": np.__version__}
-    for system in args.systems:
+    for system in systems:
         if system in ("fp32", "int8"):
-            if system not in manifest.precisions:
-                continue
             cap = Captioner(model_dir, precision=system, threads=args.threads)
             edge_kw = {**kw, "prompt": SMOLVLM_QUESTION} if smolvlm else kw
             runners[f"edgecap_{system}"] = lambda imgs, cap=cap, ekw=edge_kw: _edgecap_runner(cap, imgs, ekw,
                                                                                               prefill=smolvlm)
-        elif system == "eager" and hf_dir.is_dir():
+        elif system == "eager":
             import torch
             import transformers
             from transformers import AutoImageProcessor
@@ -520,8 +549,6 @@ def run(args: argparse.Namespace) -> int:
                     "python": platform.python_version(), "logical_cpus": os.cpu_count(), "loadavg_1m": load},
         "versions": versions,
     }
-    out = Path(args.out or ROOT / "benchmarks" / "results" / "bench.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
     plot(results, out.with_suffix(".png"))
     for name, r in results.items():

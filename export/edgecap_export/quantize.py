@@ -421,7 +421,7 @@ def quantize_dir(model_dir: str | os.PathLike, *, calib: str | None = None, cali
                  eval_frames: int = 64, encoder_mode: str | None = None, decoder_mode: str | None = None,
                  accept_quality_drop: bool = False, synth_eval: int | None = None,
                  progress: bool = True, target: str = "onnxruntime") -> dict[str, Any]:
-    """Write encoder.int8.onnx and decoder.int8.onnx next to the FP32 graphs and gate their quality.
+    """Write encoder.int8.onnx and decoder.int8.onnx next to the FP32 graphs if they pass the quality gate.
 
     Args:
         model_dir: an exported directory.
@@ -443,7 +443,9 @@ def quantize_dir(model_dir: str | os.PathLike, *, calib: str | None = None, cali
         The quality report (also written to the manifest).
 
     Raises:
-        ExportError: the quality gate failed and accept_quality_drop is False, or a tensorrt graph fails the lint.
+        ExportError: the quality gate failed and accept_quality_drop is False (the directory keeps the INT8 graphs
+            it had before, if any; the manifest records the rejected report under ``int8_rejected``), or a
+            tensorrt graph fails the lint.
     """
     from edgecap import Captioner
 
@@ -464,49 +466,76 @@ def quantize_dir(model_dir: str | os.PathLike, *, calib: str | None = None, cali
     elif static:
         enc_feeds = _encoder_feeds(cap, manifest.io("encoder"), px)
         dec_feeds = _recorded_feeds(cap, px, [cap.decoder_session], 128)[0] if decoder_mode == "static" else []
-    rewrites = {}  # per dynamically quantized part: how many of each graph rewrite it got
-    if encoder_mode == "static":
-        _quantize_static(d / "encoder.onnx", d / "encoder.int8.onnx", enc_feeds, tensorrt=trt_version is not None)
-    else:
-        rewrites["encoder"] = quantize_dynamic_graph(d / "encoder.onnx", d / "encoder.int8.onnx")
-    if decoder_mode == "static":
-        _quantize_static(d / "decoder.onnx", d / "decoder.int8.onnx", dec_feeds, tensorrt=trt_version is not None)
-    else:
-        rewrites["decoder"] = quantize_dynamic_graph(d / "decoder.onnx", d / "decoder.int8.onnx")
-    recorded = {key: {part: counts[key] for part, counts in rewrites.items()}
-                for key in ("tanh_gelu_fused", "convs_as_matmuls")}
-    if trt_version is not None:
-        require_trt_lint(d, [d / "encoder.int8.onnx", d / "decoder.int8.onnx"], trt_version)
     data = manifest.data
-    data["graphs"]["int8"] = {part: {"file": f"{part}.int8.onnx", "sha256": sha256_file(d / f"{part}.int8.onnx"),
-                                     **graph_io(d / f"{part}.int8.onnx")} for part in ("encoder", "decoder")}
-    formats = {"static": "QDQ", "dynamic": "dynamic"}
-    fmt = formats[encoder_mode] if encoder_mode == decoder_mode else \
-        f"encoder {formats[encoder_mode]}, decoder {formats[decoder_mode]}"
-    activations = {"static": "int8 symmetric, calibrated", "dynamic": "uint8, quantized per call"}
-    data["graphs"]["int8"]["recipe"] = {"format": fmt, "weights": "int8 per-channel symmetric",
-                                        "activations": {"encoder": activations[encoder_mode],
-                                                        "decoder": activations[decoder_mode]},
-                                        "ops": ["MatMul", "Gemm"],
-                                        **{key: per_part for key, per_part in recorded.items()
-                                           if any(per_part.values())},
-                                        "encoder_mode": encoder_mode, "decoder_mode": decoder_mode,
-                                        "calibration": (calib or "synthetic") if static else None,
-                                        "calibration_frames": len(calib_set), "target": target,
-                                        **({"check_trt": "passed"} if trt_version else {})}
-    write_manifest(d, data)
-    if synth_eval is None:
-        synth_eval = 500 if data.get("name") == "demo" else 0
-    report = quality_gate(d, eval_set, synth_eval=synth_eval, progress=progress)
-    failures = []
-    if report["exact_match"] < GATE_EXACT_MATCH:
-        failures.append(f"caption exact match {report['exact_match']:.1%} < {GATE_EXACT_MATCH:.0%}")
-    if synth_eval and report["attribute_accuracy"]["max_drop"] > GATE_ATTRIBUTE_DROP:
-        failures.append(f"attribute accuracy drops {report['attribute_accuracy']['max_drop']:.1%} > 1 point")
-    report.update(passed=not failures, failures=failures, accepted_quality_drop=bool(failures and accept_quality_drop))
-    data["graphs"]["int8"]["quality"] = report
-    write_manifest(d, data)
+    previous = data["graphs"].get("int8")
+    # gated under candidate names: the INT8 graphs a directory already holds stay until new ones pass the gate, and
+    # a failed gate or an interrupt leaves the directory as it was (the manifest's int8 entry included)
+    staged = {part: f"{part}.int8.candidate.onnx" for part in ("encoder", "decoder")}
+    try:
+        rewrites = {}  # per dynamically quantized part: how many of each graph rewrite it got
+        for part, mode in (("encoder", encoder_mode), ("decoder", decoder_mode)):
+            if mode == "static":
+                feeds = enc_feeds if part == "encoder" else dec_feeds
+                _quantize_static(d / f"{part}.onnx", d / staged[part], feeds, tensorrt=trt_version is not None)
+            else:
+                rewrites[part] = quantize_dynamic_graph(d / f"{part}.onnx", d / staged[part])
+        recorded = {key: {part: counts[key] for part, counts in rewrites.items()}
+                    for key in ("tanh_gelu_fused", "convs_as_matmuls")}
+        if trt_version is not None:
+            require_trt_lint(d, [d / staged["encoder"], d / staged["decoder"]], trt_version)
+        entry = {part: {"file": staged[part], "sha256": sha256_file(d / staged[part]), **graph_io(d / staged[part])}
+                 for part in ("encoder", "decoder")}
+        formats = {"static": "QDQ", "dynamic": "dynamic"}
+        fmt = formats[encoder_mode] if encoder_mode == decoder_mode else \
+            f"encoder {formats[encoder_mode]}, decoder {formats[decoder_mode]}"
+        activations = {"static": "int8 symmetric, calibrated", "dynamic": "uint8, quantized per call"}
+        entry["recipe"] = {"format": fmt, "weights": "int8 per-channel symmetric",
+                           "activations": {"encoder": activations[encoder_mode], "decoder": activations[decoder_mode]},
+                           "ops": ["MatMul", "Gemm"],
+                           **{key: per_part for key, per_part in recorded.items() if any(per_part.values())},
+                           "encoder_mode": encoder_mode, "decoder_mode": decoder_mode,
+                           "calibration": (calib or "synthetic") if static else None,
+                           "calibration_frames": len(calib_set), "target": target,
+                           **({"check_trt": "passed"} if trt_version else {})}
+        data["graphs"]["int8"] = entry  # the gate loads the candidates through the manifest, as a user would
+        write_manifest(d, data)
+        if synth_eval is None:
+            synth_eval = 500 if data.get("name") == "demo" else 0
+        report = quality_gate(d, eval_set, synth_eval=synth_eval, progress=progress)
+        failures = []
+        if report["exact_match"] < GATE_EXACT_MATCH:
+            failures.append(f"caption exact match {report['exact_match']:.1%} < {GATE_EXACT_MATCH:.0%}")
+        if synth_eval and report["attribute_accuracy"]["max_drop"] > GATE_ATTRIBUTE_DROP:
+            failures.append(f"attribute accuracy drops {report['attribute_accuracy']['max_drop']:.1%} > 1 point")
+        report.update(passed=not failures, failures=failures,
+                      accepted_quality_drop=bool(failures and accept_quality_drop))
+    except BaseException:  # an error or an interrupt: nothing half-made stays
+        _unstage(d, data, previous, staged)
+        raise
     if failures and not accept_quality_drop:
+        _unstage(d, data, previous, staged, rejected={"recipe": entry["recipe"], "quality": report})
         raise ExportError("INT8 quality gate failed: " + "; ".join(failures) +
-                          f" (report in {d / 'manifest.json'}); pass --accept-quality-drop to keep it anyway")
+                          f" (report under int8_rejected in {d / 'manifest.json'}; no INT8 graphs were kept); "
+                          "pass --accept-quality-drop to keep them anyway")
+    for part, name in staged.items():
+        os.replace(d / name, d / f"{part}.int8.onnx")
+        entry[part]["file"] = f"{part}.int8.onnx"
+    entry["quality"] = report
+    data.pop("int8_rejected", None)
+    write_manifest(d, data)
     return report
+
+
+def _unstage(d: Path, data: dict[str, Any], previous: dict[str, Any] | None, staged: dict[str, str],
+             rejected: dict[str, Any] | None = None) -> None:
+    """Put the manifest's int8 entry back as it was (none, or the graphs that passed before), record a rejected
+    candidate's report, and delete the candidate graphs."""
+    if previous is None:
+        data["graphs"].pop("int8", None)
+    else:
+        data["graphs"]["int8"] = previous
+    if rejected is not None:
+        data["int8_rejected"] = rejected
+    write_manifest(d, data)
+    for name in staged.values():
+        (d / name).unlink(missing_ok=True)

@@ -157,8 +157,8 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
     add_threads(p, "threads for every system")
     p.add_argument("--settle-ms", type=non_negative_float, default=200.0,
                    help="pause before each timed call so the previous system's idle threads settle (default 200)")
-    p.add_argument("--systems", nargs="+", choices=("eager", "fp32", "int8"), default=["eager", "fp32", "int8"],
-                   help="subset of eager fp32 int8")
+    p.add_argument("--systems", nargs="+", choices=("eager", "fp32", "int8"), default=None,
+                   help="subset of eager fp32 int8 (default: those the model directory holds; eager needs DIR/hf)")
     p.add_argument("--out", default=None,
                    help="JSON report, a PNG plot is written next to it (default: ./benchmarks/results/bench.json)")
 
