@@ -84,7 +84,7 @@ def test_quality_gate_failure_stops_unless_accepted(tiny_export, tmp_path, monke
 
     monkeypatch.setattr(quantize, "quality_gate", lambda *a, **k: {"frames": 4, "exact_match": 0.5,
                                                                      "token_agreement": 0.8})
-    with pytest.raises(ExportError, match="exact match 50.0% < 95%.*no INT8 graphs were kept"):
+    with pytest.raises(ExportError, match="exact match 50.0% < 95%.*these INT8 graphs were not kept"):
         quantize.quantize_dir(d, calib_frames=4, eval_frames=4, progress=False)
     # a rejected INT8 is not kept, so nothing can caption with it; its report stays for the user to read
     assert "int8" not in manifest()["graphs"] and not manifest()["int8_rejected"]["quality"]["passed"]

@@ -515,7 +515,7 @@ def quantize_dir(model_dir: str | os.PathLike, *, calib: str | None = None, cali
     if failures and not accept_quality_drop:
         _unstage(d, data, previous, staged, rejected={"recipe": entry["recipe"], "quality": report})
         raise ExportError("INT8 quality gate failed: " + "; ".join(failures) +
-                          f" (report under int8_rejected in {d / 'manifest.json'}; no INT8 graphs were kept); "
+                          f" (report under int8_rejected in {d / 'manifest.json'}; these INT8 graphs were not kept); "
                           "pass --accept-quality-drop to keep them anyway")
     for part, name in staged.items():
         os.replace(d / name, d / f"{part}.int8.onnx")
