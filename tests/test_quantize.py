@@ -101,7 +101,13 @@ def test_quality_gate_failure_stops_unless_accepted(tiny_export, tmp_path, monke
         quantize.quantize_dir(d, calib_frames=4, eval_frames=4, progress=False, encoder_mode="static")
     assert manifest()["graphs"]["int8"] == kept
 
-    def interrupted(*a, **k):
+    def interrupted(gate_dir, *a, **k):
+        # during the gate the directory's own manifest is untouched (so even a SIGKILL here leaves it as it was):
+        # the gate reads the candidates through the manifest of a side directory
+        assert manifest()["graphs"]["int8"] == kept
+        gated = json.loads((gate_dir / "manifest.json").read_text())["graphs"]["int8"]
+        assert gated["encoder"]["file"] == "encoder.int8.candidate.onnx"
+        assert (gate_dir / gated["encoder"]["file"]).is_file()
         raise KeyboardInterrupt
 
     monkeypatch.setattr(quantize, "quality_gate", interrupted)
@@ -109,6 +115,7 @@ def test_quality_gate_failure_stops_unless_accepted(tiny_export, tmp_path, monke
         quantize.quantize_dir(d, calib_frames=4, eval_frames=4, progress=False, encoder_mode="static")
     assert manifest()["graphs"]["int8"] == kept
     assert sorted(p.name for p in d.glob("*int8*.onnx")) == ["decoder.int8.onnx", "encoder.int8.onnx"]
+    assert not list(d.glob(".int8-gate-*"))
     assert all(sha256_file(d / kept[part]["file"]) == kept[part]["sha256"] for part in ("encoder", "decoder"))
     Captioner(d, precision="int8")
 

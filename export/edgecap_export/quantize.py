@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
@@ -467,9 +468,9 @@ def quantize_dir(model_dir: str | os.PathLike, *, calib: str | None = None, cali
         enc_feeds = _encoder_feeds(cap, manifest.io("encoder"), px)
         dec_feeds = _recorded_feeds(cap, px, [cap.decoder_session], 128)[0] if decoder_mode == "static" else []
     data = manifest.data
-    previous = data["graphs"].get("int8")
-    # gated under candidate names: the INT8 graphs a directory already holds stay until new ones pass the gate, and
-    # a failed gate or an interrupt leaves the directory as it was (the manifest's int8 entry included)
+    # written under candidate names and gated in a side directory: the manifest changes only with the verdict, so
+    # the INT8 graphs a directory already holds stay until new ones pass, and a failed gate, an error or an
+    # interrupt (even SIGKILL) leaves the manifest as it was
     staged = {part: f"{part}.int8.candidate.onnx" for part in ("encoder", "decoder")}
     try:
         rewrites = {}  # per dynamically quantized part: how many of each graph rewrite it got
@@ -497,11 +498,10 @@ def quantize_dir(model_dir: str | os.PathLike, *, calib: str | None = None, cali
                            "calibration": (calib or "synthetic") if static else None,
                            "calibration_frames": len(calib_set), "target": target,
                            **({"check_trt": "passed"} if trt_version else {})}
-        data["graphs"]["int8"] = entry  # the gate loads the candidates through the manifest, as a user would
-        write_manifest(d, data)
         if synth_eval is None:
             synth_eval = 500 if data.get("name") == "demo" else 0
-        report = quality_gate(d, eval_set, synth_eval=synth_eval, progress=progress)
+        with _gate_directory(d, {**data, "graphs": {**data["graphs"], "int8": entry}}) as gate_dir:
+            report = quality_gate(gate_dir, eval_set, synth_eval=synth_eval, progress=progress)
         failures = []
         if report["exact_match"] < GATE_EXACT_MATCH:
             failures.append(f"caption exact match {report['exact_match']:.1%} < {GATE_EXACT_MATCH:.0%}")
@@ -509,11 +509,13 @@ def quantize_dir(model_dir: str | os.PathLike, *, calib: str | None = None, cali
             failures.append(f"attribute accuracy drops {report['attribute_accuracy']['max_drop']:.1%} > 1 point")
         report.update(passed=not failures, failures=failures,
                       accepted_quality_drop=bool(failures and accept_quality_drop))
-    except BaseException:  # an error or an interrupt: nothing half-made stays
-        _unstage(d, data, previous, staged)
+    except BaseException:  # an error or an interrupt: no candidate stays
+        _drop(d, staged)
         raise
     if failures and not accept_quality_drop:
-        _unstage(d, data, previous, staged, rejected={"recipe": entry["recipe"], "quality": report})
+        _drop(d, staged)
+        data["int8_rejected"] = {"recipe": entry["recipe"], "quality": report}
+        write_manifest(d, data)
         raise ExportError("INT8 quality gate failed: " + "; ".join(failures) +
                           f" (report under int8_rejected in {d / 'manifest.json'}; these INT8 graphs were not kept); "
                           "pass --accept-quality-drop to keep them anyway")
@@ -521,21 +523,29 @@ def quantize_dir(model_dir: str | os.PathLike, *, calib: str | None = None, cali
         os.replace(d / name, d / f"{part}.int8.onnx")
         entry[part]["file"] = f"{part}.int8.onnx"
     entry["quality"] = report
+    data["graphs"]["int8"] = entry
     data.pop("int8_rejected", None)
     write_manifest(d, data)
     return report
 
 
-def _unstage(d: Path, data: dict[str, Any], previous: dict[str, Any] | None, staged: dict[str, str],
-             rejected: dict[str, Any] | None = None) -> None:
-    """Put the manifest's int8 entry back as it was (none, or the graphs that passed before), record a rejected
-    candidate's report, and delete the candidate graphs."""
-    if previous is None:
-        data["graphs"].pop("int8", None)
-    else:
-        data["graphs"]["int8"] = previous
-    if rejected is not None:
-        data["int8_rejected"] = rejected
-    write_manifest(d, data)
+@contextlib.contextmanager
+def _gate_directory(d: Path, manifest: dict[str, Any]) -> Iterator[Path]:
+    """A hidden side directory of ``d`` holding hard links to its files and ``manifest``: the quality gate loads the
+    candidate graphs through a manifest, as a user would, while ``d``'s own manifest stays untouched."""
+    with tempfile.TemporaryDirectory(dir=d, prefix=".int8-gate-") as tmp:
+        side = Path(tmp)
+        for f in d.iterdir():
+            if f.is_file() and f.name != "manifest.json":
+                try:
+                    os.link(f, side / f.name)
+                except OSError:  # a file system without hard links
+                    shutil.copy2(f, side / f.name)
+        write_manifest(side, manifest)
+        yield side
+
+
+def _drop(d: Path, staged: dict[str, str]) -> None:
+    """Delete the candidate graphs."""
     for name in staged.values():
         (d / name).unlink(missing_ok=True)
