@@ -11,7 +11,7 @@ import pytest
 onnx = pytest.importorskip("onnx")
 
 from edgecap import Captioner  # noqa: E402
-from edgecap.errors import ExportError  # noqa: E402
+from edgecap.errors import ExportError, InputError  # noqa: E402
 
 
 # The static-QDQ tests share a standard-attention export quantized with calibration (about half a minute here): slow.
@@ -315,3 +315,37 @@ def test_int8_recipe_quantizes_the_rewritten_convs(tmp_path):
     x = np.random.default_rng(2).standard_normal((2, 3, 15, 12)).astype(np.float32)
     ref, q = _run(src, x), _run(dst, x)
     assert np.linalg.norm(q - ref) / np.linalg.norm(ref) < 0.05
+
+
+def test_one_quantize_per_directory_and_leftovers_of_a_killed_one_are_removed(tiny_export, tmp_path, monkeypatch):
+    """A quantize killed outright leaves its candidates, the gate's side directory and the im2col copy of the
+    encoder; the next quantize removes them. A second quantize on a directory already being quantized is refused
+    with one line instead of overwriting the first one's candidates."""
+    import fcntl
+    import os
+
+    from edgecap_export import quantize
+
+    d = tmp_path / "model"
+    shutil.copytree(tiny_export, d)
+    (d / ".int8-gate-x1").mkdir()
+    os.link(d / "encoder.onnx", d / ".int8-gate-x1" / "encoder.onnx")
+    (d / ".convs-x2").mkdir()
+    (d / ".convs-x2" / "encoder.onnx").write_bytes(b"half-written")
+    (d / "decoder.int8.candidate.onnx").write_bytes(b"half-written")
+    before = sorted(p.name for p in d.iterdir())
+    fd = os.open(d, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as a running quantize holds it
+        with pytest.raises(InputError, match="another edgecap quantize is running on .*wait for it to finish"):
+            quantize.quantize_dir(d, calib_frames=4, eval_frames=4, progress=False)
+        assert sorted(p.name for p in d.iterdir()) == before  # a refused run touches nothing
+    finally:
+        os.close(fd)
+    monkeypatch.setattr(quantize, "quality_gate", lambda *a, **k: {"frames": 4, "exact_match": 1.0,
+                                                                     "token_agreement": 1.0})
+    quantize.quantize_dir(d, calib_frames=4, eval_frames=4, progress=False)
+    left = {p.name for p in d.iterdir()}
+    assert not {n for n in left if n.startswith((".int8-gate-", ".convs-")) or "candidate" in n}
+    assert {"encoder.int8.onnx", "decoder.int8.onnx", "encoder.onnx"} <= left
+    Captioner(d, precision="int8")

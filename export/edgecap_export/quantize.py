@@ -447,11 +447,51 @@ def quantize_dir(model_dir: str | os.PathLike, *, calib: str | None = None, cali
         ExportError: the quality gate failed and accept_quality_drop is False (the directory keeps the INT8 graphs
             it had before, if any; the manifest records the rejected report under ``int8_rejected``), or a
             tensorrt graph fails the lint.
+        InputError: another quantize is running on the directory, or an option does not fit the target.
     """
-    from edgecap import Captioner
-
     d = Path(model_dir)
     manifest = load_manifest(d)
+    with _one_quantize_at_a_time(d):
+        return _quantize_locked(d, manifest, calib, calib_frames, eval_frames, encoder_mode, decoder_mode,
+                                accept_quality_drop, synth_eval, progress, target)
+
+
+# what a quantize killed outright (SIGKILL, power loss) leaves in the directory: never listed in the manifest
+_LEFTOVERS = ("*.int8.candidate.onnx", ".int8-gate-*", ".convs-*")
+
+
+@contextlib.contextmanager
+def _one_quantize_at_a_time(d: Path) -> Iterator[None]:
+    """Hold an exclusive lock on the directory (two quantizes would overwrite each other's candidates) and remove
+    what an earlier quantize killed outright left behind (the im2col copy of an encoder is as large as the graph)."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock
+        fcntl = None
+    fd = os.open(d, os.O_RDONLY)
+    try:
+        if fcntl is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise InputError(f"another edgecap quantize is running on {d}; wait for it to finish, "
+                                 "then run this one again") from None
+        for stale in (p for pattern in _LEFTOVERS for p in sorted(d.glob(pattern))):
+            logger.info("removing %s, left by a quantize that was killed before it finished", stale.name)
+            if stale.is_dir():
+                shutil.rmtree(stale)
+            else:
+                stale.unlink()
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _quantize_locked(d: Path, manifest: Any, calib: str | None, calib_frames: int, eval_frames: int,
+                     encoder_mode: str | None, decoder_mode: str | None, accept_quality_drop: bool,
+                     synth_eval: int | None, progress: bool, target: str) -> dict[str, Any]:
+    from edgecap import Captioner
+
     encoder_mode, decoder_mode, trt_version = _resolve_target(target, manifest.data, encoder_mode, decoder_mode)
     for label, mode in (("encoder_mode", encoder_mode), ("decoder_mode", decoder_mode)):
         if mode not in MODES:
