@@ -354,6 +354,22 @@ def test_caption_cli_prompt(exported_factory, tmp_path, capsys):
     assert row["prompt"] == "a photography of" and row["text"].startswith("a photography of")
 
 
+def test_run_refuses_a_prompt_the_model_cannot_take_before_it_creates_the_log(exported_factory, tmp_path, capsys):
+    from PIL import Image
+
+    from cli_helpers import run_cli
+
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    Image.fromarray(_images(1, 1)[0]).save(frames / "x.png")
+    db = tmp_path / "events.sqlite"
+    code, out, err = run_cli(["run", str(frames), "--model", str(exported_factory("blip")), "--prompt", "<OD>",
+                              "--db", str(db), "--jsonl", str(tmp_path / "events.jsonl")], capsys)
+    assert code == 2 and "not a task token like <OD>" in err and "camera 'frames'" in err, err
+    assert len(err.strip().splitlines()) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["frames"]  # no log, no thumbnails, no JSONL
+
+
 def test_blip_graph_contract_and_lowerings(exported_factory):
     onnx = pytest.importorskip("onnx")
     layers = json.loads((exported_factory("blip") / "manifest.json").read_text())["architecture"]["num_layers"]

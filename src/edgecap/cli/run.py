@@ -94,6 +94,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             span = f"{ev.start:%H:%M:%S}-{ev.end:%H:%M:%S}Z" if ev.end else f"{ev.start:%H:%M:%S}Z"
         console.print(f"[{ev.camera}] {span}  {ev.caption}  ({ev.observations} obs)")
 
+    Runtime.check(cap, site.cameras)  # before the event log exists: a camera the model cannot serve leaves none
     thumbs = thumbnail_dir(args.db)
     options = RunOptions(max_batch=args.max_batch, thumbnail_dir=thumbs)
     with EventStore(args.db, jsonl=args.jsonl, outbox=Router(alerts) if alerts.delivers else None) as store:

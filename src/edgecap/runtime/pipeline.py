@@ -198,6 +198,24 @@ class Runtime:
         self.opts = options or RunOptions()
         self.on_scene = on_scene
         self.stats = RunStats()
+        self.check(backend, cameras)
+        self._provenance = dict(backend.provenance)
+        self._statuses: queue.SimpleQueue[SourceStatus] = queue.SimpleQueue()  # reader threads -> run thread
+        self._incidents: dict[tuple[str, str], _Incident] = {}  # (camera, kind) -> its open event
+        self._caption_streak = _Streak(self.opts.fail_after_batches, self.opts.fail_after_s)
+        self._sink_streak = _Streak(self.opts.fail_after_batches, self.opts.fail_after_s)
+        self.cameras = [_Camera(spec, source_factory(spec.source, on_status=self._statuses.put))
+                        for spec in cameras]
+
+    @staticmethod
+    def check(backend: CaptionBackend, cameras: Sequence[CameraSpec]) -> None:
+        """What the constructor refuses, checked with no side effect: a CLI calls it before it creates the event
+        log, so a camera the model cannot serve leaves nothing behind.
+
+        Raises:
+            InputError: duplicate camera names; the embedding gate without a backend that encodes separately; a
+                camera's prompt the model cannot take (the model's own line, said of the camera).
+        """
         names = [spec.name for spec in cameras]
         if len(set(names)) != len(names):
             raise InputError(f"camera names must be unique, got {sorted(n for n in set(names) if names.count(n) > 1)}")
@@ -215,13 +233,6 @@ class Runtime:
                     check(spec.prompt)
                 except InputError as exc:  # the model's own line, said of the camera whose prompt it is
                     raise InputError(f"camera {spec.name!r}: {exc}") from None
-        self._provenance = dict(backend.provenance)
-        self._statuses: queue.SimpleQueue[SourceStatus] = queue.SimpleQueue()  # reader threads -> run thread
-        self._incidents: dict[tuple[str, str], _Incident] = {}  # (camera, kind) -> its open event
-        self._caption_streak = _Streak(self.opts.fail_after_batches, self.opts.fail_after_s)
-        self._sink_streak = _Streak(self.opts.fail_after_batches, self.opts.fail_after_s)
-        self.cameras = [_Camera(spec, source_factory(spec.source, on_status=self._statuses.put))
-                        for spec in cameras]
 
     # -- events -----------------------------------------------------------------------------------------------
     def _put(self, ev: Event, embedding: np.ndarray | None = None) -> None:
