@@ -247,15 +247,58 @@ def test_unsupported_prompts_fail_with_one_line(exported_factory):
     px = cap.preprocess(_images(0, 2))
     cases = [("a photography of", "expects a task prompt"), ("<REGION_PROPOSAL>", "expects a task prompt"),
              ("<OD> cars", "takes no text"), (GROUNDING + " <OD>", "takes no text"), (["<OD>"], "one prompt per image"),
-             (GROUNDING + " street" * 200, "positions"), (GROUNDING + " <image>", "image tokens")]
+             (GROUNDING + " street" * 200, "positions"), (GROUNDING + " <image>", "image tokens"),
+             # tasks edgecap does not run, but which Florence2Processor refuses anywhere but alone
+             (GROUNDING + " <OCR_WITH_REGION>", "refuses <OCR_WITH_REGION> anywhere but alone"),
+             ("a <REGION_PROPOSAL> b", "refuses <REGION_PROPOSAL>")]
     for prompt, message in cases:
         with pytest.raises(InputError, match=message) as err:
             cap.generate(px, prompt, max_new_tokens=3)
         assert "\n" not in str(err.value)
+    # the decoder prefix is the model's: a start token of the caller's is refused, not silently replaced
+    start = cap.defaults.decoder_start_token_id
+    with pytest.raises(InputError, match="decoder_start_token_id cannot be changed per call"):
+        cap.generate(px, "<OD>", max_new_tokens=3, decoder_start_token_id=start + 1)
+    assert cap.generate(px, "<OD>", max_new_tokens=3, decoder_start_token_id=start) == \
+        cap.generate(px, "<OD>", max_new_tokens=3)
     enc = cap.encode_images(_images(0, 1), "<OD>")
     with pytest.raises(InputError, match="encoded for the prompt"):
         cap.caption_encoded(enc, "<CAPTION>")
     assert cap.caption_encoded(enc, "<OD>")[0].prompt == "<OD>"
+
+
+def _edited(src, dst, **edits):
+    """A copy of checkpoint ``src`` whose JSON files get ``edits``: {file stem: function(dict) editing it}."""
+    import shutil
+
+    shutil.copytree(src, dst)
+    for stem, edit in edits.items():
+        path = dst / f"{stem}.json"
+        data = json.loads(path.read_text())
+        edit(data)
+        path.write_text(json.dumps(data))
+    return dst
+
+
+@pytest.mark.parametrize("edits,message", [
+    ({"config": lambda c: c["text_config"].update(model_type="mbart")}, "text model 'mbart' is not supported"),
+    ({"config": lambda c: c["vision_config"].update(projection_dim=40)}, "projection_dim 40 differs"),
+    ({"processor_config": lambda c: c["image_processor"].update(image_seq_length=30)},
+     "image_seq_length 30 differs from the 17 image features"),
+    ({"generation_config": lambda c: c.update(renormalize_logits=True)}, "renormalize_logits=True is not supported"),
+])
+def test_export_refuses_what_it_cannot_reproduce_with_one_line(edits, message, checkpoint_factory, tmp_path):
+    """A checkpoint the graphs could not reproduce (another text model, image features that do not fit the encoder
+    or the processor's placeholders, a logits processor the runtime lacks) is refused before anything is written,
+    where before the export raised a traceback, or wrote graphs the parity check then failed."""
+    from edgecap.errors import UnsupportedModelError
+    from edgecap_export import export_model
+
+    src = _edited(checkpoint_factory("florence2"), tmp_path / "ckpt", **edits)
+    with pytest.raises(UnsupportedModelError, match=message) as err:
+        export_model(str(src), tmp_path / "out", progress=False)
+    assert "\n" not in str(err.value)
+    assert not (tmp_path / "out" / "manifest.json").exists()
 
 
 def test_caption_cli_task_prompt_prints_objects(exported_factory, tmp_path, capsys):

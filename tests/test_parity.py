@@ -249,3 +249,44 @@ def test_manifest_cleans_up_decoded_spaces_where_transformers_decode_does(builde
     out.mkdir()
     assert save_tokenizer(str(tmp_path), out)["clean_up_tokenization_spaces"] is cleaned
     assert cleaned is (clean_up and builder == "build_bert_tokenizer")  # the text holds what a clean-up changes
+
+
+def test_a_model_that_failed_or_did_not_finish_validation_loads_with_a_warning(tiny_export, tmp_path, monkeypatch,
+                                                                                caplog):
+    """An export that fails its check against transformers (or dies during it) leaves its directory to be looked
+    at; loading it says so, once, where before it captioned without a word. One that skipped validation on purpose
+    (--skip-validation) or passed it loads quietly."""
+    import logging
+    import shutil
+
+    from edgecap import Captioner
+    from edgecap_export import export_model, validate
+    from tiny_models import build_model
+
+    def loaded(validation):
+        d = tmp_path / f"m{len(list(tmp_path.iterdir()))}"
+        shutil.copytree(tiny_export, d)
+        m = json.loads((d / "manifest.json").read_text())
+        m["validation"] = validation
+        (d / "manifest.json").write_text(json.dumps(m))
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="edgecap"):
+            Captioner(d).caption(np.zeros((8, 8, 3), np.uint8), max_new_tokens=2)
+        return [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+
+    failed = loaded({"passed": False, "mismatches": ["generate.greedy.batch1", "logits"]})
+    assert len(failed) == 1 and "failed its export validation (2 mismatch(es)" in failed[0]
+    unfinished = loaded({"status": "running"})
+    assert len(unfinished) == 1 and "stopped during validation" in unfinished[0]
+    assert loaded({"status": "not run"}) == [] and loaded({"passed": True, "mismatches": []}) == []
+
+    # an export whose validation dies leaves "running", not the "not run" of a skipped validation
+    def dies(*a, **k):
+        raise RuntimeError("killed")
+
+    monkeypatch.setattr(validate, "validate_export", dies)
+    with pytest.raises(RuntimeError, match="killed"):
+        export_model(str(build_model(tmp_path / "ckpt")), tmp_path / "out", progress=False)
+    assert json.loads((tmp_path / "out" / "manifest.json").read_text())["validation"] == {"status": "running"}
+    skipped = export_model(str(tmp_path / "ckpt"), tmp_path / "skipped", progress=False, validate=False)
+    assert json.loads((skipped / "manifest.json").read_text())["validation"] == {"status": "not run"}

@@ -41,7 +41,7 @@ FP16_FRAMES = 16
 # Generation settings whose processors the runtime does not implement: refuse rather than say different words.
 _UNSUPPORTED_GENERATION = ("bad_words_ids", "suppress_tokens",
                            "begin_suppress_tokens", "sequence_bias", "exponential_decay_length_penalty",
-                           "encoder_no_repeat_ngram_size")
+                           "encoder_no_repeat_ngram_size", "renormalize_logits")
 
 
 def sha256_file(path: str | os.PathLike) -> str:
@@ -469,7 +469,9 @@ def export_model(model: str, out: str | os.PathLike, *, opset: int = DEFAULT_OPS
             "graphs": graphs,
             "io": io_names(shape.num_layers, decoder_only=decoder_only, prompt_ids=not decoder_only and any(
                 t["name"] == "input_ids" for t in graphs["fp32"]["encoder"]["inputs"])),
-            "validation": {"status": "not run"},
+            # "running" until the report replaces it: an export that dies during validation does not read as one
+            # that skipped it (the runtime warns about both a failed and an unfinished validation)
+            "validation": {"status": "running" if validate else "not run"},
         }
         write_manifest(out, manifest)
         if validate:

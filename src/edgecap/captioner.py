@@ -136,6 +136,19 @@ class _EncoderStreams:
         return [np.concatenate([p[j] for p in parts]) for j in range(len(names))]
 
 
+def _warn_unless_validated(manifest: Manifest) -> None:
+    """A model whose export failed its check against transformers, or died during it, still loads (to be looked
+    at), but says so: its words may differ from transformers'."""
+    v = manifest.data.get("validation") or {}
+    if v.get("passed") is False:
+        logger.warning("%s failed its export validation (%d mismatch(es) with transformers, listed in its "
+                       "manifest.json): its captions may differ; export it again", manifest.directory,
+                       len(v.get("mismatches") or []))
+    elif v.get("status") == "running":
+        logger.warning("%s: its export stopped during validation, so nothing checked it against transformers; "
+                       "export it again", manifest.directory)
+
+
 def _check_io(sess: Any, graph: dict, path: Path) -> None:
     """The manifest must describe the graph exactly: same input and output names."""
     for kind, actual in (("inputs", sess.get_inputs()), ("outputs", sess.get_outputs())):
@@ -172,6 +185,7 @@ class Captioner:
         if precision not in PRECISIONS:
             raise InputError(f"unknown precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
         self.manifest: Manifest = load_manifest(model_dir)
+        _warn_unless_validated(self.manifest)
         self.precision = precision
         m = self.manifest.data
         try:

@@ -76,6 +76,9 @@ class GenerationOptions:
         if unknown:
             raise InputError(f"unknown generation option(s) {unknown}; expected some of {sorted(names)}")
         given = {k: v for k, v in overrides.items() if v is not None}
+        if given.get("decoder_start_token_id", self.decoder_start_token_id) != self.decoder_start_token_id:
+            raise InputError(f"decoder_start_token_id cannot be changed per call: the decoder prefix starts with the "
+                             f"model's start token {self.decoder_start_token_id}")
         if "max_length" in given and "max_new_tokens" not in given:
             given["max_new_tokens"] = None  # the caller asked for a total length, as transformers' max_length=
         if "max_length" in given or "max_new_tokens" in given:

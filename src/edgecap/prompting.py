@@ -99,6 +99,11 @@ class PromptEncoder:
                     raise InputError(f"the task {token} takes no text after it, got {prompt[:40]!r}; "
                                      f"pass {token} alone")
                 return token, entry["text"]
+        # as Florence2Processor: any task it runs without text (edgecap's or not) must be the whole prompt
+        other = next((t for t in self.spec.get("standalone_tokens", ()) if t in prompt), None)
+        if other is not None:
+            raise InputError(f"{self.model} expects a task prompt, one of {', '.join(tasks)}, got {prompt[:40]!r} "
+                             f"(Florence2Processor refuses {other} anywhere but alone)")
         # as Florence2Processor: a task that takes text is found anywhere in the prompt, not only at its start
         token = next((t for t, e in tasks.items() if e["takes_input"] and t in prompt), None)
         if token is None:

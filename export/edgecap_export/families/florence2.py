@@ -44,6 +44,13 @@ class Florence2:
         if "Florence2ForConditionalGeneration" not in archs:
             raise UnsupportedModelError(f"unsupported Florence-2 head {archs[0]}: edgecap exports "
                                         "Florence2ForConditionalGeneration")
+        if getattr(text, "model_type", "bart") != "bart":
+            raise UnsupportedModelError(f"Florence-2 text model {text.model_type!r} is not supported: edgecap exports "
+                                        "the BART encoder-decoder (text_config.model_type 'bart')")
+        vision = config.vision_config
+        if int(vision.projection_dim) != int(text.d_model):
+            raise UnsupportedModelError(f"Florence-2 projection_dim {vision.projection_dim} differs from the text "
+                                        f"model's d_model {text.d_model}: the image features cannot enter the encoder")
         if text.d_model % text.decoder_attention_heads:
             raise UnsupportedModelError(f"Florence-2 d_model {text.d_model} is not a multiple of its "
                                         f"{text.decoder_attention_heads} decoder heads")
@@ -55,6 +62,13 @@ class Florence2:
         if "height" not in size or "image_seq_length" not in pc:
             raise UnsupportedModelError(f"{config.name_or_path} has no Florence-2 image processor settings "
                                         "(size and image_seq_length); save the processor with the model")
+        h, w = int(size["height"]), int(size["width"])
+        for k, st, pad in zip(vision.patch_size, vision.patch_stride, vision.patch_padding):
+            h, w = (h + 2 * pad - k) // st + 1, (w + 2 * pad - k) // st + 1
+        if int(pc["image_seq_length"]) != h * w + 1:
+            raise UnsupportedModelError(f"the processor's image_seq_length {pc['image_seq_length']} differs from the "
+                                        f"{h * w + 1} image features the vision tower makes at "
+                                        f"{size['height']}x{size['width']}")
         return ModelShape(encoder_type="florence_vision", decoder_type="bart",
                           num_layers=int(text.decoder_layers), num_heads=int(text.decoder_attention_heads),
                           head_dim=int(text.d_model) // int(text.decoder_attention_heads),
@@ -96,6 +110,7 @@ class Florence2:
         config = proc.post_processor_config or {}
         return {"kind": "task", "default_task": DEFAULT_TASK, "tasks": tasks, "bos_token": tok.bos_token,
                 "eos_token": tok.eos_token,
+                "standalone_tokens": list(proc.task_prompts_without_inputs),
                 "banned_grounding_tokens": list(config.get("phrase_grounding", {}).get("banned_grounding_tokens", [])),
                 "quantize_bins": list(proc.post_processor.quantize_bins),
                 "max_positions": int(hf_model.config.text_config.max_position_embeddings),
