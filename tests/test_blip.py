@@ -193,6 +193,43 @@ def test_default_length_stops_at_the_text_decoders_positions(tmp_path):
             lengths |= {len(r) for r in ours}
     assert 15 in lengths  # the cap was reached, not only the [SEP]
     assert len(cap.generate(px[:1], None, max_new_tokens=16, min_new_tokens=16)[0]) == 16  # a set length: no cap
+    # a prompt whose prefix fills all 16 positions is fed once and its last position picks one token, as in
+    # transformers (it was refused); at the default length nothing is left, where transformers raises ValueError
+    words = "the red car on a street at night".split()
+    full = " ".join(words[i % len(words)] for i in range(15))
+    assert len(cap.prompts.prefix(full)) == 16
+    for kw in (dict(num_beams=1), dict(num_beams=3)):
+        assert cap.generate(px, full, max_new_tokens=1, **kw) == \
+            _hf_ids(model, processor, px, full, cap.defaults.eos_token_id, max_new_tokens=1, **kw)
+    with pytest.raises(ValueError, match="max_length"):
+        _hf_ids(model, processor, px, full, cap.defaults.eos_token_id)
+    with pytest.raises(InputError, match="is 16 tokens and the model's default length stops at 16"):
+        cap.generate(px, full)
+    with pytest.raises(InputError, match="the prompt is 17 tokens, the model's decoder holds 16 positions"):
+        cap.generate(px, full + " car", max_new_tokens=1)
+
+
+def test_a_processor_that_does_not_resize_exports_and_quantizes(checkpoint_factory, tmp_path):
+    # validation and the quality gate fed it 240x320 frames, which such a model refuses: the export and quantize
+    # stopped with "expected a 32x32 image", though transformers and the runtime run the checkpoint
+    import shutil
+
+    from edgecap_export import export_model
+    from edgecap_export.quantize import quantize_dir
+
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(checkpoint_factory("blip"), ckpt)
+    pc = json.loads((ckpt / "processor_config.json").read_text())
+    pc["image_processor"]["do_resize"] = False
+    (ckpt / "processor_config.json").write_text(json.dumps(pc))
+    out = export_model(str(ckpt), tmp_path / "out", progress=False)
+    assert json.loads((out / "manifest.json").read_text())["validation"]["passed"]
+    report = quantize_dir(out, calib_frames=4, eval_frames=4, progress=False, accept_quality_drop=True)
+    assert report["frames"] == 4
+    img = np.random.default_rng(3).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    assert Captioner(out, precision="int8").caption(img, max_new_tokens=3).token_ids
+    with pytest.raises(InputError, match="expected a 32x32 image"):
+        Captioner(out).caption(np.zeros((40, 40, 3), np.uint8))
 
 
 def test_a_start_token_equal_to_the_pad_token_is_not_masked(checkpoint_factory, tmp_path):
@@ -352,6 +389,10 @@ def test_caption_cli_prompt(exported_factory, tmp_path, capsys):
     assert code == 0, err
     row = json.loads(out)
     assert row["prompt"] == "a photography of" and row["text"].startswith("a photography of")
+    # a prompt the model cannot take is one line and a usage error, not one error per image
+    code, out, err = run_cli(["caption", str(exported_factory("blip")), str(img), str(img), str(img),
+                              "--prompt", "<OD>"], capsys)
+    assert code == 2 and out == "" and len(err.strip().splitlines()) == 1 and "task token like <OD>" in err
 
 
 def test_run_refuses_a_prompt_the_model_cannot_take_before_it_creates_the_log(exported_factory, tmp_path, capsys):

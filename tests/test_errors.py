@@ -94,11 +94,32 @@ def test_bad_pixel_values(pixels, fragment, tiny_export):
     (dict(num_beams=0), "num_beams"),
     (dict(temperature=0.7), "unknown generation option"),
     (dict(early_stopping="sometimes"), "early_stopping"),
+    # wrong types were a TypeError deep in the search, a forced id past the vocabulary an IndexError, and a
+    # negative one silently forced the token numpy's negative indexing picked
+    (dict(num_beams="3"), "num_beams must be a whole number >= 1, got '3'"),
+    (dict(num_beams=3.0), "num_beams must be a whole number"),
+    (dict(no_repeat_ngram_size=2.5), "no_repeat_ngram_size must be a whole number >= 0"),
+    (dict(max_new_tokens=5.5), "max_new_tokens must be a whole number >= 1"),
+    (dict(repetition_penalty="1.2"), "repetition_penalty must be a number"),
+    (dict(length_penalty=None, repetition_penalty=True), "repetition_penalty must be a number"),
+    (dict(eos_token_id="3"), "eos_token_id must be a token id or a list of them"),
+    (dict(eos_token_id=[3, -1]), "eos_token_id must be a whole number >= 0"),
+    (dict(forced_eos_token_id=-5), "forced_eos_token_id must be a whole number >= 0, got -5"),
+    (dict(forced_bos_token_id=10**6), "forced_bos_token_id 1000000 is not a token of this model"),
 ])
 def test_bad_generation_options(opts, fragment, tiny_export):
     cap = Captioner(tiny_export)
-    with pytest.raises(InputError, match=fragment):
+    with pytest.raises(InputError, match=fragment) as err:
         cap.generate(cap.preprocess([np.zeros((8, 8, 3), np.uint8)]), **opts)
+    assert "\n" not in str(err.value)
+
+
+def test_a_pil_image_whose_mode_cannot_become_rgb_is_one_input_error(tiny_export):
+    from PIL import Image
+
+    odd = Image.new("La", (8, 8))  # Pillow cannot convert "La" (premultiplied grey + alpha) to RGB
+    with pytest.raises(InputError, match="cannot convert a PIL image of mode 'La' to RGB"):
+        Captioner(tiny_export).preprocess([odd])
 
 
 def test_caption_single_and_list(tiny_export):

@@ -499,6 +499,11 @@ def _quantize_locked(d: Path, manifest: Any, calib: str | None, calib_frames: in
     static = "static" in (encoder_mode, decoder_mode)
     calib_frames = calib_frames if static else 0  # dynamic quantization needs no calibration
     frames = calibration_frames(calib, calib_frames + eval_frames, progress=progress)
+    image = manifest.data.get("image", {})
+    if image.get("do_resize") is False:  # a processor that does not resize takes images of the model's size only
+        from edgecap.imaging import BILINEAR, resize
+
+        frames = [resize(f, int(image["height"]), int(image["width"]), BILINEAR) for f in frames]
     calib_set, eval_set = frames[:calib_frames], frames[calib_frames:] or frames
     cap = Captioner(d)
     px = cap.preprocess(calib_set) if static else None

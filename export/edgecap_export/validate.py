@@ -93,7 +93,8 @@ def validate_export(hf_model: Any, model: str, out: Path, *, progress: bool = Tr
 
         return validate_decoder_only(hf_model, model, out, progress=progress)
     cap = Captioner(out)
-    images = test_images(3)
+    cfg = cap.image_config  # a processor that does not resize takes images of the model's size only
+    images = test_images(3) if cfg.do_resize else test_images(3, cfg.height, cfg.width)
     results: dict[str, Any] = {}
     mismatches: list[str] = []
 

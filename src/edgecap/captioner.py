@@ -322,7 +322,13 @@ class Captioner:
 
     def options(self, **overrides: Any) -> GenerationOptions:
         """The model's generation defaults with ``overrides`` (None values ignored) applied."""
-        return self.defaults.updated(**overrides)
+        opts = self.defaults.updated(**overrides)
+        vocab = self.manifest.data["architecture"].get("vocab_size")
+        for name in ("forced_bos_token_id", "forced_eos_token_id"):
+            token = getattr(opts, name)
+            if vocab is not None and token is not None and token >= int(vocab):
+                raise InputError(f"{name} {token} is not a token of this model (vocabulary of {vocab})")
+        return opts
 
     def generate(self, pixel_values: np.ndarray, prompt: PromptArg = None, *, use_cache: bool = True,
                  _timings: dict | None = None, **options: Any) -> list[list[int]]:

@@ -60,8 +60,12 @@ class GenerationOptions:
     def new_tokens(self, prefix_len: int) -> int:
         """The token budget after a decoder prefix of ``prefix_len`` ids (start token and prompt)."""
         if self.max_new_tokens is not None:
-            if self.length_cap is not None:  # the prompt check keeps prefix_len below the cap
-                return max(1, min(self.max_new_tokens, self.length_cap - prefix_len))
+            if self.length_cap is not None:  # transformers: max_length = min(default + prefix, positions)
+                if prefix_len >= self.length_cap:
+                    raise InputError(f"the decoder prefix (start token and prompt) is {prefix_len} tokens and the "
+                                     f"model's default length stops at {self.length_cap}: nothing left to generate; "
+                                     "pass max_new_tokens or shorten the prompt")
+                return min(self.max_new_tokens, self.length_cap - prefix_len)
             return self.max_new_tokens
         budget = int(self.max_length or 0) - prefix_len
         if budget < 1:
@@ -84,12 +88,31 @@ class GenerationOptions:
         if "max_length" in given or "max_new_tokens" in given:
             given.setdefault("length_cap", None)  # a length the caller sets is not capped, as in transformers
         opts = replace(self, **given)
-        if isinstance(opts.eos_token_id, int):
+        if isinstance(opts.eos_token_id, (int, np.integer)):
             opts = replace(opts, eos_token_id=(opts.eos_token_id,))
         opts.check()
         return opts
 
     def check(self) -> None:
+        def whole(name: str, value: Any, low: int, optional: bool = False) -> None:
+            if value is None and optional:
+                return
+            if not isinstance(value, (int, np.integer)) or value < low:
+                raise InputError(f"{name} must be a whole number >= {low}, got {value!r}")
+
+        for name in ("num_beams", "min_new_tokens", "min_length", "no_repeat_ngram_size"):
+            whole(name, getattr(self, name), 1 if name == "num_beams" else 0)
+        for name in ("max_new_tokens", "max_length", "pad_token_id", "forced_bos_token_id", "forced_eos_token_id"):
+            whole(name, getattr(self, name), 0 if name.endswith("_id") else 1, optional=True)
+        whole("decoder_start_token_id", self.decoder_start_token_id, 0)
+        if not isinstance(self.eos_token_id, (tuple, list)):
+            raise InputError(f"eos_token_id must be a token id or a list of them, got {self.eos_token_id!r}")
+        for t in self.eos_token_id:
+            whole("eos_token_id", t, 0)
+        for name in ("length_penalty", "repetition_penalty"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+                raise InputError(f"{name} must be a number, got {value!r}")
         if self.max_new_tokens is None and self.max_length is None:
             raise InputError("set max_new_tokens (or max_length): the model records neither")
         if self.max_new_tokens is not None and self.max_new_tokens < 1:

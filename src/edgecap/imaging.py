@@ -181,10 +181,13 @@ def load_image(image: Any, *, alpha_on_white: bool = False) -> np.ndarray:
     if isinstance(image, (str, os.PathLike)):
         image = _read_image_file(os.fspath(image))
     if hasattr(image, "convert") and hasattr(image, "size") and not isinstance(image, np.ndarray):
-        if alpha_on_white and ("A" in image.getbands() or image.info.get("transparency") is not None):
-            rgba = image.convert("RGBA")
-            image = _PIL.alpha_composite(_PIL.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
-        image = np.asarray(image.convert("RGB"))
+        try:
+            if alpha_on_white and ("A" in image.getbands() or image.info.get("transparency") is not None):
+                rgba = image.convert("RGBA")
+                image = _PIL.alpha_composite(_PIL.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
+            image = np.asarray(image.convert("RGB"))
+        except (ValueError, OSError) as exc:  # a mode Pillow cannot convert to RGB (e.g. "La")
+            raise InputError(f"cannot convert a PIL image of mode {image.mode!r} to RGB: {_describe(exc)}") from None
     if not isinstance(image, np.ndarray):
         raise InputError(f"expected an HxWx3 uint8 RGB array, a PIL image or a path, got {type(image).__name__}")
     if image.dtype != np.uint8:

@@ -146,7 +146,7 @@ class PromptEncoder:
         if not ids:
             raise InputError(f"the prompt {prompt!r} leaves no token once the model's prompt rule applies; "
                              "use a longer prompt or none")
-        if len(ids) >= int(spec["max_positions"]):
+        if len(ids) > int(spec["max_positions"]):  # a prefix that fills every position can still be fed once
             raise InputError(f"the prompt is {len(ids)} tokens, the model's decoder holds {spec['max_positions']} "
                              "positions in all; shorten the prompt")
         return ids

@@ -14,6 +14,9 @@ def cmd_caption(args: argparse.Namespace) -> int:
     from ..captioner import Captioner
 
     cap = Captioner(args.model, precision=args.precision, threads=args.threads)
+    # what holds for every image fails once, in one line, not once per image
+    cap.check_prompt(args.prompt)
+    cap.options(num_beams=args.beams, max_new_tokens=args.max_new_tokens)
     failed = 0
     for path in args.images:
         try:
