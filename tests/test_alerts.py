@@ -28,6 +28,13 @@ def scene(caption, *, uid="s1", camera="front-door", start=T0, seconds=5.0, conf
                  source_start_s=0.0, source_end_s=seconds, caption=caption, confidence=confidence, closed=closed)
 
 
+def od_scene(*labels):
+    """A Florence-2 <OD> scene: the caption is its labels, the boxes are in the details."""
+    ev = scene(" ".join(labels))
+    ev.details["objects"] = [{"label": label, "x0": 1.0, "y0": 2.0, "x1": 30.0, "y1": 40.0} for label in labels]
+    return ev
+
+
 def rule(**table):
     return parse_rule({"name": "r", **table}, "cameras.toml: alert #1")
 
@@ -46,6 +53,12 @@ def rule(**table):
     ({"regex": r"\bred car\b"}, scene("a blue car on the left"), False),
     ({"objects": ["person", "truck"]}, scene("a white truck"), True),  # any one of the objects
     ({"objects": ["person", "truck"]}, scene("a white car"), False),
+    # an object name is matched whole: in one detected label when the scene has <OD> objects, else in the caption
+    ({"objects": ["traffic light"]}, scene("heavy traffic on the road"), False),
+    ({"objects": ["traffic light"]}, scene("a traffic light at the corner"), True),
+    ({"objects": ["traffic light"]}, od_scene("light", "traffic cone"), False),
+    ({"objects": ["traffic light"]}, od_scene("car", "traffic light"), True),
+    ({"objects": "person dog"}, od_scene("dog"), True),  # a string: one-word names
     ({"match": "person", "cameras": ["front-*"]}, scene("a person", camera="front-door"), True),
     ({"match": "person", "cameras": ["front-*"]}, scene("a person", camera="yard"), False),
     ({"match": "person", "cameras": ["yard", "gate?"]}, scene("a person", camera="gate2"), True),
@@ -232,6 +245,16 @@ def test_events_messages_follow_frigate_new_update_end(tmp_path):
     assert len({c["id"] for c in changes}) == 3 and all(c["node"] == "n1" for c in changes)
     retained = [(t, p) for _, t, p in outbox_rows(db) if t.endswith("/caption")]
     assert retained == [("edgecap/front-door/caption", "a cat")]  # once per new caption, not per update
+
+
+def test_an_empty_answer_clears_the_retained_caption(tmp_path):
+    # an <OD> answer with no objects is an empty caption: the retained topic must not keep the last objects seen
+    db = tmp_path / "e.sqlite"
+    with EventStore(db, outbox=Router(hook_settings())) as store:
+        store.put(scene("person", uid="a")).wait(10)
+        store.put(scene("", uid="b", start=T0 + timedelta(seconds=10))).wait(10)
+    retained = [(t, p) for _, t, p in outbox_rows(db) if t.endswith("/caption")]
+    assert retained == [("edgecap/front-door/caption", "person"), ("edgecap/front-door/caption", "")]
 
 
 # -- delivery worker --------------------------------------------------------------------------------------------

@@ -44,6 +44,10 @@ class ProbeRuntime:
     def __init__(self, *args, **kwargs):
         self.stats = Stats()
 
+    @staticmethod
+    def check(backend, cameras):  # Runtime's checks before the log exists: nothing to check without a model
+        pass
+
     def run(self, stop):
         k = 0
         while True:  # wait number k gets the signal at the k-th line it executes, until a wait has fewer lines

@@ -617,6 +617,8 @@ class DetectingCaptioner(FakeCaptioner):
             return [Caption("car, person", [1], {"total": 1.0}, -0.1, prompt,
                             [DetectedObject("car", 1, 2, 30, 40), DetectedObject("person", 5, 6, 7, 8)])
                     for _ in range(enc.batch)]
+        if prompt == "<OD> (nothing)":  # a detection answer that found nothing
+            return [Caption("", [1], {"total": 1.0}, -0.1, prompt, []) for _ in range(enc.batch)]
         return [Caption("a scene", [1], {"total": 1.0}, -0.1, prompt) for _ in range(enc.batch)]
 
 
@@ -632,6 +634,16 @@ def test_cameras_with_different_prompts_are_encoded_per_prompt_and_objects_land_
     assert scenes["door"].caption == "car, person" and scenes["door"].details["objects"] == [
         {"label": "car", "x0": 1, "y0": 2, "x1": 30, "y1": 40}, {"label": "person", "x0": 5, "y0": 6, "x1": 7, "y1": 8}]
     assert "objects" not in scenes["yard"].details
+
+
+def test_a_detection_that_found_nothing_records_no_objects_not_no_detection(tmp_path):
+    # objects: [] says the task ran and found nothing; a missing key read as a camera that does no detection
+    sink = RecordingSink()
+    cams = [CameraSpec(SourceConfig("door", "unused.mp4"), GateConfig(settle_samples=0), prompt="<OD> (nothing)")]
+    rt = Runtime(DetectingCaptioner(), cams, sink, source_factory=scripted(_two_scene_frames()[:2]))
+    assert rt.run() == 0
+    (door,) = [e for e in sink.latest().values() if e.kind == "scene"]
+    assert door.caption == "" and door.details["objects"] == []
 
 
 @pytest.mark.slow

@@ -287,7 +287,9 @@ def test_full_text_pages_are_exact_when_starts_do_not_follow_ids(tmp_path, monke
             assert walked == expected, (text, limit)
 
 
-@pytest.mark.parametrize("query", ["limit=0", "limit=501", "limit=x", "since=yesterdayish", "cursor=bogus"])
+@pytest.mark.parametrize("query", ["limit=0", "limit=501", "limit=x", "since=yesterdayish", "cursor=bogus",
+                                   # past SQLite's integers: was a 500 and a server traceback
+                                   "cursor=1.0_9223372036854775808", "q=red&cursor=1.0_9223372036854775808"])
 def test_bad_parameters_get_400_with_a_message(server, query):
     status, _, body = request(server, f"/api/events?{query}")
     assert status == 400 and json.loads(body)["error"]
@@ -297,6 +299,8 @@ def test_one_event_and_a_missing_one(server, log):
     ev = search(log, kinds="scene", limit=1)[0]
     assert get_json(server, f"/api/events/{ev.id}")["caption"] == ev.caption
     assert request(server, "/api/events/999999")[0] == 404
+    for path in ("", "/thumbnail.jpg", "/similar"):  # an id past SQLite's integers is just no such event (was 500)
+        assert request(server, f"/api/events/9223372036854775808{path}")[0] == 404, path
     assert request(server, "/api/events/..%2f..%2fetc")[0] == 404
 
 
@@ -333,6 +337,13 @@ def test_no_camera_credential_in_any_response(server, log):
     for path in ("/api/events?kind=source_error", "/api/cameras"):
         body = request(server, path)[2]
         assert b"lobby" in body and b"hunter2" not in body and b"admin:***@10.0.0.5" in body
+    # a message with a secret query value: the masking keeps the words after the URL (the outage's reason)
+    put_events(log, Event("cred-query", "source_down", "porch", now(),
+                          details={"message": "rtsp://127.0.0.1:1/live?token=hunter2 down: ConnectionRefusedError: "
+                                              "Connection refused; reconnecting in 0.20 s"}))
+    (found,) = get_json(server, "/api/events?kind=source_down&camera=porch")["events"]
+    assert found["details"]["message"] == ("rtsp://127.0.0.1:1/live?token=*** down: ConnectionRefusedError: "
+                                           "Connection refused; reconnecting in 0.20 s")
 
 
 def test_healthz(server):
@@ -377,6 +388,28 @@ def test_the_stream_sends_new_and_updated_events(server, log):
         stop.set()
     assert seen[0]["thumbnail_url"] is None and seen[-1]["observations"] == 2
     assert set(JSON_FIELDS) | {"thumbnail_url"} == set(seen[-1])
+
+
+def test_a_last_event_id_past_sqlites_integers_is_ignored(server, log):
+    # the stream died after its first line (OverflowError in the server) when an EventSource sent one
+    parts = urlsplit(server.base)
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
+    try:
+        conn.request("GET", "/api/stream", headers={"Authorization": f"Bearer {server.token}",
+                                                    "Last-Event-ID": "9223372036854775808"})
+        resp = conn.getresponse()
+        assert resp.status == 200
+        uid = uuid.uuid4().hex
+        put_events(log, Event(uid, "scene", "gate", now(), caption="after a huge last event id"))
+        for _ in range(10_000):  # bounded; the socket timeout bounds each read
+            line = resp.fp.readline()
+            assert line, "the stream ended"
+            if line.startswith(b"data: ") and json.loads(line[6:])["uid"] == uid:
+                break
+        else:
+            raise AssertionError("the new event never came")
+    finally:
+        conn.close()
 
 
 def test_a_database_being_created_reads_as_no_events_yet(start_server, tmp_path):
@@ -426,6 +459,21 @@ def test_without_the_web_extra_serve_says_what_to_install(log):
 def test_a_port_in_use_fails_with_one_line(log, server):
     proc = serve_cli("--db", str(log), "--port", str(urlsplit(server.base).port))
     assert proc.returncode == 2 and "choose another --port" in proc.stderr and len(proc.stderr.splitlines()) == 1
+
+
+def test_run_serve_on_a_port_in_use_fails_before_it_creates_the_log(server, tmp_path):
+    # the port was bound after the model had loaded and the event log existed: an empty database was left behind
+    from PIL import Image
+
+    db = tmp_path / "run" / "e.sqlite"
+    db.parent.mkdir()
+    (tmp_path / "frames").mkdir()
+    Image.new("RGB", (32, 32)).save(tmp_path / "frames" / "0.png")
+    proc = subprocess.run([sys.executable, "-m", "edgecap", "run", str(tmp_path / "frames"), "--db", str(db),
+                           "--jsonl", str(tmp_path / "run" / "e.jsonl"), "--serve", "--port",
+                           str(urlsplit(server.base).port)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "choose another --port" in proc.stderr, proc.stderr
+    assert len(proc.stderr.splitlines()) == 1 and not list(db.parent.iterdir())
 
 
 @pytest.mark.slow

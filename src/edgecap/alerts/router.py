@@ -105,8 +105,10 @@ class Router:
         if before is None and after.closed and after.kind == SCENE:
             # opened and closed within one commit: consumers that wait for "end" after "new" still get it
             out.append(OutboxMessage(MQTT, topic, json.dumps({**change, "id": change["id"] + ":end", "type": "end"})))
-        if after.kind == SCENE and after.caption and (before is None or before.caption != after.caption):
-            out.append(OutboxMessage(MQTT, f"{prefix}/{cam}/caption", after.caption, retain=True))
+        if after.kind == SCENE and (before is None or before.caption != after.caption):
+            # an empty caption too (an <OD> answer with no objects): else the retained topic keeps saying the last
+            # objects seen long after they left; an empty retained payload clears the topic
+            out.append(OutboxMessage(MQTT, f"{prefix}/{cam}/caption", after.caption or "", retain=True))
         elif after.kind == ALERT and before is None:
             payload = alert_payload(after, node=m.node, scene_id=scene_id, base_url=m.thumbnail_base_url)
             out.append(OutboxMessage(MQTT, f"{prefix}/alerts", json.dumps(payload)))

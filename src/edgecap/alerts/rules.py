@@ -44,7 +44,8 @@ class _Compiled:
     def __init__(self, rule: AlertRule, stemmer: Stemmer):
         self.rule = rule
         self.match = stemmer.stems(" ".join(rule.match))
-        self.objects = stemmer.stems(" ".join(rule.objects))
+        # one stem set per object name: "traffic light" needs both words, in one label
+        self.objects = [stems for stems in (stemmer.stems(name) for name in rule.objects) if stems]
         self.exclude = stemmer.stems(" ".join(rule.exclude))
         self.regex = re.compile(rule.regex, re.IGNORECASE) if rule.regex else None
         self.last_fired: dict[str, datetime] = {}  # camera -> scene start of the last alert (cooldown)
@@ -85,7 +86,9 @@ class RuleEngine:
         rule = c.rule
         if not c.applies_to(ev.camera) or not ev.caption:
             return False
-        if not c.match <= stems or (c.objects and not c.objects & stems) or c.exclude & stems:
+        if not c.match <= stems or c.exclude & stems:
+            return False
+        if c.objects and not self._objects_match(c, ev, stems):
             return False
         if c.regex is not None and not c.regex.search(ev.caption):
             return False
@@ -98,6 +101,15 @@ class RuleEngine:
             if not any(w.contains(local) for w in rule.active):
                 return False
         return True
+
+    def _objects_match(self, c: _Compiled, ev: Event, stems: frozenset[str]) -> bool:
+        """Any object name of the rule found whole: in one detected label when the scene has detected objects
+        (``details.objects``, e.g. Florence-2's <OD>), else in the caption."""
+        found = ev.details.get("objects") if isinstance(ev.details, dict) else None
+        if isinstance(found, list) and found:
+            labels = [self._stemmer.stems(str(o.get("label", ""))) for o in found if isinstance(o, dict)]
+            return any(want <= label for want in c.objects for label in labels)
+        return any(want <= stems for want in c.objects)
 
     def fire(self, ev: Event) -> list[AlertRule]:
         """The rules that fire for this write of a scene (updating cooldowns and the once-per-scene memory)."""

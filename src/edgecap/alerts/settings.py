@@ -162,6 +162,16 @@ def _words(value: Any, key: str, where: str) -> tuple[str, ...]:
     return tuple(items)
 
 
+def _names(value: Any, key: str, where: str) -> tuple[str, ...]:
+    """A string of one-word names or a list of names (each may have several words) -> the names."""
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        names = tuple(" ".join(v.split()) for v in value if v.strip())
+        if not names:
+            raise InputError(f"{where}: {key} is empty; give at least one word or leave the key out")
+        return names
+    return _words(value, key, where)
+
+
 def _number(value: Any, key: str, where: str, *, minimum: float | None = 0.0) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value or value in (
             float("inf"), float("-inf")):
@@ -224,7 +234,8 @@ def parse_rule(table: Any, where: str) -> AlertRule:
         cameras=_words(t["cameras"], "cameras", where) if "cameras" in t else (),
         match=_words(t["match"], "match", where) if "match" in t else (),
         regex=regex,
-        objects=_words(t["objects"], "objects", where) if "objects" in t else (),
+        # each list entry is one object name ("traffic light"), matched as a whole
+        objects=_names(t["objects"], "objects", where) if "objects" in t else (),
         exclude=_words(t["exclude"], "exclude", where) if "exclude" in t else (),
         min_confidence=_number(t["min_confidence"], "min_confidence", where, minimum=None)
         if "min_confidence" in t else None,

@@ -53,22 +53,26 @@ class _Console:
             silence_stdout()
 
 
-def _start_server(args: argparse.Namespace, console: _Console):
-    """The review page of `edgecap serve`, served from this process while it writes (the store's schema exists by
-    now, so the page never sees a half-made log)."""
+def _prepare_server(args: argparse.Namespace):
+    """The review page of `edgecap serve` for this run: token, --no-auth check and listening socket, all made
+    before the model loads and the event log exists, so a taken port or a bad token file leaves nothing behind.
+    The server starts later (`_start_server`), once the store's schema exists."""
     from pathlib import Path
 
-    from ..web import BackgroundServer
     from .serve import prepare
 
-    app, sock, url = prepare(args, Path(args.db))
+    return prepare(args, Path(args.db))
+
+
+def _start_server(prepared, console: _Console):
+    from ..web import BackgroundServer
+
+    app, sock, url = prepared
     console.print(f"edgecap run: review page at {url}")
     return BackgroundServer(app, sock).start()
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .signals import stop_on_signals
-
     site = _site(args)
     alerts = site.alerts
     if alerts.mqtt is not None:  # a missing paho fails before the model loads
@@ -76,12 +80,22 @@ def cmd_run(args: argparse.Namespace) -> int:
 
         load_paho()
 
+    prepared = _prepare_server(args) if args.serve else None  # a taken port fails here, before anything is made
+    try:
+        return _run(args, site, alerts, prepared)
+    finally:
+        if prepared is not None:
+            prepared[1].close()  # the server closed it already when it ran; a failure before then leaves it open
+
+
+def _run(args: argparse.Namespace, site, alerts, prepared) -> int:
     from ..alerts import Alerter, Delivery, Router
     from ..captioner import Captioner
     from ..events import EventStore, thumbnail_dir
     from ..runtime import RunOptions, Runtime
     from ..runtime.retention import Pruner
     from ..units import format_ts
+    from .signals import stop_on_signals
 
     cap = Captioner(args.model, precision=args.precision, threads=args.threads, streams=args.streams)
     stop = stop_on_signals()  # not a threading.Event: a handler calling its set() could deadlock the main loop
@@ -102,7 +116,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         rt = Runtime(cap, site.cameras, sink, options=options, on_scene=show)
         pruner = Pruner(args.db, site.retention, thumbnails=thumbs, record=store.put) if site.retention.enabled \
             else None
-        server = _start_server(args, console) if args.serve else None
+        server = _start_server(prepared, console) if prepared is not None else None
         delivery = Delivery(args.db, alerts, cameras=[c.name for c in site.cameras], record=store.put) \
             if alerts.delivers else None
         try:

@@ -185,7 +185,7 @@ def _read_cursor(cursor: str) -> tuple[float, int]:
         value = float(start), int(id_)
     except ValueError:
         value = (math.nan, 0)
-    if not math.isfinite(value[0]):
+    if not math.isfinite(value[0]) or not -2**63 <= value[1] < 2**63:
         raise InputError(f"bad cursor {cursor[:40]!r}: pass the next_cursor of the previous page unchanged")
     return value
 

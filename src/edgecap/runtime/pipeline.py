@@ -388,7 +388,8 @@ class Runtime:
                        "ms": {k: round(v, 1) for k, v in c.timings.items() if k != "decoder_steps"}}
             if cam.spec.prompt is not None:
                 details["prompt"] = cam.spec.prompt
-            if getattr(c, "objects", None):  # detection tasks: the caption is the labels (searchable), boxes here
+            if getattr(c, "objects", None) is not None:  # detection tasks: the caption is the labels, boxes here
+                # (an empty list says the task ran and found nothing)
                 details["objects"] = [dataclasses.asdict(o) for o in c.objects]
             closed, scene, is_new = cam.tracker.observe(c.text, sample.wall_utc, sample.pts_s,
                                                         c.confidence or 0.0, details,

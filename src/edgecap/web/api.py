@@ -56,10 +56,29 @@ def parse_query(q: str, *, cameras: Iterable[str] = (), kinds: Iterable[str] = (
     return Query(text, tuple(dict.fromkeys(found["camera"])), tuple(dict.fromkeys(found["kind"])))
 
 
+_URL_IN_TEXT = re.compile(r"\S*://\S*")
+_TRAILING = ":;,.)]'\""
+MAX_SQLITE_INT = 2**63 - 1
+
+
+def _mask_text(text: str) -> str:
+    """Mask each URL inside free text on its own: mask_url reads a secret query value up to the next & # or ;, so
+    given a whole message it also swallowed the words after the URL (the reason an outage is given)."""
+    if not any(ch.isspace() for ch in text):
+        return mask_url(text)
+
+    def one(m: re.Match) -> str:
+        url = m.group(0)
+        core = url.rstrip(_TRAILING)
+        return mask_url(core) + url[len(core):]
+
+    return _URL_IN_TEXT.sub(one, text)
+
+
 def _masked(value: Any) -> Any:
     """Details with any URL's password masked: the runtime masks them already, the page must never be the leak."""
     if isinstance(value, str):
-        return mask_url(value) if "://" in value else value
+        return _mask_text(value) if "://" in value else value
     if isinstance(value, dict):
         return {k: _masked(v) for k, v in value.items()}
     if isinstance(value, list):
@@ -118,8 +137,12 @@ class Api:
                                     limit=_limit(params.get("limit")), cursor=params.get("cursor") or None)
         return JSONResponse({"events": [event_json(ev) for ev in found], "next_cursor": cursor}, headers=_NO_STORE)
 
+    def _get(self, request: Request) -> Event | None:
+        event_id = request.path_params["event_id"]
+        return get_event(self.db, event_id) if event_id <= MAX_SQLITE_INT else None
+
     def event(self, request: Request) -> Response:
-        ev = get_event(self.db, request.path_params["event_id"])
+        ev = self._get(request)
         if ev is None:
             return JSONResponse({"error": "no such event"}, status_code=404, headers=_NO_STORE)
         return JSONResponse(event_json(ev), headers=_NO_STORE)
@@ -128,6 +151,8 @@ class Api:
         """``GET /api/events/{id}/similar?limit=``: the nearest scene events by image embedding (cosine), the event
         itself excluded, most similar first, each with a ``similarity``; ``reason`` says why the list is empty."""
         limit = _limit(request.query_params.get("limit"))
+        if request.path_params["event_id"] > MAX_SQLITE_INT:
+            return JSONResponse({"error": "no such event"}, status_code=404, headers=_NO_STORE)
         found = await to_thread.run_sync(lambda: self.similar_index.nearest(request.path_params["event_id"],
                                                                             limit=limit))
         if found is None:
@@ -137,7 +162,7 @@ class Api:
 
     def thumbnail(self, request: Request) -> Response:
         """The thumbnail, only if its stored path resolves (symlinks followed) to a file inside the folder."""
-        ev = get_event(self.db, request.path_params["event_id"])
+        ev = self._get(request)
         path = None if ev is None or not ev.thumbnail else resolve_thumbnail(self.thumbnails, ev.thumbnail)
         if path is None:
             return JSONResponse({"error": "no thumbnail"}, status_code=404, headers=_NO_STORE)
@@ -166,7 +191,7 @@ class Api:
         """``GET /api/stream``: server-sent events, one ``data:`` JSON event per write (new or updated event), from
         now on, or from the ``Last-Event-ID`` an ``EventSource`` sends when it reconnects."""
         last = request.headers.get("last-event-id", "")
-        after = int(last) if last.isdigit() else None
+        after = int(last) if last.isdigit() and len(last) < 19 else None
         return StreamingResponse(self._writes(after), media_type="text/event-stream",
                                  headers={**_NO_STORE, "x-accel-buffering": "no"})
 
