@@ -203,13 +203,14 @@ WEIRD = [
     "pair as two code points \ud83d\ude00",
     "controls \x00\x1b[31mred\x07\x7f\x85 tab\tand\nnewline",
     "line separators \u2028 and \u2029 inside a caption",
+    "bidi \u202eevil\u202c and \u2067isolated\u2069 overrides",  # shown as "live": a name could show another
     "a" * 100_000,
     "",
 ]
 
 
-@pytest.mark.parametrize("text", WEIRD, ids=["bytes", "surrogates", "pair", "controls", "separators", "100k",
-                                             "empty"])
+@pytest.mark.parametrize("text", WEIRD, ids=["bytes", "surrogates", "pair", "controls", "separators", "bidi",
+                                             "100k", "empty"])
 def test_weird_text_is_stored_as_valid_utf8_everywhere(tmp_path, text):
     db, jsonl = tmp_path / "e.sqlite", tmp_path / "e.jsonl"
     details = {"msg": text, text if isinstance(text, str) else "k": [text, float("nan"), np.float32(1.5),
@@ -234,6 +235,9 @@ def test_weird_text_is_stored_as_valid_utf8_everywhere(tmp_path, text):
         assert stored.caption == "lone \ufffd surrogate and a low one \ufffd"
     if isinstance(text, str) and "pair" in text:
         assert stored.caption.endswith("\U0001F600")
+    if isinstance(text, str) and "bidi" in text:
+        assert stored.caption == stored.camera == "bidi evil and isolated overrides"
+        assert records[0]["details"]["msg"] == "bidi evil and isolated overrides"
 
 
 @pytest.mark.parametrize("bad, message", [

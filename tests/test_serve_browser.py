@@ -70,7 +70,11 @@ def log(tmp_path_factory, review_clips, write_log) -> Path:
     thumb = save_jpeg(thumbnail_dir(db) / "hostile.jpg", np.full((60, 80, 3), (180, 40, 40), np.uint8))
     with EventStore(db) as store:
         store.put(Event(uuid.uuid4().hex, "scene", "gate", datetime.now(timezone.utc), caption=HOSTILE,
-                        thumbnail=str(thumb), details={"model": "demo", "precision": "fp32"}))
+                        thumbnail=str(thumb), details={"model": "demo", "precision": "fp32", "prompt": "<OD>",
+                                                       "objects": [{"label": HOSTILE, "x0": 1.4, "y0": 2.0,
+                                                                    "x1": 30.6, "y1": 40.0},
+                                                                   {"label": "car", "x0": 5, "y0": 6, "x1": 7,
+                                                                    "y1": 8}]}))
     return db
 
 
@@ -135,6 +139,12 @@ def test_a_hostile_caption_renders_as_text(page, log):
     assert len(card.find_elements("css selector", "img")) == 1  # the thumbnail only, no injected <img>
     card.click()
     wait(page, lambda d: d.find_element("css selector", ".detail-caption").text == HOSTILE)
+    # the <OD> objects: each label (as text) with its box in the frame's pixels
+    read = ("return Object.fromEntries([...document.querySelectorAll('#detail dt')]"
+            ".map(dt => [dt.textContent, dt.nextElementSibling.textContent]))")  # one read: the panel re-renders
+    rows = wait(page, lambda d: (r := d.execute_script(read)) and "Prompt" in r and r, message="no detail fields")
+    assert rows["Objects (x0, y0, x1, y1 px)"] == f"{HOSTILE} (1, 2, 31, 40); car (5, 6, 7, 8)"
+    assert rows["Prompt"] == "<OD>"
     assert page.execute_script("return window.__pwned") is None
     assert not page.find_elements("css selector", "#detail [data-event-id]")  # the hook marks cards only
 

@@ -173,12 +173,14 @@ def parse_time(text: str, now: datetime | None = None) -> datetime:
 
 # -- cleaning --------------------------------------------------------------------------------------------------
 
-_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")  # tab and newline stay
+# control characters (tab and newline stay), and the bidirectional embeddings, overrides and isolates, with which a
+# camera name or a caption could show other text than it holds ("\u202eevil" reads "live")
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
 
 
 def clean_text(value: Any, limit: int) -> str:
     """Any value -> valid UTF-8 text of at most ``limit`` characters (U+FFFD for undecodable bytes and lone
-    surrogates, control characters removed)."""
+    surrogates, control characters and bidirectional overrides removed)."""
     if isinstance(value, (bytes, bytearray, memoryview)):
         value = bytes(value).decode("utf-8", "replace")
     elif not isinstance(value, str):

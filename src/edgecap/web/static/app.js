@@ -423,7 +423,12 @@ async function openDetail(id, {scroll}) {
   }
   add("Batch", d.batch);
   add("Prompt", d.prompt);
-  if (d.objects) add("Objects", Array.isArray(d.objects) ? d.objects.map((o) => (typeof o === "string" ? o : JSON.stringify(o))).join(", ") : JSON.stringify(d.objects));
+  // detection answers (Florence-2 <OD>): each label with its box in the frame's pixels; [] means none were found
+  const box = (o) => (o && typeof o.label === "string" && [o.x0, o.y0, o.x1, o.y1].every(Number.isFinite)
+    ? `${o.label} (${[o.x0, o.y0, o.x1, o.y1].map((v) => Math.round(v)).join(", ")})`
+    : typeof o === "string" ? o : JSON.stringify(o));
+  if (Array.isArray(d.objects)) add("Objects (x0, y0, x1, y1 px)", d.objects.length ? d.objects.map(box).join("; ") : "none found");
+  else if (d.objects) add("Objects", JSON.stringify(d.objects));
   add("Message", d.message);
   add("Attempts", d.attempts);
   add("Last error", d.last_error);
