@@ -193,6 +193,20 @@ def test_a_matching_scene_stores_one_alert_linked_to_it_and_searchable(tmp_path)
     assert [e.uid for e in search(db, "red", kinds="alert")] == [alert.uid]
 
 
+def test_a_detection_alert_carries_the_prompt_and_the_boxes(tmp_path):
+    # an <OD> camera's alert says where the object is: its event and its MQTT/webhook payload hold prompt and boxes
+    db = tmp_path / "e.sqlite"
+    person = od_scene("person", "car")
+    person.details["prompt"] = "<OD>"
+    with EventStore(db, outbox=Router(hook_settings())) as store:
+        Alerter(store, [rule(objects=["person"])]).put(person)
+    (alert,) = search(db, kinds="alert")
+    assert alert.details["prompt"] == "<OD>" and alert.details["objects"] == person.details["objects"]
+    (payload,) = [json.loads(p) for _, t, p in outbox_rows(db) if t == "edgecap/alerts"]
+    assert payload["prompt"] == "<OD>" and [o["label"] for o in payload["objects"]] == ["person", "car"]
+    assert payload["objects"][0] == {"label": "person", "x0": 1.0, "y0": 2.0, "x1": 30.0, "y1": 40.0}
+
+
 # -- outbox: the same transaction as the event ----------------------------------------------------------------
 
 def outbox_rows(db):

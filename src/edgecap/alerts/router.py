@@ -54,7 +54,8 @@ def alert_payload(alert: Event, *, node: str, scene_id: int | None, base_url: st
     return {"id": alert.uid, "rule": alert.details.get("rule"), "camera": alert.camera, "scene_id": scene_id,
             "scene_uid": alert.details.get("scene_uid"), "caption": alert.caption, "confidence": alert.confidence,
             "start": data["start"], "end": data["end"], "source_start_s": alert.source_start_s,
-            "source_end_s": alert.source_end_s, "thumbnail_url": thumbnail_url(alert, base_url), "node": node}
+            "source_end_s": alert.source_end_s, "thumbnail_url": thumbnail_url(alert, base_url), "node": node,
+            **{k: alert.details[k] for k in ("prompt", "objects") if k in alert.details}}
 
 
 def change_type(before: Event | None, after: Event) -> str:

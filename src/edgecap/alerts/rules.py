@@ -143,11 +143,14 @@ def alert_uid(scene_uid: str, rule: str) -> str:
 
 def alert_event(scene: Event, rule: AlertRule) -> Event:
     """The ``alert`` event of ``rule`` matching ``scene``: the scene's camera, times, caption and thumbnail (so
-    ``events search --kind alert`` finds it by its words), with the rule and the scene's uid in ``details``."""
+    ``events search --kind alert`` finds it by its words), with the rule and the scene's uid in ``details``, and
+    the scene's prompt and detected objects (label and box) when it has them."""
+    details = {"rule": rule.name, "scene_uid": scene.uid,
+               **{k: scene.details[k] for k in ("prompt", "objects") if k in scene.details}}
     return Event(uid=alert_uid(scene.uid, rule.name), kind=ALERT, camera=scene.camera, start=scene.start,
                  end=scene.end, source_start_s=scene.source_start_s, source_end_s=scene.source_end_s,
                  caption=scene.caption, confidence=scene.confidence, observations=scene.observations,
-                 thumbnail=scene.thumbnail, details={"rule": rule.name, "scene_uid": scene.uid}, closed=True)
+                 thumbnail=scene.thumbnail, details=details, closed=True)
 
 
 class Alerter:
