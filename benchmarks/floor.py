@@ -18,10 +18,10 @@ edgecap's own recipe (and, for reference, per tensor). The decoder step's GB/s s
 the memory bandwidth. Writes benchmarks/results/floor.json.
 
 With a SmolVLM checkpoint (``--hf engines/smolvlm-256m-random/hf``, see ``RANDOM_ARCHS["smolvlm-256m"]`` in
-edgecap_export/bench.py) an answer is the vision tower's GEMMs over its patches, the connector over the image
-tokens, the prefill's GEMMs over the whole prompt (chat template, image tokens, question), the LM head once for the
-last prompt position, then tokens - 1 decoder steps (GEMVs with the LM head); eager is timed on the same question
-at each --eager-batch, with its prefill and per-token times.
+edgecap_export/random_checkpoints.py) an answer is the vision tower's GEMMs over its patches, the connector over the
+image tokens, the prefill's GEMMs over the whole prompt (chat template, image tokens, question), the LM head once
+for the last prompt position, then tokens - 1 decoder steps (GEMVs with the LM head); eager is timed on the same
+question at each --eager-batch, with its prefill and per-token times.
 
 BLIP and Florence-2 (``blip_gemms``, ``florence2_gemms``), in the same process as the bench they are compared with:
 

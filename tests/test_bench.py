@@ -36,7 +36,7 @@ def test_bench_end_to_end_on_tiny_model(tiny_export, checkpoint_factory, tmp_pat
     assert out.with_suffix(".png").stat().st_size > 1000
 
 
-def test_bench_refuses_what_it_cannot_run_before_timing(tiny_export, tmp_path, monkeypatch):
+def test_bench_refuses_what_it_cannot_run_before_timing(tiny_export, checkpoint_factory, tmp_path, monkeypatch):
     # a system the directory lacks, a length past the decoder's positions or a report path that cannot be written:
     # one line before any timing (it was an empty report with exit 0, or a traceback after the whole run)
     from edgecap.errors import InputError
@@ -53,6 +53,46 @@ def test_bench_refuses_what_it_cannot_run_before_timing(tiny_export, tmp_path, m
             bench.main(["--model", str(tiny_export), "--runs", "1", "--batch", "1", "--settle-ms", "0",
                         "--out", out, *extra])
     assert not (tmp_path / "bench.json").exists()
+    # eager on a checkpoint in hf/ other than the one the graphs came from: two models' times set side by side as a
+    # speed-up (found by a stress round); the manifest's weights checksum tells them apart
+    d = tmp_path / "foreign"
+    shutil.copytree(tiny_export, d)
+    shutil.copytree(checkpoint_factory("blip"), d / "hf")
+    for extra in ([], ["--systems", "eager", "fp32"]):
+        with pytest.raises(InputError, match="hf is not the checkpoint .*foreign was exported from"):
+            bench.main(["--model", str(d), "--runs", "1", "--batch", "1", "--settle-ms", "0", "--out", out, *extra])
+    assert not (tmp_path / "bench.json").exists()
+
+
+def test_a_random_checkpoint_build_stopped_midway_is_built_again(tmp_path):
+    """`edgecap bench --arch` builds hundreds of MB of random weights: Ctrl-C during save_pretrained left a
+    config.json beside part of the weights, which every later run took as built and failed on."""
+    from edgecap.errors import InputError
+    from edgecap_export.random_checkpoints import _built_whole
+
+    calls = []
+
+    @_built_whole
+    def build(out: Path, seed: int = 0) -> Path:
+        calls.append(seed)
+        out.mkdir(parents=True)
+        (out / "config.json").write_text("{}")
+        if len(calls) == 1:
+            raise KeyboardInterrupt  # before the weights
+        (out / "model.safetensors").write_bytes(b"weights")
+        return out
+
+    hf = tmp_path / "work" / "hf"
+    with pytest.raises(KeyboardInterrupt):
+        build(hf)
+    assert not hf.exists()
+    assert build(hf, seed=1) == hf and (hf / "model.safetensors").is_file() and calls == [0, 1]
+    assert build(hf) == hf and calls == [0, 1]  # whole: taken as built
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("mine")
+    with pytest.raises(InputError, match="holds no checkpoint"):
+        build(tmp_path / "other")
+    assert (tmp_path / "other" / "notes.txt").read_text() == "mine"
 
 
 def test_floor_runs_on_tiny_checkpoint(checkpoint_factory, floor, tmp_path):

@@ -21,7 +21,7 @@ VISION = {"hidden_size": 32, "intermediate_size": 48, "num_hidden_layers": 2, "n
 
 @pytest.fixture(scope="module")
 def tiny_smolvlm(tmp_path_factory) -> Path:
-    from edgecap_export.bench import build_smolvlm_random
+    from edgecap_export.random_checkpoints import build_smolvlm_random
 
     return build_smolvlm_random(tmp_path_factory.mktemp("smolvlm") / "hf", text=TEXT, vision=VISION)
 
@@ -29,7 +29,8 @@ def tiny_smolvlm(tmp_path_factory) -> Path:
 def test_random_checkpoint_has_smolvlms_token_ids_and_one_tile(tiny_smolvlm):
     from transformers import AutoProcessor
 
-    from edgecap_export.bench import RANDOM_ARCHS, SMOLVLM_QUESTION, build_smolvlm_random
+    from edgecap_export.bench import SMOLVLM_QUESTION
+    from edgecap_export.random_checkpoints import RANDOM_ARCHS, build_smolvlm_random
 
     assert RANDOM_ARCHS["smolvlm-256m"] is build_smolvlm_random
     cfg = json.loads((tiny_smolvlm / "config.json").read_text())

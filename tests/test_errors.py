@@ -209,6 +209,37 @@ def test_cli_user_errors_are_one_line(args, fragment, tiny_export, tmp_path):
     assert_one_line_error(run_cli(*argv), fragment)
 
 
+def test_export_takes_a_hub_id_through_the_hub_cache(checkpoint_factory, tmp_path):
+    """"owner/name" is a hub id, not a relative path (it was refused as "model directory not found" without being
+    looked up). Offline, from a Hugging Face cache holding it: the export loads it, names it by its id and records
+    the cached weights' checksum; an id neither here nor in the cache is one line."""
+    import os
+    from types import SimpleNamespace
+
+    from edgecap_export.checkpoint import source_info
+
+    ckpt = checkpoint_factory("blip")
+    hub = tmp_path / "hf-home" / "hub" / "models--acme--tiny-blip"
+    shutil.copytree(ckpt, hub / "snapshots" / ("0" * 40))
+    (hub / "refs").mkdir()
+    (hub / "refs" / "main").write_text("0" * 40)
+    env = {**os.environ, "HF_HOME": str(tmp_path / "hf-home"), "HF_HUB_OFFLINE": "1"}
+
+    def export(model: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "edgecap.cli", "export", model, "--out", str(tmp_path / "out"),
+                               "-q", "--skip-validation"], capture_output=True, text=True, timeout=300, env=env,
+                              cwd=tmp_path)
+
+    proc = export("acme/tiny-blip")
+    assert proc.returncode == 0, proc.stderr
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["name"] == "tiny-blip" and manifest["source"]["model"] == "acme/tiny-blip"
+    local = source_info(str(ckpt), SimpleNamespace(config=None))
+    assert manifest["source"]["weights_sha256"] == local["weights_sha256"]
+    assert_one_line_error(export("acme/not-cached"), "cannot load 'acme/not-cached' (no such directory here, and "
+                                                     "from the hub)")
+
+
 @pytest.mark.parametrize("sub", ["", "export", "caption", "run", "demo", "quantize", "finetune", "evaluate",
                                  "events"])
 def test_help_is_useful(sub):

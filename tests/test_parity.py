@@ -185,7 +185,7 @@ def test_decoding_stops_with_one_line_where_the_decoders_positions_end(arch, pro
     from edgecap import Captioner
     from edgecap.errors import InputError
     from edgecap.generation import strip_sequence
-    from edgecap_export.exporter import load_checkpoint
+    from edgecap_export.checkpoint import load_checkpoint
     from edgecap_export.families import family_for
 
     ckpt = str(checkpoint_factory(arch))
@@ -290,3 +290,40 @@ def test_a_model_that_failed_or_did_not_finish_validation_loads_with_a_warning(t
     assert json.loads((tmp_path / "out" / "manifest.json").read_text())["validation"] == {"status": "running"}
     skipped = export_model(str(tmp_path / "ckpt"), tmp_path / "skipped", progress=False, validate=False)
     assert json.loads((skipped / "manifest.json").read_text())["validation"] == {"status": "not run"}
+
+    # the export's own validation reads "running" in the manifest while it loads the graphs: it warns of nothing
+    monkeypatch.undo()
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="edgecap"):
+        export_model(str(tmp_path / "ckpt"), tmp_path / "validated", progress=False)
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
+    assert json.loads((tmp_path / "validated" / "manifest.json").read_text())["validation"]["passed"] is True
+
+
+def test_an_export_stopped_over_an_earlier_one_leaves_no_manifest_of_the_earlier_model(tiny_export, tmp_path,
+                                                                                      monkeypatch):
+    """Exporting over a directory that holds an earlier, quantized export, stopped (Ctrl-C) while the new graphs
+    are written: the earlier manifest (its checksums, its passed validation, its INT8 entry) must not go on
+    describing the new graphs. Found by a stress round: the mix loaded without a word. Now the directory refuses
+    to load, with one line, until an export finishes."""
+    import shutil
+
+    from edgecap import Captioner
+    from edgecap.errors import ManifestError
+    from edgecap_export import exporter
+
+    d = tmp_path / "d"
+    shutil.copytree(tiny_export, d)
+    for part in ("encoder", "decoder"):  # stand-ins for an earlier quantize's graphs
+        shutil.copy(d / f"{part}.onnx", d / f"{part}.int8.onnx")
+
+    def interrupted(hf_model, family, shape, out, *a, **k):
+        (out / "encoder.onnx").write_bytes(b"half a graph")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(exporter, "export_graphs", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        exporter.export_model(json.loads((d / "manifest.json").read_text())["source"]["model"], d, progress=False)
+    assert not (d / "manifest.json").exists() and not list(d.glob("*.int8.onnx"))
+    with pytest.raises(ManifestError, match="no manifest.json in"):
+        Captioner(d)

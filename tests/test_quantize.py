@@ -77,7 +77,7 @@ def test_quality_gate_failure_stops_unless_accepted(tiny_export, tmp_path, monke
     d = tmp_path / "model"
     shutil.copytree(tiny_export, d)
     from edgecap.errors import ModelError
-    from edgecap_export.exporter import sha256_file
+    from edgecap_export.checkpoint import sha256_file
 
     def manifest():
         return json.loads((d / "manifest.json").read_text())

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import enum
-import hashlib
 import json
 import os
 import warnings
@@ -19,6 +18,8 @@ from edgecap.errors import ExportError, ParityError, UnsupportedModelError
 from edgecap.imaging import RESAMPLE_NAMES
 from edgecap.manifest import MANIFEST_FILE, SCHEMA_VERSION
 
+from .checkpoint import (image_processor_settings, load_checkpoint, load_config, pil_image_processor, sha256_file,
+                         source_info)
 from .families import family_for
 from .specs import Family, ModelShape, io_names
 
@@ -44,83 +45,11 @@ _UNSUPPORTED_GENERATION = ("bad_words_ids", "suppress_tokens",
                            "encoder_no_repeat_ngram_size", "renormalize_logits")
 
 
-def sha256_file(path: str | os.PathLike) -> str:
-    """The hex SHA-256 of a file, read in 1 MiB chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 @contextmanager
 def _quiet_torch_export() -> Iterator[None]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         yield
-
-
-def load_config(model: str) -> Any:
-    """Read and check a checkpoint's config (cheap), failing with one clear line before any heavy work."""
-    from transformers import AutoConfig
-
-    if os.path.sep in model or model.startswith(".") or os.path.exists(model):
-        if not os.path.isdir(model):
-            raise ExportError(f"model directory not found: {model}; expected a hub id or a save_pretrained directory")
-        if not os.path.isfile(os.path.join(model, "config.json")):
-            raise ExportError(f"{model} has no config.json; expected a directory written by save_pretrained")
-    try:
-        config = AutoConfig.from_pretrained(model)
-    except (OSError, ValueError) as exc:
-        raise ExportError(f"cannot load the config of {model!r}: {_first_line(exc)}") from None
-    family_for(config).shape(config)
-    return config
-
-
-def load_checkpoint(family: Family, model: str) -> Any:
-    """Load the checkpoint through its family (eager attention: plain MatMul/Softmax graphs) in eval mode."""
-    try:
-        return family.load(model)
-    except (OSError, ValueError) as exc:
-        raise ExportError(f"cannot load the weights of {model!r}: {_first_line(exc)}") from None
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:200] if text else type(exc).__name__
-
-
-def _read_checkpoint_json(model: str, name: str) -> dict[str, Any]:
-    from transformers.utils import cached_file
-
-    try:
-        path = cached_file(model, name)
-        data = json.loads(Path(path).read_text()) if path else {}
-    except (OSError, ValueError):
-        data = {}
-    return data if isinstance(data, dict) else {}
-
-
-def image_processor_settings(model: str) -> dict[str, Any]:
-    """The image processor's settings as the checkpoint holds them: preprocessor_config.json, or (transformers 5
-    processors save it so) the ``image_processor`` entry of processor_config.json; {} when neither exists."""
-    pc = _read_checkpoint_json(model, "preprocessor_config.json")
-    if not pc:
-        nested = _read_checkpoint_json(model, "processor_config.json").get("image_processor")
-        pc = nested if isinstance(nested, dict) else {}
-    return pc
-
-
-def pil_image_processor(model: str) -> Any | None:
-    """The checkpoint's image processor on transformers' Pillow backend, or None if it cannot be built here."""
-    from transformers import AutoImageProcessor
-
-    try:
-        return AutoImageProcessor.from_pretrained(model, backend="pil")
-    except TypeError:  # transformers < 5 has no backend argument; its slow processor uses Pillow
-        return AutoImageProcessor.from_pretrained(model)
-    except (OSError, ValueError, ImportError):
-        return None
 
 
 _LOADED_KEYS = ("do_resize", "resample", "do_rescale", "rescale_factor", "do_normalize", "image_mean", "image_std",
@@ -374,18 +303,6 @@ def _assert_no_if(path: Path) -> None:
                           "parse it -- this is a bug in the step module")
 
 
-def _source_info(model: str, hf_model: Any) -> dict[str, Any]:
-    info: dict[str, Any] = {"model": model, "revision": getattr(hf_model.config, "_commit_hash", None)}
-    if os.path.isdir(model):
-        weights = sorted(p for p in Path(model).iterdir() if p.suffix in (".safetensors", ".bin"))
-        if weights:
-            h = hashlib.sha256()
-            for p in weights:
-                h.update(sha256_file(p).encode())
-            info["weights_sha256"] = h.hexdigest()
-    return info
-
-
 def export_model(model: str, out: str | os.PathLike, *, opset: int = DEFAULT_OPSET, validate: bool = True,
                  name: str | None = None, progress: bool = True, attention: str | None = None,
                  target: Target | str = Target.ONNXRUNTIME, trt_version: str | None = None, fp16: bool = False,
@@ -443,6 +360,7 @@ def export_model(model: str, out: str | os.PathLike, *, opset: int = DEFAULT_OPS
         image = family.image_settings(model) if decoder_only else image_config(model, shape)
         advance(stages[1])
         out.mkdir(parents=True, exist_ok=True)
+        _retire_previous_export(out)
         graphs = export_graphs(hf_model, family, shape, out, opset, attention,
                                fold_shapes=target is Target.TENSORRT)
         if target is Target.TENSORRT:
@@ -457,7 +375,7 @@ def export_model(model: str, out: str | os.PathLike, *, opset: int = DEFAULT_OPS
             "name": name or Path(model.rstrip("/")).name,
             "family": family.name,
             "created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "source": {**_source_info(model, hf_model),
+            "source": {**source_info(model, hf_model),
                        "architecture": f"{shape.encoder_type}+{shape.decoder_type}"},
             "architecture": {**shape.architecture(), "opset": opset, "attention": attention},
             "target": target_info,
@@ -560,6 +478,16 @@ def require_trt_lint(out: Path, files: list[Path], trt_version: str) -> None:
         shown = "; ".join(str(v) for v in violations[:3])
         raise ExportError(f"{len(violations)} TensorRT {trt_version} violation(s) (first: {shown}); run "
                           f"`edgecap check-trt {out}` for all -- this is a bug in the TensorRT lowering")
+
+
+def _retire_previous_export(out: Path) -> None:
+    """Remove an earlier export's manifest, and the INT8 and FP16 graphs made from its graphs, before new graphs
+    are written: an export interrupted from here on leaves a directory that refuses to load, never the old manifest
+    (its checksums, its validation verdict, its INT8 entry) describing the new model's graphs."""
+    (out / MANIFEST_FILE).unlink(missing_ok=True)
+    for pattern in ("*.int8.onnx", "*.fp16.onnx"):
+        for path in out.glob(pattern):
+            path.unlink()
 
 
 def write_manifest(out: Path, manifest: dict[str, Any]) -> None:

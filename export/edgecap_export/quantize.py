@@ -39,7 +39,8 @@ from edgecap.errors import ExportError, InputError
 from edgecap.manifest import load_manifest
 from edgecap.sources import IMAGE_EXTENSIONS
 
-from .exporter import graph_io, require_trt_lint, sha256_file, write_manifest
+from .checkpoint import sha256_file
+from .exporter import graph_io, require_trt_lint, write_manifest
 from .im2col import convs_as_matmuls
 
 # Seeds for default calibration frames: below the held-out range, above what the demo recipe trains on.

@@ -33,10 +33,11 @@ def validate_decoder_only(hf_model: Any, model: str, out: Path, *, progress: boo
     import torch
     from tqdm import tqdm
 
-    from edgecap import Captioner
     from edgecap.decoder_only import CachedLMStep, answer_ids
 
-    cap = Captioner(out)
+    from .validate import validating_captioner
+
+    cap = validating_captioner(out)
     family = family_for(hf_model.config)
     results: dict[str, Any] = {}
     mismatches: list[str] = []

@@ -136,6 +136,11 @@ class _EncoderStreams:
         return [np.concatenate([p[j] for p in parts]) for j in range(len(names))]
 
 
+# The warning for a manifest whose validation reads "running" (the export's own validation filters it out).
+UNFINISHED_VALIDATION = ("%s: its export stopped during validation, so nothing checked it against transformers; "
+                         "export it again")
+
+
 def _warn_unless_validated(manifest: Manifest) -> None:
     """A model whose export failed its check against transformers, or died during it, still loads (to be looked
     at), but says so: its words may differ from transformers'."""
@@ -145,8 +150,7 @@ def _warn_unless_validated(manifest: Manifest) -> None:
                        "manifest.json): its captions may differ; export it again", manifest.directory,
                        len(v.get("mismatches") or []))
     elif v.get("status") == "running":
-        logger.warning("%s: its export stopped during validation, so nothing checked it against transformers; "
-                       "export it again", manifest.directory)
+        logger.warning(UNFINISHED_VALIDATION, manifest.directory)
 
 
 def _check_io(sess: Any, graph: dict, path: Path) -> None:

@@ -55,7 +55,7 @@ class Florence2:
             raise UnsupportedModelError(f"Florence-2 d_model {text.d_model} is not a multiple of its "
                                         f"{text.decoder_attention_heads} decoder heads")
         # The config holds no image size: the processor does (size, and image_seq_length image features).
-        from ..exporter import image_processor_settings
+        from ..checkpoint import image_processor_settings
 
         pc = image_processor_settings(config.name_or_path)
         size = pc.get("size") or {}

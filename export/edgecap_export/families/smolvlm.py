@@ -91,7 +91,7 @@ class SmolVLM:
     def image_settings(self, model: str) -> dict[str, Any]:
         """The manifest's ``image`` section: the common keys (height, width, mean, ...) and the processor's own
         settings that :func:`edgecap.idefics3_image.preprocess_idefics3` reads."""
-        from ..exporter import image_processor_settings
+        from ..checkpoint import image_processor_settings
 
         pc = image_processor_settings(model)
         if not str(pc.get("image_processor_type")).startswith(("Idefics3ImageProcessor", "SmolVLMImageProcessor")):
