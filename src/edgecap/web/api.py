@@ -12,7 +12,7 @@ import asyncio
 import json
 import re
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any, AsyncIterator, Iterable
 
 from anyio import to_thread
@@ -87,9 +87,11 @@ def _masked(value: Any) -> Any:
 
 
 def event_json(ev: Event) -> dict[str, Any]:
-    """The API form of an event: the fields of ``edgecap events search --json`` plus ``thumbnail_url``."""
+    """The API form of an event: the fields of ``edgecap events search --json`` plus ``thumbnail_url``; the
+    thumbnail is named by its file name only (the page's cache key), not the server's path to it."""
     record = ev.to_json()
     record["details"] = _masked(record["details"])
+    record["thumbnail"] = PurePath(ev.thumbnail).name if ev.thumbnail else None
     record["thumbnail_url"] = f"/api/events/{ev.id}/thumbnail.jpg" if ev.thumbnail else None
     return record
 
