@@ -64,6 +64,27 @@ def test_bench_refuses_what_it_cannot_run_before_timing(tiny_export, checkpoint_
     assert not (tmp_path / "bench.json").exists()
 
 
+def test_bench_times_eager_on_the_exported_checkpoint_beside_files_transformers_does_not_load(
+        tiny_export, checkpoint_factory, tmp_path):
+    """DIR/hf holding the exported weights next to a Trainer's training_args.bin (or the pytorch_model.bin that
+    `huggingface-cli download` fetches beside model.safetensors) was refused as "not the checkpoint DIR was
+    exported from": the checksum took every .bin in. Found by a stress round."""
+    from edgecap_export import bench
+    from edgecap_export.checkpoint import weights_sha256
+
+    d = tmp_path / "d"
+    shutil.copytree(tiny_export, d)
+    shutil.copytree(checkpoint_factory("vit-gpt2"), d / "hf")
+    (d / "hf" / "training_args.bin").write_bytes(b"not weights")
+    (d / "hf" / "pytorch_model.bin").write_bytes(b"the same weights, pickled")
+    exported = json.loads((d / "manifest.json").read_text())["source"]["weights_sha256"]
+    assert weights_sha256(d / "hf") == exported
+    out = tmp_path / "bench.json"
+    assert bench.main(["--model", str(d), "--runs", "1", "--batch", "1", "--tokens", "2", "--settle-ms", "0",
+                       "--systems", "eager", "fp32", "--out", str(out)]) == 0
+    assert "transformers_eager/batch1" in json.loads(out.read_text())["results"]
+
+
 def test_a_random_checkpoint_build_stopped_midway_is_built_again(tmp_path):
     """`edgecap bench --arch` builds hundreds of MB of random weights: Ctrl-C during save_pretrained left a
     config.json beside part of the weights, which every later run took as built and failed on."""
@@ -121,3 +142,25 @@ def test_floor_runs_on_tiny_checkpoint(checkpoint_factory, floor, tmp_path):
         assert r["max_speedup_vs_eager"] == pytest.approx(report["eager"]["median_ms"] / r["floor_per_caption_ms"])
     with pytest.raises(SystemExit):  # not a checkpoint: a usage error, not a traceback
         floor.main(["--hf", str(tmp_path), "--no-eager", "--out", str(out)])
+
+
+def test_bench_arch_exports_again_when_its_checkpoint_was_built_again(tmp_path, monkeypatch):
+    """WORKDIR/hf built again with other weights (deleted, then rebuilt by another torch's random init) beside a
+    passed export of the old ones: prepare_random kept the export and every `bench --arch` run refused hf/ as "not
+    the checkpoint exported", which --arch cannot fix. Found by a stress round. Now it exports again."""
+    from tiny_models import build_blip
+
+    from edgecap_export import bench, random_checkpoints
+
+    seed = {"value": 0}
+    monkeypatch.setitem(random_checkpoints.RANDOM_ARCHS, "blip-base",
+                        random_checkpoints._built_whole(lambda out: build_blip(out, seed=seed["value"])))
+    work = tmp_path / "work"
+    argv = ["--arch", "blip-base", "--workdir", str(work), "--systems", "eager", "fp32", "--runs", "1", "--batch",
+            "1", "--tokens", "2", "--settle-ms", "0", "--out", str(tmp_path / "bench.json")]
+    assert bench.main(argv) == 0
+    first = json.loads((work / "manifest.json").read_text())["source"]["weights_sha256"]
+    shutil.rmtree(work / "hf")
+    seed["value"] = 1
+    assert bench.main(argv) == 0
+    assert json.loads((work / "manifest.json").read_text())["source"]["weights_sha256"] != first

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -181,6 +182,9 @@ def test_cli_caption_json(tiny_export, tmp_path):
     (("caption", "{broken}", "x.png"), "not valid JSON"),
     (("export", "/nonexistent/ckpt", "--out", "{tmp}/o"), "model directory not found"),
     (("export", "{bert}", "--out", "{tmp}/o"), "unsupported model type 'bert'"),
+    (("export", "https://me:s3cret@example.com/m", "--out", "{tmp}/o"), "not found: https://me:***@example.com/m;"),
+    (("export", "{model}", "--out", "{tmp}/garbage.png"), "garbage.png: it is a file, not a directory"),
+    (("export", "{model}", "--out", "{tmp}/garbage.png/o"), "garbage.png is a file, not a directory"),
     (("run", "/nonexistent/clip.mp4", "--model", "{model}", "--db", "{tmp}/e.db"), "not found"),
     (("run", "concat:a.mp4|b.mp4", "--model", "{model}", "--db", "{tmp}/e.db"), "refused"),
     (("run", "ftp://host/x.mp4", "--model", "{model}", "--db", "{tmp}/e.db"), "scheme"),
@@ -213,7 +217,6 @@ def test_export_takes_a_hub_id_through_the_hub_cache(checkpoint_factory, tmp_pat
     """"owner/name" is a hub id, not a relative path (it was refused as "model directory not found" without being
     looked up). Offline, from a Hugging Face cache holding it: the export loads it, names it by its id and records
     the cached weights' checksum; an id neither here nor in the cache is one line."""
-    import os
     from types import SimpleNamespace
 
     from edgecap_export.checkpoint import source_info
@@ -234,6 +237,7 @@ def test_export_takes_a_hub_id_through_the_hub_cache(checkpoint_factory, tmp_pat
     assert proc.returncode == 0, proc.stderr
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert manifest["name"] == "tiny-blip" and manifest["source"]["model"] == "acme/tiny-blip"
+    assert manifest["source"]["revision"] == "0" * 40  # the snapshot's commit (it was null under transformers 5)
     local = source_info(str(ckpt), SimpleNamespace(config=None))
     assert manifest["source"]["weights_sha256"] == local["weights_sha256"]
     assert_one_line_error(export("acme/not-cached"), "cannot load 'acme/not-cached' (no such directory here, and "
@@ -246,3 +250,38 @@ def test_help_is_useful(sub):
     proc = run_cli(*([sub] if sub else []), "--help")
     assert proc.returncode == 0
     assert "usage: edgecap" in proc.stdout and len(proc.stdout.splitlines()) > 8
+
+
+@pytest.mark.parametrize("arch", ["blip", "florence2"])
+def test_export_refuses_a_checkpoint_saved_without_its_tokenizer_before_touching_out(arch, checkpoint_factory,
+                                                                                     tiny_export, tmp_path):
+    """A BLIP or Florence-2 checkpoint saved without tokenizer.json: transformers 5 builds an empty tokenizer (its
+    special tokens only) from the config, the export passed validation (the ids agree) and every caption decoded
+    to "". Found by a stress round. Now one line, before an earlier export in --out loses anything."""
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(checkpoint_factory(arch), ckpt)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        (ckpt / name).unlink()
+    out = tmp_path / "out"
+    shutil.copytree(tiny_export, out)
+    for part in ("encoder", "decoder"):  # stand-ins for an earlier quantize's graphs
+        shutil.copy(out / f"{part}.onnx", out / f"{part}.int8.onnx")
+    before = sorted(p.name for p in out.iterdir())
+    assert_one_line_error(run_cli("export", str(ckpt), "--out", str(out), "-q"), "has no usable")
+    assert sorted(p.name for p in out.iterdir()) == before
+    Captioner(out)  # the earlier export still loads
+
+
+def test_a_mistyped_path_under_a_local_directory_is_not_looked_up_on_the_hub(tmp_path, monkeypatch):
+    """"engines/blip" where ./engines exists (a typo of a local export source) was taken as a hub id: without
+    HF_HUB_OFFLINE, half a minute of network retries and a dozen warning lines before the error. Found by a stress
+    round. It is a missing directory; "owner/name" with no ./owner stays a hub id."""
+    from edgecap_export.checkpoint import is_hub_id
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "engines").mkdir()
+    assert not is_hub_id("engines/blip") and is_hub_id("acme/blip") and is_hub_id("blip")
+    proc = subprocess.run([sys.executable, "-m", "edgecap.cli", "export", "engines/blip", "--out", "out", "-q"],
+                          capture_output=True, text=True, timeout=300, cwd=tmp_path,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert_one_line_error(proc, "model directory not found: engines/blip")

@@ -327,3 +327,27 @@ def test_an_export_stopped_over_an_earlier_one_leaves_no_manifest_of_the_earlier
     assert not (d / "manifest.json").exists() and not list(d.glob("*.int8.onnx"))
     with pytest.raises(ManifestError, match="no manifest.json in"):
         Captioner(d)
+
+
+def test_an_export_over_a_shared_directory_keeps_other_models_graphs(checkpoint_factory, tmp_path):
+    """OUT holding another model's INT8/FP16 graph (a detector's yolov8n.int8.onnx): retiring an earlier export
+    removed every *.int8.onnx and *.fp16.onnx in it. Found by a stress round. Only edgecap's own graphs go."""
+    from edgecap_export import export_model
+
+    out = tmp_path / "models"
+    out.mkdir()
+    for name in ("yolov8n.int8.onnx", "yolov8n.fp16.onnx", "encoder.int8.onnx"):
+        (out / name).write_bytes(b"a graph")
+    export_model(str(checkpoint_factory("vit-gpt2")), out, progress=False, validate=False)
+    assert (out / "yolov8n.int8.onnx").read_bytes() == (out / "yolov8n.fp16.onnx").read_bytes() == b"a graph"
+    assert not (out / "encoder.int8.onnx").exists()
+
+
+def test_an_export_of_the_current_directory_is_named_after_it(checkpoint_factory, tmp_path, monkeypatch):
+    """`edgecap export . --out DIR` recorded the name "" (the last component of "."). Found by a stress round."""
+    from edgecap_export import export_model
+
+    ckpt = checkpoint_factory("vit-gpt2")
+    monkeypatch.chdir(ckpt)
+    out = export_model(".", tmp_path / "out", progress=False, validate=False)
+    assert json.loads((out / "manifest.json").read_text())["name"] == ckpt.name

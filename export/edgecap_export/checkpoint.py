@@ -32,8 +32,13 @@ _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
 
 def is_hub_id(model: str) -> bool:
     """True when ``model`` names a checkpoint on the hub (or in its local cache) rather than a directory: it has a
-    hub id's form and no such path exists here ("owner/name" holds a "/" but is not a path)."""
-    return not os.path.exists(model) and _HUB_ID.fullmatch(model) is not None and ".." not in model
+    hub id's form and no such path exists here ("owner/name" holds a "/" but is not a path). "engines/blip" where
+    ./engines is a directory is a mistyped path, not a hub id: looking it up went to the network (offline, half a
+    minute of retries and a dozen warning lines) before failing."""
+    if os.path.exists(model) or _HUB_ID.fullmatch(model) is None or ".." in model:
+        return False
+    owner, sep, _ = model.partition("/")
+    return not (sep and os.path.isdir(owner))
 
 
 def load_config(model: str) -> Any:
@@ -43,7 +48,9 @@ def load_config(model: str) -> Any:
     hub = is_hub_id(model)
     if not hub:
         if not os.path.isdir(model):
-            raise ExportError(f"model directory not found: {model}; expected a hub id (owner/name) or a "
+            from edgecap.sources.urls import mask_url  # a URL pasted with its password: not echoed back
+
+            raise ExportError(f"model directory not found: {mask_url(model)}; expected a hub id (owner/name) or a "
                               "save_pretrained directory")
         if not os.path.isfile(os.path.join(model, "config.json")):
             raise ExportError(f"{model} has no config.json; expected a directory written by save_pretrained")
@@ -57,11 +64,20 @@ def load_config(model: str) -> Any:
 
 
 def load_checkpoint(family: Family, model: str) -> Any:
-    """Load the checkpoint through its family (eager attention: plain MatMul/Softmax graphs) in eval mode."""
+    """Load the checkpoint through its family (eager attention: plain MatMul/Softmax graphs) in eval mode, without
+    transformers' own "Loading weights" bar (the export's bar names this stage; with --quiet the bar made every
+    later one-line error two lines)."""
+    from transformers.utils import logging as hf_logging
+
+    shown = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
     try:
         return family.load(model)
     except (OSError, ValueError) as exc:
         raise ExportError(f"cannot load the weights of {model!r}: {first_line(exc)}") from None
+    finally:
+        if shown:
+            hf_logging.enable_progress_bar()
 
 
 def first_line(exc: BaseException) -> str:
@@ -105,6 +121,9 @@ def pil_image_processor(model: str) -> Any | None:
 def source_info(model: str, hf_model: Any) -> dict[str, Any]:
     info: dict[str, Any] = {"model": model, "revision": getattr(hf_model.config, "_commit_hash", None)}
     local = _checkpoint_dir(model)
+    if info["revision"] is None and local is not None and is_hub_id(model) and re.fullmatch(r"[0-9a-f]{40}",
+                                                                                             local.name):
+        info["revision"] = local.name  # transformers 5 no longer sets _commit_hash: the cache's snapshot is it
     if local is not None and (digest := weights_sha256(local)) is not None:
         info["weights_sha256"] = digest
     return info
@@ -112,8 +131,12 @@ def source_info(model: str, hf_model: Any) -> dict[str, Any]:
 
 def weights_sha256(directory: Path) -> str | None:
     """The checksum of a checkpoint directory's weight files (the manifest's ``source.weights_sha256``), or None
-    when it holds none."""
-    weights = sorted(p for p in directory.iterdir() if p.suffix in (".safetensors", ".bin"))
+    when it holds none. The files transformers loads: model*.safetensors, else pytorch_model*.bin -- not every
+    .bin beside them (a Trainer's training_args.bin, the pytorch_model.bin `huggingface-cli download` fetches next
+    to model.safetensors), with which the same weights had another checksum in another directory."""
+    files = sorted(directory.iterdir())
+    weights = ([p for p in files if p.name.startswith("model") and p.suffix == ".safetensors"]
+               or [p for p in files if p.name.startswith("pytorch_model") and p.suffix == ".bin"])
     if not weights:
         return None
     h = hashlib.sha256()

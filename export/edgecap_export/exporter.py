@@ -143,7 +143,10 @@ def generation_settings(family: Family, hf_model: Any) -> tuple[dict[str, Any], 
     return special, gen
 
 
-def save_tokenizer(model: str, out: Path) -> dict[str, Any]:
+def load_tokenizer(model: str) -> Any:
+    """The checkpoint's tokenizer, checked before anything is written: one line when it cannot be loaded, has no
+    fast backend, or holds no vocabulary (transformers 5 builds an empty tokenizer -- its special tokens only --
+    from the config of a checkpoint saved without its tokenizer files, whose every caption would decode to "")."""
     from transformers import AutoTokenizer
 
     try:
@@ -154,6 +157,17 @@ def save_tokenizer(model: str, out: Path) -> dict[str, Any]:
     backend = getattr(tok, "backend_tokenizer", None) or getattr(tok, "_tokenizer", None)
     if backend is None:
         raise ExportError(f"the tokenizer of {model} has no fast (tokenizers) backend; edgecap needs tokenizer.json")
+    if not set(backend.get_vocab(with_added_tokens=False)) - set(tok.all_special_tokens):
+        raise ExportError(f"{model} has no usable tokenizer (its vocabulary holds special tokens only: no tokenizer "
+                          "files were saved with it); save the tokenizer with the model "
+                          "(tokenizer.save_pretrained(dir))")
+    return tok
+
+
+def save_tokenizer(model: str, out: Path, tok: Any | None = None) -> dict[str, Any]:
+    """Write ``tok`` (default: the checkpoint's, see :func:`load_tokenizer`) to out/tokenizer.json."""
+    tok = tok if tok is not None else load_tokenizer(model)
+    backend = getattr(tok, "backend_tokenizer", None) or getattr(tok, "_tokenizer", None)
     backend.save(str(out / "tokenizer.json"))
     return {"file": "tokenizer.json", "skip_special_tokens": True,
             "clean_up_tokenization_spaces": decode_cleans_up(tok, backend)}
@@ -342,6 +356,7 @@ def export_model(model: str, out: str | os.PathLike, *, opset: int = DEFAULT_OPS
     if fp16 and target is not Target.TENSORRT:
         raise ExportError("--fp16 writes TensorRT graphs: pass --target tensorrt with it")
     out = Path(out)
+    _check_out(out)
     config = load_config(model)
     family = family_for(config)
     shape = family.shape(config)
@@ -358,6 +373,7 @@ def export_model(model: str, out: str | os.PathLike, *, opset: int = DEFAULT_OPS
         special, gen = generation_settings(family, hf_model)
         decoder_only = bool(getattr(family, "decoder_only", False))
         image = family.image_settings(model) if decoder_only else image_config(model, shape)
+        tok = load_tokenizer(model)  # before an earlier export in OUT is retired: a checkpoint error loses nothing
         advance(stages[1])
         out.mkdir(parents=True, exist_ok=True)
         _retire_previous_export(out)
@@ -368,11 +384,11 @@ def export_model(model: str, out: str | os.PathLike, *, opset: int = DEFAULT_OPS
         if fp16:
             graphs["fp16"] = _write_fp16(out, target_info["trt_version"])
         advance(stages[2])
-        tokenizer = save_tokenizer(model, out)
+        tokenizer = save_tokenizer(model, out, tok)
         manifest = {
             "schema_version": SCHEMA_VERSION,
             "edgecap_version": __version__,
-            "name": name or Path(model.rstrip("/")).name,
+            "name": name or (Path(model).resolve().name if os.path.isdir(model) else Path(model.rstrip("/")).name),
             "family": family.name,
             "created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "source": {**source_info(model, hf_model),
@@ -480,14 +496,24 @@ def require_trt_lint(out: Path, files: list[Path], trt_version: str) -> None:
                           f"`edgecap check-trt {out}` for all -- this is a bug in the TensorRT lowering")
 
 
+def _check_out(out: Path) -> None:
+    """One line, before the checkpoint loads, when OUT cannot be a directory (a file, or under one): it was a
+    FileExistsError / NotADirectoryError traceback after the weights had loaded."""
+    for p in (out, *out.parents):
+        if p.exists():
+            if not p.is_dir():
+                raise ExportError(f"--out {out}: {'it' if p == out else p} is a file, not a directory")
+            return
+
+
 def _retire_previous_export(out: Path) -> None:
     """Remove an earlier export's manifest, and the INT8 and FP16 graphs made from its graphs, before new graphs
     are written: an export interrupted from here on leaves a directory that refuses to load, never the old manifest
     (its checksums, its validation verdict, its INT8 entry) describing the new model's graphs."""
     (out / MANIFEST_FILE).unlink(missing_ok=True)
-    for pattern in ("*.int8.onnx", "*.fp16.onnx"):
-        for path in out.glob(pattern):
-            path.unlink()
+    for part in ("encoder", "decoder"):  # its graphs' names only: not another model's *.int8.onnx kept in OUT
+        for precision in ("int8", "fp16"):
+            (out / f"{part}.{precision}.onnx").unlink(missing_ok=True)
 
 
 def write_manifest(out: Path, manifest: dict[str, Any]) -> None:

@@ -244,10 +244,15 @@ def prepare_random(arch: str, workdir: str | Path, *, int8: bool = True) -> Path
 
     work = Path(workdir)
     hf = RANDOM_ARCHS[arch](work / "hf")
-    # exported again unless an export finished and passed its validation (one stopped midway leaves no manifest,
-    # or one whose validation reads "running")
+    # exported again unless an export of these weights finished and passed its validation (one stopped midway
+    # leaves no manifest, or one whose validation reads "running"; a checkpoint built again since, with other
+    # weights, made every later bench refuse hf/ as "not the checkpoint exported")
+    from .checkpoint import weights_sha256
+
     manifest = work / "manifest.json"
-    if not manifest.is_file() or (json.loads(manifest.read_text()).get("validation") or {}).get("passed") is not True:
+    data = json.loads(manifest.read_text()) if manifest.is_file() else {}
+    if ((data.get("validation") or {}).get("passed") is not True
+            or (data.get("source") or {}).get("weights_sha256") != weights_sha256(hf)):
         export_model(str(hf), work, name=work.name)
     if int8 and "int8" not in load_manifest(work).precisions:
         quantize_dir(work, accept_quality_drop=True, calib_frames=32, eval_frames=8)

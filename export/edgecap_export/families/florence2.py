@@ -18,7 +18,7 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Any
 
-from edgecap.errors import UnsupportedModelError
+from edgecap.errors import ExportError, UnsupportedModelError
 
 from ..specs import ModelShape, generation_tokens, load_eager
 
@@ -156,7 +156,11 @@ def _load_processor(model: str) -> Any:
     """The checkpoint's Florence2Processor, read once per export (the parity grid asks for it per case)."""
     from transformers import AutoProcessor
 
-    return AutoProcessor.from_pretrained(model)
+    try:
+        return AutoProcessor.from_pretrained(model)
+    except (OSError, ValueError, TypeError, AttributeError) as exc:  # AttributeError: a tokenizer without <image>
+        raise ExportError(f"{model} has no usable Florence-2 processor ({type(exc).__name__}); save the processor "
+                          "(tokenizer and image processor) with the model (processor.save_pretrained(dir))") from None
 
 
 FLORENCE2 = Florence2()
