@@ -969,13 +969,18 @@ def test_sample_frames_yields_what_a_source_yields(clip, interval):
     assert len(got) == len(expected) > 0
 
 
-def test_sample_frames_raises_one_line_for_bad_input(clip, tmp_path):
+def test_sample_frames_raises_one_line_for_bad_input(clip, tmp_path, caplog):
     bad = tmp_path / "noise.mp4"
     bad.write_bytes(np.random.default_rng(3).integers(0, 256, 5000, dtype=np.uint8).tobytes())
     for path, fragment in ((tmp_path / "missing.mp4", "not found"), (bad, "noise.mp4")):
-        with pytest.raises(SourceError, match=fragment) as info:
+        caplog.clear()
+        with caplog.at_level(logging.DEBUG, logger="edgecap"), pytest.raises(SourceError, match=fragment) as info:
             list(sample_frames(path, 1.0))
         assert "\n" not in str(info.value)
+        # the exception is the one report: the reader's statuses stay at DEBUG (quantize printed them as ERROR lines
+        # before its own one-line error)
+        assert [r.getMessage() for r in caplog.records if r.levelno > logging.INFO] == []
+    assert any("noise.mp4" in r.getMessage() for r in caplog.records)  # still there for --verbose
     with pytest.raises(SourceError, match="interval_s"):
         list(sample_frames(clip, 0))
     stream = sample_frames(clip, 0.1)

@@ -11,7 +11,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from edgecap.errors import ExportError
+from edgecap.errors import ExportError, directory_not_found
 
 from .families import family_for
 from .specs import Family
@@ -50,7 +50,7 @@ def load_config(model: str) -> Any:
         if not os.path.isdir(model):
             from edgecap.sources.urls import mask_url  # a URL pasted with its password: not echoed back
 
-            raise ExportError(f"model directory not found: {mask_url(model)}; expected a hub id (owner/name) or a "
+            raise ExportError(f"{directory_not_found(mask_url(model))}; expected a hub id (owner/name) or a "
                               "save_pretrained directory")
         if not os.path.isfile(os.path.join(model, "config.json")):
             raise ExportError(f"{model} has no config.json; expected a directory written by save_pretrained")

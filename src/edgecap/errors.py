@@ -45,3 +45,12 @@ class SourceError(EdgecapError):
 
 class RunFailedError(EdgecapError):
     """The streaming runtime gave up: captioning (or writing events) kept failing for longer than allowed."""
+
+
+def directory_not_found(path: object, what: str = "model directory") -> str:
+    """The start of a one-line error for a path that should be a directory: absent, or a file given instead."""
+    import os
+
+    if os.path.exists(str(path)):
+        return f"{path} is a file, not a {what}"
+    return f"{what} not found: {path}"

@@ -54,7 +54,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any, Callable
 
-from .errors import ManifestError, ModelError
+from .errors import ManifestError, ModelError, directory_not_found
 from .imaging import RESAMPLE_NAMES
 from .tasks import TASK_POST_PROCESSING
 
@@ -132,7 +132,7 @@ def load_manifest(directory: str | os.PathLike) -> Manifest:
     """
     d = Path(directory)
     if not d.is_dir():
-        raise ModelError(f"model directory not found: {d}; expected a directory written by `edgecap export`")
+        raise ModelError(f"{directory_not_found(d)}; expected a directory written by `edgecap export`")
     path = d / MANIFEST_FILE
     if not path.is_file():
         raise ManifestError(f"no {MANIFEST_FILE} in {d}: expected an exported model directory; "

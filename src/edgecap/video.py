@@ -3,12 +3,14 @@ its end, so files are sampled exactly as the streaming runtime samples them."""
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from typing import Iterator
 
 import numpy as np
 
+from ._log import logger
 from .errors import SourceError
 from .sources import Source, SourceConfig, SourceState, SourceStatus
 
@@ -24,7 +26,8 @@ class Frame:
 def sample_frames(path: str | os.PathLike, interval_s: float) -> Iterator[Frame]:
     """Yield the first frame at or after every multiple of ``interval_s`` seconds of a video file.
 
-    Undecodable packets are skipped (as a camera source skips them); a file that cannot be read at all raises.
+    Undecodable packets are skipped (as a camera source skips them) and logged once the file is read; a file that
+    cannot be read at all raises, with nothing logged (the exception is the one report).
 
     Args:
         path: a video file PyAV can open.
@@ -40,15 +43,14 @@ def sample_frames(path: str | os.PathLike, interval_s: float) -> Iterator[Frame]
     cfg = SourceConfig(name="video", url=path, interval_s=interval_s)  # validates the interval
     if not os.path.isfile(path):
         raise SourceError(f"video file not found: {path}")
-    failures: list[str] = []
-
-    def on_status(status: SourceStatus) -> None:
-        if status.state is SourceState.FAILED:
-            failures.append(status.message)
-
-    with Source(cfg, on_status=on_status) as src:
+    statuses: list[SourceStatus] = []
+    with Source(cfg, on_status=statuses.append, log_statuses=False) as src:
         while (sample := src.read()) is not None:
             if sample.pts_s is not None:
                 yield Frame(sample.pts_s, sample.image)
+    failures = [s.message for s in statuses if s.state is SourceState.FAILED]
     if failures:
         raise SourceError(failures[-1])
+    for status in statuses:
+        if status.kind.severity > logging.INFO:
+            logger.log(status.kind.severity, "[%s] %s: %s", status.camera, status.kind.value, status.message)

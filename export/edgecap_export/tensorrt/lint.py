@@ -23,7 +23,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from edgecap.errors import InputError
+from edgecap.errors import InputError, directory_not_found
 
 TABLE_FILE = Path(__file__).with_name("onnx_support.json")
 _NORMS = ("Softmax", "LayerNormalization")
@@ -225,7 +225,7 @@ def graph_files(directory: str | os.PathLike) -> list[Path]:
     """The .onnx files of a model directory, sorted."""
     d = Path(directory)
     if not d.is_dir():
-        raise InputError(f"model directory not found: {d}")
+        raise InputError(f"{directory_not_found(d)}; expected an `edgecap export` directory")
     files = sorted(d.glob("*.onnx"))
     if not files:
         raise InputError(f"{d} holds no .onnx graph; expected an `edgecap export` directory")

@@ -14,6 +14,7 @@ appear in either (see :func:`~edgecap.sources.mask_url`).
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import random
@@ -57,6 +58,8 @@ class Source:
         cfg: what to read and how.
         on_status: called with every :class:`SourceStatus`, on the reader thread (its exceptions are logged, never
             raised into the reader).
+        log_statuses: log every status at its severity (the default); False logs them at DEBUG only, for a caller
+            that reports them itself (a batch job that raises the failure).
 
     Attributes:
         cfg: the configuration.
@@ -65,11 +68,13 @@ class Source:
 
     COUNTER_KEYS: tuple[str, ...] = ("frames_read", "frames_sampled", "dropped", "reconnects", "decode_errors")
 
-    def __init__(self, cfg: SourceConfig, *, on_status: Callable[[SourceStatus], None] | None = None):
+    def __init__(self, cfg: SourceConfig, *, on_status: Callable[[SourceStatus], None] | None = None,
+                 log_statuses: bool = True):
         if not isinstance(cfg, SourceConfig):
             raise SourceError(f"Source needs a SourceConfig, got {type(cfg).__name__}")
         self.cfg = cfg
         self._on_status = on_status
+        self._log_statuses = log_statuses
         try:
             self.kind: str | None = classify_source(cfg.url)
         except SourceError:
@@ -266,7 +271,8 @@ class Source:
         state = self._state
         status = SourceStatus(camera=self.cfg.name, state=state, previous=state if previous is None else previous,
                               wall_utc=datetime.now(timezone.utc), message=_one_line(self._scrub(message)), kind=kind)
-        logger.log(status.kind.severity, "[%s] %s: %s", status.camera, status.kind.value, status.message)
+        level = status.kind.severity if self._log_statuses else logging.DEBUG
+        logger.log(level, "[%s] %s: %s", status.camera, status.kind.value, status.message)
         if self._on_status is not None:
             try:
                 self._on_status(status)
