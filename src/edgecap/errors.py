@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 
 class EdgecapError(Exception):
     """Base class of every error edgecap raises on purpose."""
@@ -48,9 +50,7 @@ class RunFailedError(EdgecapError):
 
 
 def directory_not_found(path: object, what: str = "model directory") -> str:
-    """The start of a one-line error for a path that should be a directory: absent, or a file given instead."""
-    import os
-
+    """The start of a one-line error for a path that is not a directory: absent, or a file given instead."""
     if os.path.exists(str(path)):
         return f"{path} is a file, not a {what}"
     return f"{what} not found: {path}"
