@@ -143,6 +143,11 @@ def generation_settings(family: Family, hf_model: Any) -> tuple[dict[str, Any], 
     return special, gen
 
 
+def _fast_backend(tok: Any) -> Any | None:
+    """A transformers tokenizer's `tokenizers` object (what tokenizer.json holds), or None for a slow one."""
+    return getattr(tok, "backend_tokenizer", None) or getattr(tok, "_tokenizer", None)
+
+
 def load_tokenizer(model: str) -> Any:
     """The checkpoint's tokenizer, checked before anything is written: one line when it cannot be loaded, has no
     fast backend, or holds no vocabulary (transformers 5 builds an empty tokenizer -- its special tokens only --
@@ -154,7 +159,7 @@ def load_tokenizer(model: str) -> Any:
     except (OSError, ValueError, TypeError) as exc:
         raise ExportError(f"{model} has no usable tokenizer ({type(exc).__name__}); save the tokenizer with the "
                           "model (tokenizer.save_pretrained(dir))") from None
-    backend = getattr(tok, "backend_tokenizer", None) or getattr(tok, "_tokenizer", None)
+    backend = _fast_backend(tok)
     if backend is None:
         raise ExportError(f"the tokenizer of {model} has no fast (tokenizers) backend; edgecap needs tokenizer.json")
     if not set(backend.get_vocab(with_added_tokens=False)) - set(tok.all_special_tokens):
@@ -167,7 +172,7 @@ def load_tokenizer(model: str) -> Any:
 def save_tokenizer(model: str, out: Path, tok: Any | None = None) -> dict[str, Any]:
     """Write ``tok`` (default: the checkpoint's, see :func:`load_tokenizer`) to out/tokenizer.json."""
     tok = tok if tok is not None else load_tokenizer(model)
-    backend = getattr(tok, "backend_tokenizer", None) or getattr(tok, "_tokenizer", None)
+    backend = _fast_backend(tok)
     backend.save(str(out / "tokenizer.json"))
     return {"file": "tokenizer.json", "skip_special_tokens": True,
             "clean_up_tokenization_spaces": decode_cleans_up(tok, backend)}

@@ -100,11 +100,12 @@ class GenerationOptions:
             if not isinstance(value, (int, np.integer)) or value < low:
                 raise InputError(f"{name} must be a whole number >= {low}, got {value!r}")
 
-        for name in ("num_beams", "min_new_tokens", "min_length", "no_repeat_ngram_size"):
-            whole(name, getattr(self, name), 1 if name == "num_beams" else 0)
-        for name in ("max_new_tokens", "max_length", "pad_token_id", "forced_bos_token_id", "forced_eos_token_id"):
-            whole(name, getattr(self, name), 0 if name.endswith("_id") else 1, optional=True)
-        whole("decoder_start_token_id", self.decoder_start_token_id, 0)
+        for name, low in (("num_beams", 1), ("min_new_tokens", 0), ("min_length", 0), ("no_repeat_ngram_size", 0),
+                          ("decoder_start_token_id", 0)):
+            whole(name, getattr(self, name), low)
+        for name, low in (("max_new_tokens", 1), ("max_length", 1), ("pad_token_id", 0), ("forced_bos_token_id", 0),
+                          ("forced_eos_token_id", 0)):
+            whole(name, getattr(self, name), low, optional=True)
         if not isinstance(self.eos_token_id, (tuple, list)):
             raise InputError(f"eos_token_id must be a token id or a list of them, got {self.eos_token_id!r}")
         for t in self.eos_token_id:
@@ -115,14 +116,8 @@ class GenerationOptions:
                 raise InputError(f"{name} must be a number, got {value!r}")
         if self.max_new_tokens is None and self.max_length is None:
             raise InputError("set max_new_tokens (or max_length): the model records neither")
-        if self.max_new_tokens is not None and self.max_new_tokens < 1:
-            raise InputError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
         if self.max_length is not None and self.max_length < 2:
             raise InputError(f"max_length must be >= 2 (the start token and one more), got {self.max_length}")
-        if self.num_beams < 1:
-            raise InputError(f"num_beams must be >= 1, got {self.num_beams}")
-        if self.min_new_tokens < 0 or self.min_length < 0 or self.no_repeat_ngram_size < 0:
-            raise InputError("min_new_tokens, min_length and no_repeat_ngram_size must be >= 0")
         if not self.repetition_penalty > 0:
             raise InputError(f"repetition_penalty must be > 0, got {self.repetition_penalty}")
         if self.early_stopping not in (True, False, "never"):

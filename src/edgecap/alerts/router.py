@@ -21,6 +21,7 @@ from typing import Any
 
 from ..events.model import ALERT, SCENE, Event, OutboxMessage
 from ..sources.records import StatusKind
+from .rules import SCENE_CONTEXT
 from .settings import AlertSettings, MqttSettings
 
 MQTT = "mqtt"
@@ -55,7 +56,7 @@ def alert_payload(alert: Event, *, node: str, scene_id: int | None, base_url: st
             "scene_uid": alert.details.get("scene_uid"), "caption": alert.caption, "confidence": alert.confidence,
             "start": data["start"], "end": data["end"], "source_start_s": alert.source_start_s,
             "source_end_s": alert.source_end_s, "thumbnail_url": thumbnail_url(alert, base_url), "node": node,
-            **{k: alert.details[k] for k in ("prompt", "objects") if k in alert.details}}
+            **{k: alert.details[k] for k in SCENE_CONTEXT if k in alert.details}}
 
 
 def change_type(before: Event | None, after: Event) -> str:

@@ -141,12 +141,17 @@ def alert_uid(scene_uid: str, rule: str) -> str:
     return hashlib.sha1(f"{scene_uid}\0{rule}".encode()).hexdigest()[:32]
 
 
+# the scene details an alert carries (its event's details, its MQTT/webhook payload): the prompt the camera was
+# captioned with and the detected objects (label and box)
+SCENE_CONTEXT = ("prompt", "objects")
+
+
 def alert_event(scene: Event, rule: AlertRule) -> Event:
     """The ``alert`` event of ``rule`` matching ``scene``: the scene's camera, times, caption and thumbnail (so
     ``events search --kind alert`` finds it by its words), with the rule and the scene's uid in ``details``, and
     the scene's prompt and detected objects (label and box) when it has them."""
     details = {"rule": rule.name, "scene_uid": scene.uid,
-               **{k: scene.details[k] for k in ("prompt", "objects") if k in scene.details}}
+               **{k: scene.details[k] for k in SCENE_CONTEXT if k in scene.details}}
     return Event(uid=alert_uid(scene.uid, rule.name), kind=ALERT, camera=scene.camera, start=scene.start,
                  end=scene.end, source_start_s=scene.source_start_s, source_end_s=scene.source_end_s,
                  caption=scene.caption, confidence=scene.confidence, observations=scene.observations,

@@ -53,18 +53,9 @@ class _Console:
             silence_stdout()
 
 
-def _prepare_server(args: argparse.Namespace):
-    """The review page of `edgecap serve` for this run: token, --no-auth check and listening socket, all made
-    before the model loads and the event log exists, so a taken port or a bad token file leaves nothing behind.
-    The server starts later (`_start_server`), once the store's schema exists."""
-    from pathlib import Path
-
-    from .serve import prepare
-
-    return prepare(args, Path(args.db))
-
-
 def _start_server(prepared, console: _Console):
+    """The review page prepared by `cmd_run`, served from this process once the store's schema exists (the page
+    never sees a half-made log)."""
     from ..web import BackgroundServer
 
     app, sock, url = prepared
@@ -73,6 +64,10 @@ def _start_server(prepared, console: _Console):
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .serve import prepare
+
     site = _site(args)
     alerts = site.alerts
     if alerts.mqtt is not None:  # a missing paho fails before the model loads
@@ -80,7 +75,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
         load_paho()
 
-    prepared = _prepare_server(args) if args.serve else None  # a taken port fails here, before anything is made
+    # the review page's token, --no-auth check and listening socket, made before the model loads and the event log
+    # exists: a taken port or a bad token file leaves nothing behind
+    prepared = prepare(args, Path(args.db)) if args.serve else None
     try:
         return _run(args, site, alerts, prepared)
     finally:

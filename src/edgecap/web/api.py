@@ -86,6 +86,12 @@ def _masked(value: Any) -> Any:
     return value
 
 
+def _event_id(request: Request) -> int | None:
+    """The path's event id, or None past SQLite's integers (no event has it; SQLite would raise OverflowError)."""
+    event_id = request.path_params["event_id"]
+    return event_id if event_id <= MAX_SQLITE_INT else None
+
+
 def event_json(ev: Event) -> dict[str, Any]:
     """The API form of an event: the fields of ``edgecap events search --json`` plus ``thumbnail_url``; the
     thumbnail is named by its file name only (the page's cache key), not the server's path to it."""
@@ -140,8 +146,8 @@ class Api:
         return JSONResponse({"events": [event_json(ev) for ev in found], "next_cursor": cursor}, headers=_NO_STORE)
 
     def _get(self, request: Request) -> Event | None:
-        event_id = request.path_params["event_id"]
-        return get_event(self.db, event_id) if event_id <= MAX_SQLITE_INT else None
+        event_id = _event_id(request)
+        return None if event_id is None else get_event(self.db, event_id)
 
     def event(self, request: Request) -> Response:
         ev = self._get(request)
@@ -153,10 +159,10 @@ class Api:
         """``GET /api/events/{id}/similar?limit=``: the nearest scene events by image embedding (cosine), the event
         itself excluded, most similar first, each with a ``similarity``; ``reason`` says why the list is empty."""
         limit = _limit(request.query_params.get("limit"))
-        if request.path_params["event_id"] > MAX_SQLITE_INT:
+        event_id = _event_id(request)
+        if event_id is None:
             return JSONResponse({"error": "no such event"}, status_code=404, headers=_NO_STORE)
-        found = await to_thread.run_sync(lambda: self.similar_index.nearest(request.path_params["event_id"],
-                                                                            limit=limit))
+        found = await to_thread.run_sync(lambda: self.similar_index.nearest(event_id, limit=limit))
         if found is None:
             return JSONResponse({"error": "no such event"}, status_code=404, headers=_NO_STORE)
         events = [{**event_json(ev), "similarity": round(score, 4)} for ev, score in found.events]
