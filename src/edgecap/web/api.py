@@ -199,7 +199,9 @@ class Api:
         """``GET /api/stream``: server-sent events, one ``data:`` JSON event per write (new or updated event), from
         now on, or from the ``Last-Event-ID`` an ``EventSource`` sends when it reconnects."""
         last = request.headers.get("last-event-id", "")
-        after = int(last) if last.isdigit() and len(last) < 19 else None
+        # ASCII digits only ("\xb2", a superscript two, is a digit to str.isdigit but not to int()), within SQLite's
+        # integers
+        after = int(last) if last.isascii() and last.isdigit() and len(last) < 19 else None
         return StreamingResponse(self._writes(after), media_type="text/event-stream",
                                  headers={**_NO_STORE, "x-accel-buffering": "no"})
 
