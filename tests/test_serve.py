@@ -293,7 +293,9 @@ def test_full_text_pages_are_exact_when_starts_do_not_follow_ids(tmp_path, monke
 
 @pytest.mark.parametrize("query", ["limit=0", "limit=501", "limit=x", "since=yesterdayish", "cursor=bogus",
                                    # past SQLite's integers: was a 500 and a server traceback
-                                   "cursor=1.0_9223372036854775808", "q=red&cursor=1.0_9223372036854775808"])
+                                   "cursor=1.0_9223372036854775808", "q=red&cursor=1.0_9223372036854775808",
+                                   # a digit to str.isdigit but not to int(), and past int()'s 4,300 digits: were 500s
+                                   "limit=%C2%B2", "limit=" + "9" * 5000])
 def test_bad_parameters_get_400_with_a_message(server, query):
     status, _, body = request(server, f"/api/events?{query}")
     assert status == 400 and json.loads(body)["error"]

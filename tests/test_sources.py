@@ -559,6 +559,7 @@ def test_mask_url(url, masked):
     ("/dev/video0", "webcam"),
     (1, "webcam"),
     ("2", "webcam"),  # digit string from a command line
+    ("\xb2", "file"),  # a superscript two is a digit to str.isdigit, not a webcam index (it reconnected forever)
     ("clip.mp4", "file"),  # existence is start()'s business
     ("2024-05-01.mp4", "file"),
     ("./odd:name.mp4", "file"),  # a ':' after a '/' is not a protocol

@@ -136,7 +136,7 @@ def classify_source(url: str | int) -> str:
         if url < 0:
             raise SourceError(f"webcam index must be >= 0, got {url}")
         return "webcam"
-    if url.isdigit() or _WEBCAM_RE.match(url):
+    if (url.isascii() and url.isdigit()) or _WEBCAM_RE.match(url):  # "\xb2" is a digit to isdigit, not to int()
         return "webcam"
     match = _PROTOCOL_RE.match(url)
     if match and len(match.group(1)) > 1:  # one letter is a Windows drive (C:\...)

@@ -102,12 +102,19 @@ def event_json(ev: Event) -> dict[str, Any]:
     return record
 
 
+def _ascii_int(text: str, max_digits: int) -> int | None:
+    """The value of ``text`` when it is 1 to ``max_digits`` ASCII digits, else None: str.isdigit also takes "\xb2"
+    (a superscript two), which int() refuses, and int() refuses more than 4,300 digits."""
+    return int(text) if text.isascii() and text.isdigit() and len(text) <= max_digits else None
+
+
 def _limit(text: str | None) -> int:
     if text is None:
         return DEFAULT_PAGE
-    if not text.isdigit() or not 1 <= int(text) <= MAX_PAGE:
+    value = _ascii_int(text, len(str(MAX_PAGE)))
+    if value is None or not 1 <= value <= MAX_PAGE:
         raise InputError(f"limit must be an integer from 1 to {MAX_PAGE}, got {text[:20]!r}")
-    return int(text)
+    return value
 
 
 class Api:
@@ -199,9 +206,7 @@ class Api:
         """``GET /api/stream``: server-sent events, one ``data:`` JSON event per write (new or updated event), from
         now on, or from the ``Last-Event-ID`` an ``EventSource`` sends when it reconnects."""
         last = request.headers.get("last-event-id", "")
-        # ASCII digits only ("\xb2", a superscript two, is a digit to str.isdigit but not to int()), within SQLite's
-        # integers
-        after = int(last) if last.isascii() and last.isdigit() and len(last) < 19 else None
+        after = _ascii_int(last, 18)  # 18 digits: within SQLite's integers
         return StreamingResponse(self._writes(after), media_type="text/event-stream",
                                  headers={**_NO_STORE, "x-accel-buffering": "no"})
 
